@@ -1,0 +1,97 @@
+"""Building blocks shared by the DeepGIN networks (spec sections 1.1, 2.5, 4 and 12).
+
+Everything is NHWC. Convolutions in the generator use replication ("edge") padding followed by
+a VALID convolution, exactly as the reference's `ReplicationPad2d` + `Conv2d(padding=0)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+
+# Kaiming-normal (fan_in, gain sqrt(2)) times 0.1, the reference's generator initialiser (spec 5.6):
+# std = 0.1 * sqrt(2 / fan_in), i.e. variance 0.02 / fan_in.
+generator_kernel_init = nn.initializers.variance_scaling(0.02, "fan_in", "normal")
+
+# PyTorch's default Conv2d initialiser, kept by the discriminator (spec 5.6):
+# kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)), i.e. variance 1 / (3 fan_in).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default conv bias initialiser: U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / np.sqrt(fan_in)
+
+    def init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def edge_pad(x: Array, pad: int) -> Array:
+    """Replication padding of `pad` pixels on every side of the spatial axes of [N, H, W, C]."""
+    if pad == 0:
+        return x
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+
+
+class EdgePaddedConv(nn.Conv):
+    """`nn.Conv` preceded by replication padding (`ReplicationPad2d(p)` + `Conv2d(padding=0)`).
+
+    The parameters are the usual `kernel` [kh, kw, in, out] and `bias` [out], so the tree
+    matches a plain `nn.Conv` and the PyTorch weights map onto it with one transpose.
+    """
+
+    edge_padding: int = 0
+    padding: Any = "VALID"
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        return super().__call__(edge_pad(inputs, self.edge_padding))
+
+
+def _align_corners_axis(x: Array, axis: int, out_size: int) -> Array:
+    in_size = x.shape[axis]
+    if in_size == out_size:
+        return x
+    if out_size == 1 or in_size == 1:
+        src = np.zeros(out_size, dtype=np.float64)
+    else:
+        src = np.arange(out_size, dtype=np.float64) * ((in_size - 1) / (out_size - 1))
+    lo = np.clip(np.floor(src).astype(np.int32), 0, in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac_shape = [1] * x.ndim
+    frac_shape[axis] = out_size
+    frac = jnp.asarray((src - lo).reshape(frac_shape), dtype=x.dtype)
+    x_lo = jnp.take(x, lo, axis=axis)
+    x_hi = jnp.take(x, hi, axis=axis)
+    return x_lo + (x_hi - x_lo) * frac
+
+
+def resize_bilinear_align_corners(x: Array, size: tuple[int, int]) -> Array:
+    """Bilinear resize of [N, H, W, C] with align_corners=True (spec 12).
+
+    Output pixel i samples input coordinate i * (in - 1) / (out - 1), with no anti-aliasing:
+    the semantics of PyTorch's `nn.UpsamplingBilinear2d` for both up- and down-sampling.
+    `jax.image.resize` uses half-pixel centres and anti-aliases, so it does not match.
+    """
+    out_h, out_w = size
+    return _align_corners_axis(_align_corners_axis(x, 1, out_h), 2, out_w)
+
+
+def upsample2x(x: Array) -> Array:
+    """`nn.UpsamplingBilinear2d(scale_factor=2)` on [N, H, W, C]."""
+    return resize_bilinear_align_corners(x, (2 * x.shape[1], 2 * x.shape[2]))
+
+
+def avg_pool_exclude_pad(x: Array) -> Array:
+    """`AvgPool2d(3, stride=2, padding=1, count_include_pad=False)` on [N, H, W, C] (spec 4)."""
+    return nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=False)

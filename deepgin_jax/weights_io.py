@@ -1,0 +1,74 @@
+"""Frozen network weights (VGG-19, LPIPS, FID Inception) as one `.npz` file each.
+
+A file holds the parameter tree flattened to '/'-joined keys, plus a JSON string under
+`__meta__` describing how the network expects its input (for example VGG's colour order,
+range and mean), so the weights always travel with their convention.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepgin_jax.atomic import atomic_write
+
+_META_KEY = "__meta__"
+
+
+def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """{'a': {'b': x}} -> {'a/b': x}."""
+    flat: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_tree(value, prefix=f"{name}/"))
+        else:
+            flat[name] = np.asarray(value)
+    return flat
+
+
+def unflatten_tree(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{'a/b': x} -> {'a': {'b': x}}."""
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def save_weights(
+    path: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[str, Any]
+) -> None:
+    """Writes `params` and `meta` to `path` (.npz) atomically."""
+    flat = flatten_tree(params)
+    if _META_KEY in flat:
+        raise ValueError(f"parameter name {_META_KEY!r} is reserved")
+    buffer = io.BytesIO()
+    np.savez(buffer, **flat, **{_META_KEY: np.asarray(json.dumps(dict(meta)))})
+    with atomic_write(path) as f:
+        f.write(buffer.getvalue())
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reads a file written by `save_weights`: returns (params tree, meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            flat = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a weights .npz file: {e}") from e
+    if _META_KEY not in flat:
+        raise ValueError(f"{path} has no {_META_KEY!r} entry; was it written by save_weights?")
+    meta = json.loads(str(flat.pop(_META_KEY)))
+    return unflatten_tree(flat), meta

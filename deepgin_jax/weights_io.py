@@ -21,15 +21,15 @@ from deepgin_jax.atomic import atomic_write
 _META_KEY = "__meta__"
 
 
-def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    """{'a': {'b': x}} -> {'a/b': x}."""
-    flat: dict[str, np.ndarray] = {}
+def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': x}} -> {'a/b': x} (leaves are kept as they are)."""
+    flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten_tree(value, prefix=f"{name}/"))
         else:
-            flat[name] = np.asarray(value)
+            flat[name] = value
     return flat
 
 
@@ -49,7 +49,7 @@ def save_weights(
     path: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[str, Any]
 ) -> None:
     """Writes `params` and `meta` to `path` (.npz) atomically."""
-    flat = flatten_tree(params)
+    flat = {k: np.asarray(v) for k, v in flatten_tree(params).items()}
     if _META_KEY in flat:
         raise ValueError(f"parameter name {_META_KEY!r} is reserved")
     buffer = io.BytesIO()

@@ -1,0 +1,125 @@
+"""Orbax checkpoints: generator exports, and training checkpoints with the data iterator.
+
+Every checkpoint directory is an Orbax composite whose items are named alike:
+- `generator`: {"params": ...} of `DeepGIN`;
+- `meta`: JSON with at least {"model": DeepGIN fields}; training adds the step, the stage and
+  the whole config;
+- training checkpoints add `g_opt_state`, `discriminator` ({"params", "spectral"}),
+  `d_opt_state` and `data_iter` (the Grain iterator position).
+
+So `load_generator` reads a converted reference model, a single training step directory, a
+`checkpoints/` folder (its latest step) or a training workdir alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from deepgin_jax.models.generator import DeepGIN
+
+CHECKPOINT_SUBDIR = "checkpoints"
+META_ITEM = "meta"
+GENERATOR_ITEM = "generator"
+DISCRIMINATOR_ITEM = "discriminator"
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """No usable checkpoint at the given path."""
+
+
+def _save_items(directory: str | os.PathLike, items: Mapping[str, Any]) -> None:
+    directory = Path(directory).absolute()
+    if directory.exists():
+        raise FileExistsError(f"{directory} exists; refusing to overwrite a checkpoint")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        # Orbax writes into a temporary directory and renames it when complete.
+        checkpointer.save(directory, args=ocp.args.Composite(**items))
+
+
+def save_generator(
+    directory: str | os.PathLike, variables: Mapping[str, Any], model_config: Mapping[str, Any]
+) -> None:
+    """Writes generator variables ({"params": ...}) and its `DeepGIN` fields to `directory`."""
+    _save_items(
+        directory,
+        {
+            GENERATOR_ITEM: ocp.args.StandardSave(dict(variables)),
+            META_ITEM: ocp.args.JsonSave({"model": dict(model_config)}),
+        },
+    )
+
+
+def save_discriminator(
+    directory: str | os.PathLike, variables: Mapping[str, Any], config: Mapping[str, Any]
+) -> None:
+    """Writes discriminator variables ({"params", "spectral"}) and its fields to `directory`."""
+    _save_items(
+        directory,
+        {
+            DISCRIMINATOR_ITEM: ocp.args.StandardSave(dict(variables)),
+            META_ITEM: ocp.args.JsonSave({"discriminator": dict(config)}),
+        },
+    )
+
+
+def _is_step_directory(path: Path) -> bool:
+    return (path / META_ITEM).is_dir()
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A step directory from a step directory, a `checkpoints/` folder or a workdir."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint path does not exist: {path}")
+    if _is_step_directory(path):
+        return path
+    root = path / CHECKPOINT_SUBDIR if (path / CHECKPOINT_SUBDIR).is_dir() else path
+    steps = sorted(
+        (int(p.name), p) for p in root.iterdir() if p.name.isdigit() and _is_step_directory(p)
+    )
+    if not steps:
+        raise CheckpointNotFoundError(
+            f"no checkpoint found in {path}: expected a directory written by "
+            "`deepgin_jax.convert` or by training (with a 'meta' item), a 'checkpoints/' "
+            "folder of numbered steps, or a training workdir"
+        )
+    return steps[-1][1]
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON `meta` item of a checkpoint (see `resolve_checkpoint` for accepted paths)."""
+    step_dir = resolve_checkpoint(path)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        restored = checkpointer.restore(
+            step_dir.absolute(), args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
+        )
+    return dict(restored[META_ITEM])
+
+
+def load_generator(
+    path: str | os.PathLike, **model_overrides: Any
+) -> tuple[DeepGIN, dict[str, Any]]:
+    """Loads a generator for inference: returns (model, variables).
+
+    `path` may be a converted reference model, a training checkpoint step, a `checkpoints/`
+    folder or a training workdir (the latest step is used). `model_overrides` change runtime
+    fields such as `dtype` or `attention_impl`, never the architecture.
+    """
+    step_dir = resolve_checkpoint(path)
+    meta = read_meta(step_dir)
+    if "model" not in meta or not (step_dir / GENERATOR_ITEM).is_dir():
+        raise CheckpointNotFoundError(f"{step_dir} holds no generator")
+    model = DeepGIN(**meta["model"], **model_overrides)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        restored = checkpointer.restore(
+            step_dir.absolute(),
+            args=ocp.args.Composite(**{GENERATOR_ITEM: ocp.args.StandardRestore()}),
+        )
+    variables = jax.tree.map(jax.numpy.asarray, dict(restored[GENERATOR_ITEM]))
+    return model, variables

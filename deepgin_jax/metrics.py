@@ -14,8 +14,6 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
-from absl import logging
 
 Array = jax.Array
 
@@ -162,18 +160,20 @@ def frechet_distance(
     cov_a: np.ndarray,
     mean_b: np.ndarray,
     cov_b: np.ndarray,
-    eps: float = 1e-6,
 ) -> float:
     """Frechet distance between N(mean_a, cov_a) and N(mean_b, cov_b) (Heusel et al. 2017):
 
     |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)).
 
-    If the product is singular (non-finite square root), `eps` is added to both diagonals;
-    a square root with a significant imaginary part (> 1e-3 on its diagonal) is an error,
-    a negligible one is dropped.
+    The last trace is the sum of the square roots of the eigenvalues of S_a^(1/2) S_b
+    S_a^(1/2), a symmetric positive semi-definite matrix with the same eigenvalues as S_a S_b:
+    two symmetric eigendecompositions (a few seconds at 2048-d) instead of the general matrix
+    square root (minutes), and no complex round-off to discard. Eigenvalues that round-off
+    makes slightly negative are clipped to zero.
     """
     mean_a, mean_b = np.atleast_1d(mean_a).astype(np.float64), np.atleast_1d(mean_b)
-    cov_a, cov_b = np.atleast_2d(cov_a).astype(np.float64), np.atleast_2d(cov_b)
+    cov_a = np.atleast_2d(cov_a).astype(np.float64)
+    cov_b = np.atleast_2d(cov_b).astype(np.float64)
     dim = mean_a.shape[0]
     if mean_b.shape != (dim,) or cov_a.shape != (dim, dim) or cov_b.shape != (dim, dim):
         raise ValueError(
@@ -181,17 +181,11 @@ def frechet_distance(
             f"{cov_a.shape}, {cov_b.shape}"
         )
     diff = mean_a - mean_b
-    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
-    if not np.all(np.isfinite(covmean)):
-        logging.warning("FID: singular covariance product; adding %g to the diagonals", eps)
-        offset = np.eye(dim) * eps
-        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    if np.iscomplexobj(covmean):
-        largest = np.max(np.abs(np.diagonal(covmean).imag))
-        if largest > 1e-3:
-            raise ValueError(f"FID: matrix square root has imaginary component {largest:.3g}")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+    eigenvalues, eigenvectors = np.linalg.eigh((cov_a + cov_a.T) / 2)
+    sqrt_a = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+    product = sqrt_a @ cov_b @ sqrt_a
+    trace_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0.0, None)))
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_sqrt)
 
 
 def fid_from_stats(stats_a: FeatureStatistics, stats_b: FeatureStatistics) -> float:

@@ -159,6 +159,16 @@ def test_fid_with_non_commuting_covariances_matches_symmetric_form():
     assert np.trace(scipy.linalg.sqrtm(cov_a @ cov_b)).real == pytest.approx(np.sum(np.sqrt(inner)))
 
 
+def test_fid_of_rank_deficient_covariances_matches_the_general_square_root():
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((20, 50)), 0.5 + 1.5 * rng.standard_normal((30, 50))  # N < dim
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    expected = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b) - 2 * np.trace(root).real
+    assert metrics.frechet_distance(mu_a, cov_a, mu_b, cov_b) == pytest.approx(expected, rel=1e-6)
+
+
 def test_fid_from_stats_equals_fid_from_features_and_checks_shapes():
     rng = np.random.default_rng(5)
     a, b = rng.standard_normal((40, 3)), 1.0 + 2.0 * rng.standard_normal((30, 3))

@@ -1,0 +1,540 @@
+"""Evaluating inpainting methods side by side on an image folder and a fixed mask set.
+
+Protocol (the same pairs for every method):
+* images: every image file directly in the folder, sorted by name; each is cropped to its
+  central square and, if that square is not `size` pixels, resized to `size` x `size`
+  (PIL bicubic, antialiased when shrinking);
+* masks: a set written by `python -m deepgin_jax.masks` at `size` x `size`, in index order;
+* pairing: image a gets the masks (a*K + k) mod M for k < K (K = masks_per_image, M = the
+  set's size): with K = 1, image i meets mask i, cycling through the set;
+* metrics, on the whole composited image against the original: PSNR (dB), SSIM, L1 error (%)
+  and LPIPS per pair; FID per method between its outputs and the originals of all pairs, and
+  per mask type when the type has at least `fid_min_count` pairs (the count is reported;
+  FID is strongly biased below a few thousand images);
+* summaries per mask type and per hole-ratio bucket (0-10%, 10-20%, ..., 50-60%, >60%; a
+  ratio on an edge goes to the lower bucket: (0, 10], (10, 20], ...).
+
+Outputs: `per_image.csv` (one row per method and pair), `results.md` (tables of means),
+`summary.json` (the same numbers) and `grid.png` (masked input | each method | original for the
+first pairs); with `save_images`, every output under `images/<method>/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import itertools
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tqdm
+from absl import logging
+from PIL import Image, ImageDraw
+
+from deepgin_jax import image_io, masks, metrics
+from deepgin_jax.atomic import atomic_write
+from deepgin_jax.inference import InpainterBase
+from deepgin_jax.inpaint import list_images
+
+BUCKET_EDGES = (0, 10, 20, 30, 40, 50, 60)  # hole ratio in percent; the last bucket is > 60
+LPIPS_FILES = {"vgg": "lpips_vgg.npz", "alex": "lpips_alex.npz"}
+FID_FILE = "fid_inception.npz"
+# name -> (label, higher is better, decimals)
+METRIC_INFO = {
+    "psnr": ("PSNR (dB) ↑", True, 2),
+    "ssim": ("SSIM ↑", True, 4),
+    "l1_percent": ("L1 error (%) ↓", False, 3),
+    "lpips": ("LPIPS ↓", False, 4),
+}
+ALL = "all"
+
+
+def hole_ratio_bucket(ratio: float) -> str:
+    """'0-10%', '10-20%', ..., '50-60%' or '>60%' for a hole ratio in [0, 1]."""
+    percent = 100.0 * ratio
+    for low, high in itertools.pairwise(BUCKET_EDGES):
+        if percent <= high:
+            return f"{low}-{high}%"
+    return f">{BUCKET_EDGES[-1]}%"
+
+
+def bucket_names() -> list[str]:
+    names = [f"{lo}-{hi}%" for lo, hi in itertools.pairwise(BUCKET_EDGES)]
+    return [*names, f">{BUCKET_EDGES[-1]}%"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPair:
+    """One image with one mask of the set."""
+
+    image_index: int
+    image: str  # file name
+    mask_index: int
+    mask: str  # file name
+    mask_type: str
+    hole_ratio: float
+
+    @property
+    def bucket(self) -> str:
+        return hole_ratio_bucket(self.hole_ratio)
+
+
+def make_pairs(
+    image_names: Sequence[str], manifest: Mapping[str, Any], masks_per_image: int = 1
+) -> list[EvalPair]:
+    """Image a with masks (a*K + k) mod M, k < K: deterministic and the same for every method."""
+    entries = manifest["masks"]
+    if not entries:
+        raise ValueError("the mask set is empty")
+    if masks_per_image < 1:
+        raise ValueError(f"masks_per_image must be >= 1, got {masks_per_image}")
+    pairs = []
+    for a, name in enumerate(image_names):
+        for k in range(masks_per_image):
+            m = (a * masks_per_image + k) % len(entries)
+            entry = entries[m]
+            pairs.append(EvalPair(a, name, m, entry["file"], entry["type"], entry["hole_ratio"]))
+    return pairs
+
+
+def center_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The central square of uint8 [H, W, 3], resized (bicubic) to [size, size, 3] if needed."""
+    height, width = rgb.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = rgb[top : top + side, left : left + side]
+    if side == size:
+        return np.ascontiguousarray(square)
+    resized = Image.fromarray(square).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(resized)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureNetworks:
+    """The optional learned metrics.
+
+    lpips: (images_a, images_b) [N, H, W, 3] -> [N] distances, or None.
+    fid: images [N, H, W, 3] -> [N, D] features, or None.
+    """
+
+    lpips: Callable[[np.ndarray, np.ndarray], Any] | None = None
+    fid: Callable[[np.ndarray], Any] | None = None
+
+    @classmethod
+    def from_dir(
+        cls, weights_dir: str | os.PathLike | None, lpips_net: str = "vgg"
+    ) -> FeatureNetworks:
+        """LPIPS and the FID Inception from the files `python -m deepgin_jax.pretrained`
+        writes (`lpips_<net>.npz`, `fid_inception.npz`); a missing file leaves that metric out."""
+        if lpips_net not in LPIPS_FILES:
+            raise ValueError(f"lpips_net must be one of {sorted(LPIPS_FILES)}, got {lpips_net!r}")
+        if weights_dir is None:
+            return cls()
+        from deepgin_jax.models import inception, lpips
+
+        weights_dir = Path(weights_dir)
+        if not weights_dir.is_dir():
+            raise ValueError(f"weights folder {weights_dir} does not exist")
+        lpips_path = weights_dir / LPIPS_FILES[lpips_net]
+        fid_path = weights_dir / FID_FILE
+        distance = features = None
+        if lpips_path.is_file():
+            distance = lpips.LPIPSDistance.from_file(lpips_path)
+        else:
+            logging.warning("No %s: LPIPS is not computed.", lpips_path)
+        if fid_path.is_file():
+            features = inception.FIDFeatureExtractor.from_file(fid_path)
+        else:
+            logging.warning("No %s: FID is not computed.", fid_path)
+        return cls(distance, features)
+
+
+def _padded_call(fn: Callable[..., Any], batch_size: int, *arrays: np.ndarray) -> np.ndarray:
+    """fn on arrays padded (by repeating the last row) to `batch_size`, so that one compiled
+    shape serves every batch; returns the rows that belong to the real inputs."""
+    count = arrays[0].shape[0]
+    if count < batch_size:
+        arrays = tuple(
+            np.concatenate([a, np.repeat(a[-1:], batch_size - count, axis=0)]) for a in arrays
+        )
+    return np.asarray(fn(*arrays))[:count]
+
+
+class _FIDSet:
+    """Feature statistics of one image set: overall and per mask type."""
+
+    def __init__(self) -> None:
+        self.all = None
+        self.by_type: dict[str, metrics.FeatureStatistics] = {}
+
+    def add(self, features: np.ndarray, pairs: Sequence[EvalPair]) -> None:
+        if self.all is None:
+            self.all = metrics.FeatureStatistics(features.shape[1])
+        self.all.update(features)
+        for mask_type in sorted({p.mask_type for p in pairs}):
+            rows = [i for i, p in enumerate(pairs) if p.mask_type == mask_type]
+            stats = self.by_type.setdefault(mask_type, metrics.FeatureStatistics(features.shape[1]))
+            stats.update(features[rows])
+
+
+@dataclasses.dataclass
+class _MethodRecord:
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    fid: _FIDSet | None = None
+
+
+def build_methods(
+    checkpoints: Sequence[str],
+    baselines: Sequence[str] = (),
+    *,
+    radius: float = 3.0,
+    **inpainter_options: Any,
+) -> dict[str, InpainterBase]:
+    """Methods by name, in order: each checkpoint spec "name=DIR" (or "DIR", named after its
+    folder) becomes an `Inpainter(DIR, **inpainter_options)`; each baseline ("telea", "ns") an
+    `OpenCVInpainter` with `radius`.
+
+    Raises:
+      ValueError: a duplicate name or an unknown baseline.
+    """
+    from deepgin_jax.baselines import OPENCV_METHODS, OpenCVInpainter
+    from deepgin_jax.inference import Inpainter
+
+    specs: list[tuple[str, Callable[[], InpainterBase]]] = []
+    for spec in checkpoints:
+        name, sep, directory = spec.partition("=")
+        if not sep:
+            name, directory = Path(spec).resolve().name, spec
+        if not name or not directory:
+            raise ValueError(f"checkpoint spec {spec!r} is not NAME=DIR or DIR")
+        specs.append((name, functools.partial(Inpainter, directory, **inpainter_options)))
+    for baseline in baselines:
+        if baseline not in OPENCV_METHODS:
+            raise ValueError(f"unknown baseline {baseline!r}; known: {sorted(OPENCV_METHODS)}")
+        specs.append((baseline, functools.partial(OpenCVInpainter, baseline, radius)))
+    names = [name for name, _ in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"method names must be unique; repeated: {', '.join(duplicates)}")
+    return {name: make() for name, make in specs}
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _load_batch(
+    pairs: Sequence[EvalPair], image_paths: Sequence[Path], mask_paths: Sequence[Path], size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(originals uint8 [B, size, size, 3], holes bool [B, size, size])."""
+    originals, holes = [], []
+    for pair in pairs:
+        originals.append(center_square(image_io.read_rgb(image_paths[pair.image_index]), size))
+        hole = image_io.load_mask(mask_paths[pair.mask_index])
+        if hole.shape != (size, size):
+            raise ValueError(
+                f"mask {pair.mask} is {hole.shape[1]}x{hole.shape[0]}, not {size}x{size}"
+            )
+        holes.append(hole)
+    return np.stack(originals), np.stack(holes)
+
+
+def _output_name(pair: EvalPair) -> str:
+    return f"{Path(pair.image).stem}__{Path(pair.mask).stem}.png"
+
+
+def evaluate(
+    image_dir: str | os.PathLike,
+    mask_dir: str | os.PathLike,
+    methods: Mapping[str, InpainterBase],
+    output_dir: str | os.PathLike,
+    *,
+    size: int = 256,
+    masks_per_image: int = 1,
+    max_images: int | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    lpips_net: str = "vgg",
+    feature_networks: FeatureNetworks | None = None,
+    batch_size: int = 16,
+    fid_min_count: int = 1000,
+    grid_count: int = 8,
+    save_images: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Runs every method on every pair and writes the reports (module docstring).
+
+    Args:
+      methods: name -> inpainter (a DeepGIN `Inpainter` or a baseline), in report order.
+      max_images: use only the first images (sorted by name).
+      weights_dir, lpips_net: where to find LPIPS and FID weights (`FeatureNetworks.from_dir`);
+        `feature_networks` replaces them.
+      fid_min_count: the fewest pairs of one mask type for a per-type FID.
+
+    Returns:
+      The summary written to `summary.json`.
+    """
+    if not methods:
+        raise ValueError("no methods to evaluate")
+    image_paths = list_images(Path(image_dir))[:max_images]
+    if not image_paths:
+        raise ValueError(f"no images in {image_dir}")
+    manifest, mask_paths = masks.read_mask_set(mask_dir)
+    if (manifest["height"], manifest["width"]) != (size, size):
+        raise ValueError(
+            f"the mask set is {manifest['width']}x{manifest['height']} but the evaluation size "
+            f"(--size) is {size}; "
+            f"write a set with `python -m deepgin_jax.masks --size {size}`"
+        )
+    pairs = make_pairs([p.name for p in image_paths], manifest, masks_per_image)
+    if feature_networks is None:
+        feature_networks = FeatureNetworks.from_dir(weights_dir, lpips_net)
+    networks = feature_networks
+    output_dir = Path(output_dir)
+    records = {name: _MethodRecord() for name in methods}
+    reference_fid = _FIDSet() if networks.fid is not None else None
+    grid_rows: list[list[np.ndarray]] = []
+
+    bar = tqdm.tqdm(
+        total=len(pairs) * len(methods), desc="evaluating", unit="output", disable=not progress
+    )
+    for batch in _batches(pairs, batch_size):
+        originals, holes = _load_batch(batch, image_paths, mask_paths, size)
+        if reference_fid is not None:
+            reference_fid.add(_padded_call(networks.fid, batch_size, originals), batch)
+        outputs = {}
+        for name, method in methods.items():
+            outputs[name] = np.stack(method.inpaint_many(list(originals), list(holes)))
+            _record(records[name], name, batch, outputs[name], originals, networks, batch_size)
+            if save_images:
+                for row, pair in enumerate(batch):
+                    path = output_dir / "images" / name / _output_name(pair)
+                    image_io.save_image(path, outputs[name][row])
+            bar.update(len(batch))
+        for row in range(min(len(batch), grid_count - len(grid_rows))):
+            masked = np.where(holes[row][..., None], np.uint8(255), originals[row])
+            grid_rows.append([masked, *(outputs[n][row] for n in methods), originals[row]])
+    bar.close()
+
+    summary = _summarise(records, reference_fid, fid_min_count, len(pairs))
+    summary["protocol"] = {
+        "images": len(image_paths),
+        "masks": len(mask_paths),
+        "pairs": len(pairs),
+        "masks_per_image": masks_per_image,
+        "size": size,
+        "mask_set": {k: manifest[k] for k in ("seed", "type", "count") if k in manifest},
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(output_dir / "per_image.csv", [r for rec in records.values() for r in rec.rows])
+    _write_text(output_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    _write_text(output_dir / "results.md", results_markdown(summary))
+    if grid_rows:
+        _write_grid(output_dir / "grid.png", grid_rows, ["masked", *methods, "original"])
+    return summary
+
+
+def _score(
+    outputs: np.ndarray, originals: np.ndarray, networks: FeatureNetworks, batch_size: int
+) -> dict[str, np.ndarray]:
+    scores = {
+        name: _padded_call(fn, batch_size, outputs, originals)
+        for name, fn in (
+            ("psnr", metrics.psnr),
+            ("ssim", metrics.ssim),
+            ("l1_percent", metrics.l1_error_percent),
+        )
+    }
+    if networks.lpips is not None:
+        scores["lpips"] = _padded_call(networks.lpips, batch_size, outputs, originals)
+    return scores
+
+
+def _record(
+    record: _MethodRecord,
+    method: str,
+    pairs: Sequence[EvalPair],
+    outputs: np.ndarray,
+    originals: np.ndarray,
+    networks: FeatureNetworks,
+    batch_size: int,
+) -> None:
+    """Adds one batch of a method's outputs: a CSV row per pair, and FID features."""
+    scores = _score(outputs, originals, networks, batch_size)
+    record.rows.extend(_row(method, pair, scores, row) for row, pair in enumerate(pairs))
+    if networks.fid is not None:
+        if record.fid is None:
+            record.fid = _FIDSet()
+        record.fid.add(_padded_call(networks.fid, batch_size, outputs), pairs)
+
+
+def _row(method: str, pair: EvalPair, scores: Mapping[str, np.ndarray], row: int) -> dict:
+    record = {
+        "method": method,
+        "image": pair.image,
+        "mask": pair.mask,
+        "mask_type": pair.mask_type,
+        "hole_ratio": pair.hole_ratio,
+        "hole_bucket": pair.bucket,
+    }
+    record.update({name: float(values[row]) for name, values in scores.items()})
+    return record
+
+
+def _fid(a: metrics.FeatureStatistics, b: metrics.FeatureStatistics) -> float | None:
+    if a.count < 2 or b.count < 2:
+        return None
+    try:
+        return metrics.fid_from_stats(a, b)
+    except ValueError as e:
+        logging.warning("FID could not be computed (%s)", e)
+        return None
+
+
+def _mean(rows: Sequence[Mapping[str, Any]], metric: str) -> float | None:
+    values = [r[metric] for r in rows if metric in r]
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) != len(values):
+        logging.warning(
+            "%d infinite %s value(s) (identical images) left out of the mean",
+            len(values) - len(finite),
+            metric,
+        )
+    return float(np.mean(finite)) if finite else None
+
+
+def _summarise(
+    records: Mapping[str, _MethodRecord],
+    reference_fid: _FIDSet | None,
+    fid_min_count: int,
+    pair_count: int,
+) -> dict[str, Any]:
+    """{'methods': {name: {'by_type': {type: {metric: mean, 'count': n}}, 'by_bucket': ...,
+    'fid': {group: {'fid': value, 'count': n}}}}, 'metrics': [...], 'mask_types': [...],
+    'buckets': [...]}."""
+    any_rows = next(iter(records.values())).rows
+    metric_names = [m for m in METRIC_INFO if any_rows and m in any_rows[0]]
+    mask_types = sorted({r["mask_type"] for r in any_rows})
+    buckets = [b for b in bucket_names() if any(r["hole_bucket"] == b for r in any_rows)]
+    summary: dict[str, Any] = {
+        "metrics": metric_names,
+        "mask_types": mask_types,
+        "buckets": buckets,
+        "methods": {},
+    }
+    for name, record in records.items():
+        groups = {"by_type": {ALL: record.rows}, "by_bucket": {}}
+        for mask_type in mask_types:
+            groups["by_type"][mask_type] = [r for r in record.rows if r["mask_type"] == mask_type]
+        for bucket in buckets:
+            groups["by_bucket"][bucket] = [r for r in record.rows if r["hole_bucket"] == bucket]
+        entry: dict[str, Any] = {}
+        for kind, grouped in groups.items():
+            entry[kind] = {
+                group: {"count": len(rows), **{m: _mean(rows, m) for m in metric_names}}
+                for group, rows in grouped.items()
+            }
+        if reference_fid is not None and record.fid is not None:
+            fid = {ALL: {"fid": _fid(record.fid.all, reference_fid.all), "count": pair_count}}
+            for mask_type, stats in sorted(record.fid.by_type.items()):
+                if stats.count >= fid_min_count:
+                    value = _fid(stats, reference_fid.by_type[mask_type])
+                    fid[mask_type] = {"fid": value, "count": stats.count}
+            entry["fid"] = fid
+        summary["methods"][name] = entry
+    return summary
+
+
+def _format(value: float | None, decimals: int) -> str:
+    return "n/a" if value is None else f"{value:.{decimals}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def results_markdown(summary: Mapping[str, Any]) -> str:
+    """The Markdown report: per metric, methods x mask types and methods x hole-ratio buckets
+    (means, pair counts in the headers), then FID."""
+    methods = summary["methods"]
+    first = next(iter(methods.values()))
+    protocol = summary.get("protocol", {})
+    lines = ["# Inpainting evaluation", ""]
+    if protocol:
+        lines += [
+            f"{protocol['pairs']} image-mask pairs: {protocol['images']} images "
+            f"(central square, {protocol['size']}x{protocol['size']}) x "
+            f"{protocol['masks_per_image']} mask(s) each from a set of {protocol['masks']}; "
+            "metrics on the whole composited image.",
+            "",
+        ]
+    for metric in summary["metrics"]:
+        label, _, decimals = METRIC_INFO[metric]
+        for kind, groups, title in (
+            ("by_type", [ALL, *summary["mask_types"]], "mask type"),
+            ("by_bucket", summary["buckets"], "hole ratio"),
+        ):
+            header = ["method"] + [f"{g} (n={first[kind][g]['count']})" for g in groups]
+            rows = [
+                [name] + [_format(entry[kind][g][metric], decimals) for g in groups]
+                for name, entry in methods.items()
+            ]
+            lines += [f"## {label} by {title}", "", *_table(header, rows), ""]
+    if "fid" in first:
+        groups = [ALL, *[t for t in summary["mask_types"] if t in first["fid"]]]
+        header = ["method"] + [f"{g} (n={first['fid'][g]['count']})" for g in groups]
+        rows = [
+            [name] + [_format(entry["fid"].get(g, {}).get("fid"), 3) for g in groups]
+            for name, entry in methods.items()
+        ]
+        lines += ["## FID ↓", "", *_table(header, rows), ""]
+        lines += [
+            "FID compares each method's outputs with the original images of the same pairs; "
+            "below a few thousand pairs it is biased upwards and only comparable between "
+            "methods of the same run.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    columns = ["method", "image", "mask", "mask_type", "hole_ratio", "hole_bucket"]
+    columns += [m for m in METRIC_INFO if rows and m in rows[0]]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(path, buffer.getvalue())
+
+
+def _write_grid(path: Path, rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str]) -> None:
+    """Rows of equally sized uint8 images under a header of column labels, 4 px apart."""
+    size = rows[0][0].shape[0]
+    gap, header = 4, 16
+    width = len(labels) * (size + gap) - gap
+    height = header + len(rows) * (size + gap) - gap
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for col, label in enumerate(labels):
+        draw.text((col * (size + gap) + 2, 2), label[: max(1, size // 6)], fill=(0, 0, 0))
+    for r, images in enumerate(rows):
+        for col, image in enumerate(images):
+            canvas.paste(Image.fromarray(image), (col * (size + gap), header + r * (size + gap)))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    with atomic_write(path, "wb") as f:
+        f.write(buffer.getvalue())

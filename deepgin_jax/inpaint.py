@@ -1,0 +1,384 @@
+r"""Inpaint photos with a trained DeepGIN: one file, or every image in a folder.
+
+  python -m deepgin_jax.inpaint --checkpoint CKPT --image photo.jpg --mask photo_mask.png \
+      --output photo_filled.jpg
+  python -m deepgin_jax.inpaint --checkpoint CKPT --image photos/ --mask masks/ --output out/
+
+Masks: white (255) = hole, black = keep; --invert-mask for the other polarity. Gray, RGB(A)
+and 16-bit masks are accepted; a pixel brighter than --mask-threshold is a hole; an RGBA mask
+of one colour uses its alpha (a painted layer). --dilate N grows the holes by a disc of radius
+N pixels. A mask of another size than its image is an error unless --resize-mask.
+
+Matching images to masks (--image a folder: every .png/.jpg/.jpeg/.webp/.bmp/.tif/.tiff in
+it, not recursive, except files named *_mask.*):
+  * --mask a file: that mask for every image;
+  * --mask a folder: for image <stem>.<ext>, the mask <stem>.* or else <stem>_mask.*
+    (any image extension); for an image <name>_with_holes.* also <name>_mask.*;
+  * no --mask: <stem>_mask.* (or <name>_mask.* for <name>_with_holes.*) beside the image.
+An image with no mask, or with two candidate masks, is reported and skipped.
+
+Outputs: --output a file (its extension sets the format: .png, .jpg/.jpeg, .webp) or a folder
+(created if needed), which receives <stem>.<--format>, with a trailing "_with_holes" dropped
+from the stem. Existing outputs are kept (and reported as skipped) unless --overwrite. Every
+output is the input's size; alpha, EXIF and the ICC profile are kept where the format allows.
+
+A file that cannot be read or inpainted is reported and skipped; the exit status is 0 when
+every image was inpainted or skipped, 1 when some failed, 2 when nothing could be started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from absl import app, flags, logging
+
+from deepgin_jax import image_io
+from deepgin_jax.checkpointing import CheckpointNotFoundError, resolve_checkpoint
+from deepgin_jax.inference import MODES, Inpainter, InpainterBase, default_max_batch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+OUTPUT_EXTENSIONS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
+OUTPUT_FORMATS = ("png", "jpg", "webp")
+MASK_SUFFIX = "_mask"
+HOLES_SUFFIX = "_with_holes"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One image to inpaint: its mask and output, or why it cannot be done."""
+
+    image: Path
+    mask: Path | None
+    output: Path | None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskOptions:
+    """How mask files are read: polarity, threshold (0-255), dilation radius, resizing."""
+
+    invert: bool = False
+    threshold: int = 127
+    dilate: int = 0
+    resize: bool = False
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a run did, image by image."""
+
+    inpainted: list[Path] = dataclasses.field(default_factory=list)
+    skipped: list[Path] = dataclasses.field(default_factory=list)
+    failed: dict[Path, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def output_stem(image: Path) -> str:
+    """The image's stem without a trailing "_with_holes" (the AIM 2020 naming)."""
+    stem = image.stem
+    return stem[: -len(HOLES_SUFFIX)] if stem.endswith(HOLES_SUFFIX) else stem
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name, without the `*_mask.*` files."""
+    return sorted(p for p in folder.iterdir() if _is_image(p) and not p.stem.endswith(MASK_SUFFIX))
+
+
+def find_mask(image: Path, mask_dir: Path) -> Path:
+    """The mask for `image` in `mask_dir` by the module docstring's rules.
+
+    Raises:
+      LookupError: no candidate, or more than one file for the first rule that matches.
+    """
+    stems = [] if mask_dir.resolve() == image.parent.resolve() else [image.stem]
+    stems.append(image.stem + MASK_SUFFIX)
+    if image.stem.endswith(HOLES_SUFFIX):
+        stems.append(output_stem(image) + MASK_SUFFIX)
+    for stem in stems:
+        found = sorted(p for p in mask_dir.glob(f"{_glob_escape(stem)}.*") if _is_image(p))
+        found = [p for p in found if p.stem == stem and p.resolve() != image.resolve()]
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise LookupError(f"more than one mask matches {image.name}: {names}")
+        if found:
+            return found[0]
+    wanted = " or ".join(f"{s}.*" for s in stems)
+    raise LookupError(f"no mask for {image.name}: looked for {wanted} in {mask_dir}")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def plan_tasks(
+    image: str | os.PathLike,
+    mask: str | os.PathLike | None,
+    output: str | os.PathLike,
+    output_format: str = "png",
+) -> list[Task]:
+    """Pairs every input image with its mask and output path (module docstring rules).
+
+    Raises:
+      ValueError: the arguments cannot work together (missing input, folder input with a
+        file output, an unknown output extension).
+    """
+    image, output = Path(image), Path(output)
+    mask = Path(mask) if mask is not None else None
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    if mask is not None and not mask.exists():
+        raise ValueError(f"--mask {mask} does not exist")
+    if image.is_dir():
+        if output.suffix.lower() in OUTPUT_EXTENSIONS or output.is_file():
+            raise ValueError(f"--image is a folder, so --output must be a folder, not {output}")
+        images = list_images(image)
+        if not images:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image}")
+        return _deduplicate(
+            [_task(p, mask, output / f"{output_stem(p)}.{output_format}") for p in images]
+        )
+    if not image.is_file():
+        raise ValueError(f"--image {image} does not exist")
+    if output.is_dir() or not output.suffix:
+        target = output / f"{output_stem(image)}.{output_format}"
+    elif output.suffix.lower() in OUTPUT_EXTENSIONS:
+        target = output
+    else:
+        raise ValueError(
+            f"cannot tell the output format from {output.name}; use one of "
+            f"{', '.join(OUTPUT_EXTENSIONS)}, or give a folder"
+        )
+    return [_task(image, mask, target)]
+
+
+def _task(image: Path, mask: Path | None, output: Path) -> Task:
+    if mask is not None and mask.is_file():
+        return Task(image, mask, output)
+    try:
+        return Task(image, find_mask(image, mask if mask is not None else image.parent), output)
+    except LookupError as e:
+        return Task(image, None, output, str(e))
+
+
+def _deduplicate(tasks: list[Task]) -> list[Task]:
+    """Marks the later of two images that would write the same output as failed."""
+    first_by_output: dict[Path, Path] = {}
+    result = []
+    for task in tasks:
+        first = first_by_output.setdefault(task.output, task.image)
+        if first != task.image:
+            task = dataclasses.replace(
+                task, error=f"{task.output.name} is already the output of {first.name}"
+            )
+        result.append(task)
+    return result
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask file as uint8 [H, W, 3] (or [H, W, 4] with its alpha), upright (EXIF)."""
+    loaded = image_io.load_image(path)
+    if loaded.alpha is None:
+        return loaded.rgb
+    return np.dstack([loaded.rgb, loaded.alpha])
+
+
+def inpaint_file(
+    inpainter: InpainterBase, task: Task, mask_options: MaskOptions, quality: int = 95
+) -> None:
+    """Reads, inpaints and writes (atomically) one task's image.
+
+    Raises:
+      image_io.ImageReadError, inference.MaskSizeError (both ValueError), OSError.
+    """
+    loaded = image_io.load_image(task.image)
+    pixels = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
+    result = inpainter.inpaint(
+        pixels,
+        read_mask(task.mask),
+        invert_mask=mask_options.invert,
+        threshold=mask_options.threshold,
+        dilate=mask_options.dilate,
+        resize_mask=mask_options.resize,
+    )
+    image_io.save_image(
+        task.output,
+        result[..., :3],
+        alpha=result[..., 3] if loaded.alpha is not None else None,
+        exif=loaded.exif,
+        icc_profile=loaded.icc_profile,
+        quality=quality,
+    )
+
+
+def inpaint_tasks(
+    inpainter: InpainterBase | Callable[[], InpainterBase],
+    tasks: Iterable[Task],
+    mask_options: MaskOptions,
+    *,
+    overwrite: bool = False,
+    quality: int = 95,
+    progress: bool = True,
+) -> Summary:
+    """Runs every task with a progress bar; one failure is logged and the rest go on.
+
+    `inpainter` may be a factory, called only if some task has work to do (so a rerun that
+    skips every output does not load the model).
+    """
+    tasks = list(tasks)
+    summary = Summary()
+    for task in tqdm.tqdm(tasks, desc="inpainting", unit="image", disable=not progress):
+        if task.error is not None:
+            summary.failed[task.image] = task.error
+            logging.error("%s: %s", task.image, task.error)
+            continue
+        if task.output.exists() and not overwrite:
+            summary.skipped.append(task.image)
+            logging.info("%s exists; skipped (use --overwrite to replace it)", task.output)
+            continue
+        if not isinstance(inpainter, InpainterBase):
+            inpainter = inpainter()
+        try:
+            inpaint_file(inpainter, task, mask_options, quality)
+        except (ValueError, OSError) as e:
+            message = str(e) if str(task.image) in str(e) else f"{task.image}: {e}"
+            summary.failed[task.image] = message
+            logging.error("%s", message)
+            continue
+        summary.inpainted.append(task.image)
+    logging.info(
+        "Inpainted %d image(s), skipped %d existing output(s), %d failed.",
+        len(summary.inpainted),
+        len(summary.skipped),
+        len(summary.failed),
+    )
+    return summary
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The command-line flags (defined only when run as a program, or on `flag_values`)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "Generator checkpoint (converted model, training checkpoint step, checkpoints/ folder "
+        "or training workdir).",
+        **fv,
+    )
+    flags.DEFINE_string("image", None, "An image file, or a folder of images.", **fv)
+    flags.DEFINE_string(
+        "mask",
+        None,
+        "A mask file (for every image) or a folder of masks; default: <stem>_mask.* beside "
+        "each image.",
+        **fv,
+    )
+    flags.DEFINE_string("output", None, "Output file (format from its extension) or folder.", **fv)
+    flags.DEFINE_bool("invert-mask", False, "Masks mark the known region white.", **fv)
+    flags.DEFINE_integer(
+        "mask-threshold",
+        127,
+        "Mask values above this (0-255) are holes.",
+        lower_bound=0,
+        upper_bound=254,
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "dilate", 0, "Grow holes by a disc of this radius (pixels).", lower_bound=0, **fv
+    )
+    flags.DEFINE_bool(
+        "resize-mask",
+        False,
+        "Resize masks of another size to their image (nearest neighbour) instead of failing.",
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "mode",
+        "auto",
+        list(MODES),
+        "auto: an image up to 256 px whole, a larger one as 256x256 sub-images, nothing "
+        "resampled; reference: the original test script, exactly.",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "ensemble",
+        None,
+        "x5 rotation/flip self-ensemble (5x slower); default: on in reference mode, off in "
+        "auto mode.",
+        **fv,
+    )
+    flags.DEFINE_bool("overwrite", False, "Replace existing outputs.", **fv)
+    flags.DEFINE_integer("quality", 95, "JPEG/WebP quality.", lower_bound=1, upper_bound=100, **fv)
+    flags.DEFINE_enum(
+        "format", "png", list(OUTPUT_FORMATS), "Format of outputs written into a folder.", **fv
+    )
+    flags.DEFINE_integer(
+        "max-batch",
+        None,
+        "Most network inputs per call (default: 4 on CPU, 16 on GPU/TPU).",
+        lower_bound=1,
+        **fv,
+    )
+    flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Computation dtype of the network.", **fv)
+
+
+def run(flag_values: flags.FlagValues) -> int:
+    """Runs the command for parsed `flag_values`; returns the exit status (module docstring)."""
+    f = flag_values
+    for name in ("checkpoint", "image", "output"):
+        if f[name].value is None:
+            raise app.UsageError(f"--{name} is required")
+    try:
+        resolve_checkpoint(f.checkpoint)
+        tasks = plan_tasks(f.image, f.mask, f.output, f.format)
+    except (CheckpointNotFoundError, ValueError) as e:
+        logging.error("%s", e)
+        return 2
+    inpainter = functools.partial(
+        Inpainter,
+        f.checkpoint,
+        mode=f.mode,
+        ensemble=f.ensemble,
+        dtype=DTYPES[f.dtype],
+        max_batch=f["max-batch"].value or default_max_batch(),
+    )
+    mask_options = MaskOptions(
+        invert=f["invert-mask"].value,
+        threshold=f["mask-threshold"].value,
+        dilate=f.dilate,
+        resize=f["resize-mask"].value,
+    )
+    try:
+        summary = inpaint_tasks(
+            inpainter, tasks, mask_options, overwrite=f.overwrite, quality=f.quality
+        )
+    except CheckpointNotFoundError as e:
+        logging.error("cannot load --checkpoint %s: %s", f.checkpoint, e)
+        return 2
+    return summary.exit_code
+
+
+def main(argv: Sequence[str]) -> Any:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    return run(flags.FLAGS)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,71 @@
+"""Shared by the inference, inpainting-CLI and evaluation tests: a tiny generator checkpoint,
+written once per process, and stand-in networks with the generator's call signature."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepgin_jax.checkpointing import save_generator
+from deepgin_jax.models import DeepGIN
+
+TINY_FEATURES = 16
+
+
+def _random_leaf(rng: np.random.Generator, leaf: jax.ShapeDtypeStruct) -> np.ndarray:
+    if len(leaf.shape) == 4:  # conv kernel [kh, kw, in, out]
+        fan_in = int(np.prod(leaf.shape[:3]))
+        return (0.5 * np.sqrt(2.0 / fan_in) * rng.standard_normal(leaf.shape)).astype(np.float32)
+    return (0.02 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+
+@functools.cache
+def tiny_checkpoint() -> Path:
+    """A converted-model directory of DeepGIN(base_features=16) with random weights.
+
+    The weights are drawn with NumPy from the abstract parameter shapes: compiling `init`
+    would cost a minute on a CI machine.
+    """
+    model = DeepGIN(base_features=TINY_FEATURES)
+    image = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+    mask = jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), image, mask)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(functools.partial(_random_leaf, rng), abstract["params"])
+    root = Path(tempfile.mkdtemp(prefix="deepgin-tiny-"))
+    atexit.register(shutil.rmtree, root, True)
+    save_generator(root / "tiny", {"params": params}, {"base_features": TINY_FEATURES})
+    return root / "tiny"
+
+
+def ramp_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A stand-in generator that depends on the input, the mask, the position (asymmetrically
+    in rows and columns) and the channel, and leaves [0, 1] in places, so that a wrong
+    transpose, rotation, clip or rounding anywhere changes the result."""
+    _, height, width, _ = masked.shape
+    rows = np.arange(height, dtype=np.float32)[:, None] / height
+    cols = np.arange(width, dtype=np.float32)[None, :] / width
+    ramp = (0.35 * rows - 0.25 * cols)[None, :, :, None]
+    channel = np.array([0.013, 0.1, -0.1], np.float32)
+    return 0.8 * masked + ramp + 0.2 * mask + channel
+
+
+class RecordingNetwork:
+    """Wraps a stand-in network and records the batch shapes it was called with."""
+
+    def __init__(self, network=ramp_network):
+        self.network = network
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        assert masked.dtype == np.float32 and mask.dtype == np.float32
+        assert masked.shape[:3] == mask.shape[:3] and mask.shape[-1] == 1
+        self.calls.append(masked.shape[:3])
+        return self.network(masked, mask)

@@ -1,0 +1,314 @@
+"""Evaluation: pairing, buckets, the classical baselines, and the whole command on tiny images
+with the tiny generator, Telea, Navier-Stokes and a small random LPIPS network."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import math
+import re
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import app, flags
+from PIL import Image
+
+from deepgin_jax import evaluate, evaluation, image_io, masks, metrics
+from deepgin_jax.baselines import OpenCVInpainter
+from deepgin_jax.models import lpips
+from deepgin_jax.weights_io import save_weights
+from tests.inpainting_helpers import tiny_checkpoint
+
+SIZE = 64
+SMALL_VGG_WIDTHS = (8, 8, 12, 12, 16, 16, 16, 20, 20, 20, 24, 24, 24)
+
+
+def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
+    """Gradients plus a little noise: uint8 [H, W, 3]."""
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(0, 1, height)[:, None, None]
+    cols = np.linspace(0, 1, width)[None, :, None]
+    colour = rng.random(3)
+    image = 200 * (rows * colour + cols * (1 - colour)) + rng.normal(0, 8, (height, width, 3))
+    return np.clip(image + 20, 0, 255).astype(np.uint8)
+
+
+def write_lpips_file(path) -> None:
+    """A VGG-topology LPIPS of reduced widths with random weights, in the converter's format."""
+    model = lpips.LPIPS("vgg", SMALL_VGG_WIDTHS)
+    image = jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), image, image)
+    rng = np.random.default_rng(0)
+
+    def draw(leaf):
+        if leaf.shape[:2] == (1, 1) and leaf.shape[-1] == 1:  # linear heads are non-negative
+            return np.abs(0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        scale = np.sqrt(2.0 / np.prod(leaf.shape[:-1])) if len(leaf.shape) == 4 else 0.05
+        return (scale * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    params = jax.tree.map(draw, abstract["params"])
+    meta = {"network": lpips.NETWORK_NAME, "net": "vgg", "widths": list(SMALL_VGG_WIDTHS)}
+    save_weights(path, params, meta)
+
+
+def pooled_features(images: np.ndarray) -> np.ndarray:
+    """A small stand-in for the FID network: 4x4 block means, [N, 4*4*3]."""
+    x = np.asarray(images, np.float64) / 255.0
+    n = x.shape[0]
+    return x.reshape(n, 4, SIZE // 4, 4, SIZE // 4, 3).mean(axis=(2, 4)).reshape(n, -1)
+
+
+def saved_outputs(folder, method: str, rows) -> np.ndarray:
+    """The images `--save-images` wrote for these CSV rows: uint8 [N, 64, 64, 3]."""
+    names = [f"{r['image'].rsplit('.', 1)[0]}__{r['mask'].rsplit('.', 1)[0]}.png" for r in rows]
+    return np.stack([np.asarray(Image.open(folder / "images" / method / n)) for n in names])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    images = root / "images"
+    images.mkdir()
+    Image.fromarray(smooth_image(SIZE, SIZE, 0)).save(images / "a.png")
+    Image.fromarray(smooth_image(80, SIZE, 1)).save(images / "b.png")  # central crop only
+    Image.fromarray(smooth_image(120, 100, 2)).save(images / "c.jpg", quality=95)  # + resize
+    rgba = np.dstack([smooth_image(SIZE, 96, 3), np.full((SIZE, 96), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(images / "d.png")
+    masks.write_mask_set(root / "masks", kind="mixed", count=3, height=SIZE, width=SIZE, seed=0)
+    weights = root / "weights"
+    write_lpips_file(weights / evaluation.LPIPS_FILES["vgg"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def command_run(dataset):
+    """The whole command, in-process, with the generator, both baselines and LPIPS."""
+    output = dataset / "out"
+    flag_values = flags.FlagValues()
+    evaluate.define_flags(flag_values)
+    flag_values(
+        [
+            "evaluate",
+            f"--images={dataset / 'images'}",
+            f"--masks={dataset / 'masks'}",
+            f"--output={output}",
+            f"--size={SIZE}",
+            f"--checkpoint=tiny={tiny_checkpoint()}",
+            "--baselines=telea,ns",
+            f"--weights={dataset / 'weights'}",
+            "--batch-size=4",
+            "--max-batch=4",
+            "--grid=2",
+            "--save-images",
+        ]
+    )
+    summary = evaluate.run(flag_values)
+    with open(output / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    return output, summary, rows
+
+
+def test_hole_ratio_buckets_and_pairing():
+    assert evaluation.hole_ratio_bucket(0.0) == "0-10%"
+    assert evaluation.hole_ratio_bucket(0.1) == "0-10%"
+    assert evaluation.hole_ratio_bucket(0.1001) == "10-20%"
+    assert evaluation.hole_ratio_bucket(0.6) == "50-60%"
+    assert evaluation.hole_ratio_bucket(0.61) == ">60%"
+    assert evaluation.bucket_names()[-1] == ">60%" and len(evaluation.bucket_names()) == 7
+    manifest = {
+        "masks": [{"file": f"m{i}.png", "type": "rect", "hole_ratio": 0.1 * i} for i in range(3)]
+    }
+    pairs = evaluation.make_pairs(["x", "y"], manifest, masks_per_image=2)
+    assert [(p.image, p.mask_index) for p in pairs] == [("x", 0), ("x", 1), ("y", 2), ("y", 0)]
+    assert [p.mask_index for p in evaluation.make_pairs(list("abcd"), manifest)] == [0, 1, 2, 0]
+
+
+def test_center_square():
+    tall = smooth_image(80, SIZE, 1)
+    np.testing.assert_array_equal(evaluation.center_square(tall, SIZE), tall[8:72])
+    wide = smooth_image(100, 120, 2)
+    expected = Image.fromarray(wide[:, 10:110]).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+    np.testing.assert_array_equal(evaluation.center_square(wide, SIZE), np.asarray(expected))
+
+
+@pytest.mark.parametrize("method", ["telea", "ns"])
+def test_baselines_match_opencv_and_keep_known_pixels(method):
+    image = smooth_image(37, 53, 4)
+    hole = np.zeros((37, 53), bool)
+    hole[10:20, 5:30] = True
+    flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[method]
+    expected = cv2.inpaint(image, hole.astype(np.uint8) * 255, 5.0, flag)
+    baseline = OpenCVInpainter(method, radius=5.0)
+    out = baseline.inpaint(image, hole)
+    np.testing.assert_array_equal(out[hole], expected[hole])
+    np.testing.assert_array_equal(out[~hole], image[~hole])
+    as_float = baseline.inpaint(image / 255.0, hole)
+    assert as_float.dtype == np.float64
+    np.testing.assert_array_equal(as_float[~hole], image[~hole] / 255.0)
+    np.testing.assert_allclose(as_float[hole], expected[hole] / 255.0, atol=1e-6)
+    pil = baseline.inpaint(Image.fromarray(image), Image.fromarray(hole))
+    np.testing.assert_array_equal(np.asarray(pil), out)
+
+
+def test_build_methods_rejects_bad_specs():
+    with pytest.raises(ValueError, match="unknown baseline 'lama'"):
+        evaluation.build_methods([], ["lama"])
+    with pytest.raises(ValueError, match="repeated: telea"):
+        evaluation.build_methods([], ["telea", "telea"])
+    with pytest.raises(ValueError, match="NAME=DIR"):
+        evaluation.build_methods(["=somewhere"])
+    with pytest.raises(ValueError, match="radius"):
+        evaluation.build_methods([], ["ns"], radius=0)
+
+
+def test_mask_set_of_another_size_is_rejected(dataset, tmp_path):
+    masks.write_mask_set(tmp_path / "m32", kind="rect", count=1, height=32, width=32, seed=0)
+    with pytest.raises(ValueError, match=r"32x32 but the evaluation size \(--size\) is 64"):
+        evaluation.evaluate(
+            dataset / "images",
+            tmp_path / "m32",
+            {"telea": OpenCVInpainter()},
+            tmp_path / "o",
+            size=SIZE,
+        )
+
+
+def test_command_requires_a_method(dataset, tmp_path):
+    flag_values = flags.FlagValues()
+    evaluate.define_flags(flag_values)
+    flag_values(["evaluate", f"--images={dataset}", f"--masks={dataset}", f"--output={tmp_path}"])
+    with pytest.raises(app.UsageError, match="at least one"):
+        evaluate.run(flag_values)
+
+
+def test_per_image_csv_holds_direct_computations(command_run, dataset):
+    output, _, rows = command_run
+    assert len(rows) == 3 * 4
+    assert [r["method"] for r in rows[::4]] == ["tiny", "telea", "ns"]
+    manifest, mask_paths = masks.read_mask_set(dataset / "masks")
+    telea = [r for r in rows if r["method"] == "telea"]
+    assert [r["image"] for r in telea] == ["a.png", "b.png", "c.jpg", "d.png"]
+    assert [r["mask"] for r in telea] == [manifest["masks"][i]["file"] for i in (0, 1, 2, 0)]
+    for row in rows:
+        entry = next(m for m in manifest["masks"] if m["file"] == row["mask"])
+        assert row["mask_type"] == entry["type"]
+        assert float(row["hole_ratio"]) == pytest.approx(entry["hole_ratio"])
+        assert row["hole_bucket"] == evaluation.hole_ratio_bucket(entry["hole_ratio"])
+    # Telea on a.png (already 64x64, so no crop or resize) with mask 0, computed directly.
+    original = np.asarray(Image.open(dataset / "images" / "a.png"))
+    hole = image_io.load_mask(mask_paths[0])
+    filled = cv2.inpaint(original, hole.astype(np.uint8) * 255, 3.0, cv2.INPAINT_TELEA)
+    result = np.where(hole[..., None], filled, original)
+    error = (result.astype(np.float64) - original) / 255.0
+    assert float(telea[0]["psnr"]) == pytest.approx(-10 * math.log10(np.mean(error**2)), rel=1e-5)
+    assert float(telea[0]["l1_percent"]) == pytest.approx(100 * np.abs(error).mean(), rel=1e-5)
+    ssim = metrics.ssim(result[None], original[None])[0]
+    assert float(telea[0]["ssim"]) == pytest.approx(float(ssim), rel=1e-5)
+    # LPIPS against the same network applied directly to the saved outputs.
+    saved = saved_outputs(output, "telea", telea)
+    assert np.array_equal(saved[0], result)
+    originals = np.stack(
+        [
+            evaluation.center_square(image_io.read_rgb(dataset / "images" / r["image"]), SIZE)
+            for r in telea
+        ]
+    )
+    distance = lpips.LPIPSDistance.from_file(dataset / "weights" / "lpips_vgg.npz")
+    np.testing.assert_allclose(
+        [float(r["lpips"]) for r in telea], distance(saved, originals), rtol=1e-4
+    )
+    # The generator's outputs keep every known pixel and fill the holes.
+    tiny = saved_outputs(output, "tiny", [r for r in rows if r["method"] == "tiny"])
+    np.testing.assert_array_equal(tiny[0][~hole], original[~hole])
+    assert (tiny[0][hole] != 255).any()
+
+
+def _markdown_row(text: str, heading: str, method: str) -> list[str]:
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    line = next(ln for ln in section.splitlines() if ln.startswith(f"| {method} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_markdown_summary_and_grid(command_run, dataset):
+    output, summary, rows = command_run
+    text = (output / "results.md").read_text()
+    header = re.search(r"## PSNR \(dB\) ↑ by mask type\n\n(\|.*\|)\n", text).group(1)
+    types = summary["mask_types"]
+    assert (
+        header
+        == "| method | all (n=4) | "
+        + " | ".join(f"{t} (n={sum(r['mask_type'] == t for r in rows) // 3})" for t in types)
+        + " |"
+    )
+    for method in ("tiny", "telea", "ns"):
+        cells = _markdown_row(text, "PSNR (dB) ↑ by mask type", method)
+        values = [float(r["psnr"]) for r in rows if r["method"] == method]
+        assert cells[1] == f"{np.mean(values):.2f}"
+        first_type = [
+            float(r["psnr"]) for r in rows if r["method"] == method and r["mask_type"] == types[0]
+        ]
+        assert cells[2] == f"{np.mean(first_type):.2f}"
+        lpips_cells = _markdown_row(text, "LPIPS ↓ by hole ratio", method)
+        assert len(lpips_cells) == 1 + len(summary["buckets"])
+    assert "## FID" not in text  # no FID file in the weights folder
+    grid = np.asarray(Image.open(output / "grid.png"))
+    step = SIZE + 4
+    assert grid.shape == (16 + 2 * step - 4, 5 * step - 4, 3)
+    original = np.asarray(Image.open(dataset / "images" / "a.png"))
+    hole = image_io.load_mask(masks.read_mask_set(dataset / "masks")[1][0])
+    np.testing.assert_array_equal(
+        grid[16 : 16 + SIZE, :SIZE], np.where(hole[..., None], 255, original)
+    )
+    np.testing.assert_array_equal(grid[16 : 16 + SIZE, 4 * step :], original)
+
+
+def test_fid_per_method_and_mask_type(dataset, tmp_path):
+    features = evaluation.FeatureNetworks(fid=pooled_features)
+    methods = {"telea": OpenCVInpainter("telea"), "ns": OpenCVInpainter("ns")}
+    summary = evaluation.evaluate(
+        dataset / "images",
+        dataset / "masks",
+        methods,
+        tmp_path,
+        size=SIZE,
+        masks_per_image=2,
+        feature_networks=features,
+        batch_size=3,
+        fid_min_count=4,
+        grid_count=0,
+        save_images=True,
+        progress=False,
+    )
+    with open(tmp_path / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    originals = {
+        name: evaluation.center_square(image_io.read_rgb(dataset / "images" / name), SIZE)
+        for name in ("a.png", "b.png", "c.jpg", "d.png")
+    }
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        assert len(mine) == 8
+        outputs = saved_outputs(tmp_path, method, mine)
+        truth = np.stack([originals[r["image"]] for r in mine])
+        fid = summary["methods"][method]["fid"]
+        assert fid["all"]["count"] == 8
+        assert fid["all"]["fid"] == pytest.approx(
+            metrics.fid_from_features(pooled_features(outputs), pooled_features(truth)), rel=1e-6
+        )
+        counts = collections.Counter(r["mask_type"] for r in mine)
+        assert set(fid) == {"all"} | {t for t, n in counts.items() if n >= 4}
+        for mask_type in set(fid) - {"all"}:
+            chosen = [i for i, r in enumerate(mine) if r["mask_type"] == mask_type]
+            assert fid[mask_type]["count"] == len(chosen)
+            assert fid[mask_type]["fid"] == pytest.approx(
+                metrics.fid_from_features(
+                    pooled_features(outputs[chosen]), pooled_features(truth[chosen])
+                ),
+                rel=1e-6,
+            )
+    text = (tmp_path / "results.md").read_text()
+    assert "## FID ↓" in text and "| all (n=8) |" in text
+    assert not (tmp_path / "grid.png").exists()

@@ -1,0 +1,440 @@
+"""The Inpainter: masks, sizes, sub-images, ensembling, compositing, reference parity.
+
+Most tests drive the pipeline with NumPy stand-in networks (`Inpainter.from_function`), which
+cost nothing to run; the tiny generator runs on two compiled shapes only, (1, 40, 56) and
+(4, 64, 64), which the CLI and evaluation tests reuse.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepgin_jax import inference
+from deepgin_jax.checkpointing import load_generator
+from deepgin_jax.inference import Inpainter, MaskSizeError, prepare_mask, prepare_soft_mask
+from tests.inpainting_helpers import RecordingNetwork, ramp_network, tiny_checkpoint
+
+BICUBIC = Image.Resampling.BICUBIC
+BILINEAR = Image.Resampling.BILINEAR
+
+
+def random_image(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, channels), np.uint8)
+
+
+def block_mask(height: int, width: int) -> np.ndarray:
+    """A block, a thin vertical stripe and the bottom-right corner pixel: bool [H, W]."""
+    mask = np.zeros((height, width), bool)
+    mask[height // 5 : height // 2, width // 4 : (2 * width) // 3] = True
+    mask[:, width // 8] = True
+    mask[-1, -1] = True
+    return mask
+
+
+def known_mean_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Fills each input's hole with the mean colour of that input's known pixels."""
+    masked, known = masked.astype(np.float64), 1.0 - mask.astype(np.float64)
+    total = (masked * known).sum(axis=(1, 2), keepdims=True)
+    mean = total / np.maximum(known.sum(axis=(1, 2), keepdims=True), 1.0)
+    return (masked * known + mean * mask).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sub-images
+
+
+def test_split_follows_the_index_rule_and_merge_inverts_it():
+    tile, fh, fw = 4, 3, 2
+    big = np.arange(fh * tile * fw * tile * 2).reshape(fh * tile, fw * tile, 2)
+    subs = inference.split_subimages(big, tile)
+    subs_t = inference.split_subimages(big, tile, transpose=True)
+    assert subs.shape == (fh * fw, tile, tile, 2)
+    for q in range(fh):
+        for p in range(fw):
+            for i in range(tile):
+                for j in range(tile):
+                    np.testing.assert_array_equal(
+                        subs[q * fw + p, i, j], big[q + fh * i, p + fw * j]
+                    )
+                    np.testing.assert_array_equal(
+                        subs_t[q * fw + p, i, j], big[q + fh * j, p + fw * i]
+                    )
+    np.testing.assert_array_equal(inference.merge_subimages(subs, (fh, fw)), big)
+    np.testing.assert_array_equal(inference.merge_subimages(subs_t, (fh, fw), transpose=True), big)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks
+
+
+def test_mask_polarity_threshold_and_types():
+    size = (2, 3)
+    uint8 = np.array([[0, 127, 128], [255, 10, 200]], np.uint8)
+    np.testing.assert_array_equal(
+        prepare_mask(uint8, size), [[False, False, True], [True, False, True]]
+    )
+    np.testing.assert_array_equal(
+        prepare_mask(uint8, size, threshold=5), [[False, True, True], [True, True, True]]
+    )
+    np.testing.assert_array_equal(
+        prepare_mask(uint8, size, invert=True), [[True, True, False], [False, True, False]]
+    )
+    floats = np.array([[0.0, 0.49, 0.51], [1.0, 0.2, 0.8]])
+    np.testing.assert_array_equal(prepare_mask(floats, size), prepare_mask(uint8, size))
+    booleans = uint8 > 127
+    np.testing.assert_array_equal(prepare_mask(booleans, size), booleans)
+    np.testing.assert_array_equal(prepare_mask(booleans[..., None], size), booleans)
+    np.testing.assert_array_equal(prepare_mask(Image.fromarray(uint8), size), booleans)
+    np.testing.assert_array_equal(prepare_mask(Image.fromarray(booleans), size), booleans)
+    # Colour masks count through their luminance: pure red (L = 76) is not a hole, white is.
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    rgb[1, 2] = (255, 255, 255)
+    np.testing.assert_array_equal(
+        prepare_mask(rgb, size), [[False, False, False], [False, False, True]]
+    )
+    # A painted layer: constant colour, the strokes in the alpha channel.
+    painted = np.zeros((2, 3, 4), np.uint8)
+    painted[0, 1, 3] = 255
+    np.testing.assert_array_equal(
+        prepare_mask(painted, size), [[False, True, False], [False, False, False]]
+    )
+    np.testing.assert_array_equal(
+        prepare_mask(Image.fromarray(painted, "RGBA"), size), prepare_mask(painted, size)
+    )
+    with pytest.raises(TypeError, match="ambiguous"):
+        prepare_mask(np.ones(size, np.int64), size)
+
+
+def test_dilate_grows_the_hole_by_a_disc():
+    mask = np.zeros((9, 9), bool)
+    mask[4, 4] = True
+    mask[0, 8] = True
+    grown = prepare_mask(mask, (9, 9), dilate=2)
+    expected = np.zeros((9, 9), bool)
+    expected[2:7, 2:7] = inference.disc(2).astype(bool)
+    expected[0:3, 6:9] |= inference.disc(2)[2:, :3].astype(bool)
+    np.testing.assert_array_equal(grown, expected)
+    assert inference.disc(2).sum() == 13  # x^2 + y^2 <= 4: a disc, not a 5x5 square
+    np.testing.assert_array_equal(prepare_mask(mask, (9, 9), dilate=0), mask)
+    with pytest.raises(ValueError, match="dilate"):
+        prepare_mask(mask, (9, 9), dilate=-1)
+
+
+def test_mask_of_another_size_is_an_error_unless_resized():
+    mask = np.zeros((37, 50), bool)
+    with pytest.raises(MaskSizeError, match=r"50x37 .* 53x37") as error:
+        prepare_mask(mask, (37, 53))
+    assert isinstance(error.value, ValueError)
+    small = np.array([[0, 255], [255, 0]], np.uint8)
+    np.testing.assert_array_equal(
+        prepare_mask(small, (4, 6), resize=True),
+        np.kron(small > 0, np.ones((2, 3), int)).astype(bool),
+    )
+    soft = np.array([[0, 90], [200, 0]], np.uint8)
+    np.testing.assert_array_equal(
+        prepare_soft_mask(soft, (4, 4), resize=True, invert=True),
+        255 - np.kron(soft, np.ones((2, 2), np.uint8)),
+    )
+    with pytest.raises(MaskSizeError):
+        Inpainter.from_function(ramp_network).inpaint(random_image(37, 53), mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# The auto pipeline with stand-in networks
+
+
+@pytest.mark.parametrize("size", [(37, 53), (300, 200), (1000, 700)])
+def test_auto_mode_keeps_size_and_every_known_pixel(size):
+    height, width = size
+    image = random_image(height, width, seed=height)
+    mask = block_mask(height, width)
+    out = Inpainter.from_function(ramp_network).inpaint(image, mask)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[~mask], image[~mask])
+    assert (out[mask] != image[mask]).any()
+
+
+def _expected_known_means(image: np.ndarray, mask: np.ndarray, padded: tuple, factors: tuple):
+    """Each hole pixel gets the mean known colour of its sub-image of the mirror-padded image."""
+    pad = ((0, padded[0] - image.shape[0]), (0, padded[1] - image.shape[1]))
+    image_p = np.pad(image, (*pad, (0, 0)), mode="reflect").astype(np.float64)
+    known_p = ~np.pad(mask, pad, mode="reflect")
+    fh, fw = factors
+    means = np.zeros((fh, fw, 3))
+    for q in range(fh):
+        for p in range(fw):
+            means[q, p] = image_p[q::fh, p::fw][known_p[q::fh, p::fw]].mean(axis=0)
+    rows, cols = np.nonzero(mask)
+    expected = image.astype(np.float64).copy()
+    expected[rows, cols] = means[rows % fh, cols % fw]
+    return expected
+
+
+@pytest.mark.parametrize(
+    ("size", "padded", "factors"),
+    [
+        ((37, 53), (40, 56), (1, 1)),
+        ((300, 200), (512, 256), (2, 1)),
+        ((70, 130), (128, 192), (2, 3)),
+    ],
+)
+def test_holes_are_filled_from_the_right_sub_image(size, padded, factors):
+    rng = np.random.default_rng(1)
+    image = rng.random((*size, 3), dtype=np.float32)
+    mask = block_mask(*size)
+    tile = 256 if size != (70, 130) else 64
+    inpainter = Inpainter.from_function(known_mean_network, tile_size=tile)
+    out = inpainter.inpaint(image, mask)
+    assert out.dtype == np.float32
+    expected = _expected_known_means(image, mask, padded, factors)
+    np.testing.assert_allclose(out, expected, atol=2e-6)
+    np.testing.assert_array_equal(out[~mask], image[~mask])
+
+
+def test_ensemble_averages_the_five_inverse_transformed_predictions():
+    n, a, b = 64, 0.004, 0.007
+
+    def position_network(masked, mask):  # ignores its input: a*row + b*col
+        rows = np.arange(masked.shape[1])[:, None]
+        cols = np.arange(masked.shape[2])[None, :]
+        ramp = (a * rows + b * cols).astype(np.float32)
+        return np.broadcast_to(ramp[None, :, :, None], masked.shape)
+
+    image = np.zeros((n, n, 3), np.float32)
+    mask = np.ones((n, n), bool)
+    out = Inpainter.from_function(position_network, ensemble=True).inpaint(image, mask)
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    m = n - 1
+    views = [  # the (row, col) a pixel moves to under each transform
+        (i, j),  # identity
+        (m - j, i),  # rot90 counter-clockwise
+        (m - i, m - j),  # rot180
+        (j, m - i),  # rot270
+        (i, m - j),  # left-right flip
+    ]
+    expected = np.mean([a * r + b * c for r, c in views], axis=0)
+    np.testing.assert_allclose(out[..., 0], expected, atol=1e-6)
+    plain = Inpainter.from_function(position_network).inpaint(image, mask)
+    np.testing.assert_allclose(plain[..., 0], a * i + b * j, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kind", ["rgba", "float64", "gray2d", "gray3d", "pil_rgb", "pil_rgba", "pil_l", "pil_p"]
+)
+def test_output_type_matches_input_and_alpha_is_kept(kind):
+    rgba = random_image(37, 53, 4, seed=3)
+    mask = block_mask(37, 53)
+    image = {
+        "rgba": rgba,
+        "float64": rgba[..., :3] / 255.0,
+        "gray2d": rgba[..., 0],
+        "gray3d": rgba[..., :1],
+        "pil_rgb": Image.fromarray(rgba[..., :3]),
+        "pil_rgba": Image.fromarray(rgba, "RGBA"),
+        "pil_l": Image.fromarray(rgba[..., 0]),
+        "pil_p": Image.fromarray(rgba[..., :3]).quantize(16),
+    }[kind]
+    out = Inpainter.from_function(ramp_network).inpaint(image, mask)
+    assert type(out) is type(image)
+    if isinstance(image, Image.Image):
+        expected_mode = "RGB" if image.mode == "P" else image.mode
+        assert out.mode == expected_mode and out.size == image.size
+        before = np.asarray(image.convert(expected_mode))
+        after = np.asarray(out)
+    else:
+        assert out.shape == image.shape and out.dtype == image.dtype
+        before, after = image, out
+    np.testing.assert_array_equal(after[~mask], before[~mask])
+    assert (after[mask] != before[mask]).any()
+    if kind in ("rgba", "pil_rgba"):
+        np.testing.assert_array_equal(after[..., 3], rgba[..., 3])
+
+
+def test_empty_mask_skips_the_network_and_full_mask_warns(caplog):
+    network = RecordingNetwork()
+    inpainter = Inpainter.from_function(network)
+    image = random_image(37, 53)
+    out = inpainter.inpaint(image, np.zeros((37, 53), np.uint8))
+    assert network.calls == [] and out is not image
+    np.testing.assert_array_equal(out, image)
+    pil = Image.fromarray(image)
+    assert np.array_equal(np.asarray(inpainter.inpaint(pil, np.zeros((37, 53), bool))), image)
+    with caplog.at_level(logging.WARNING):
+        full = inpainter.inpaint(image, np.ones((37, 53), bool))
+    assert "covers the whole 53x37 image" in caplog.text
+    assert network.calls == [(1, 40, 56)]
+    assert (full != image).any()
+
+
+def test_batches_are_shared_across_images_and_padded_to_powers_of_two():
+    network = RecordingNetwork(known_mean_network)
+    inpainter = Inpainter.from_function(network, max_batch=16)
+    images = [random_image(300, 200), random_image(1000, 700, seed=1)]
+    masks = [block_mask(300, 200), block_mask(1000, 700)]
+    outs = inpainter.inpaint_many(images, masks)
+    assert network.calls == [(16, 256, 256)]  # 2 + 12 sub-images in one batch
+    for image, mask, out in zip(images, masks, outs, strict=True):
+        np.testing.assert_array_equal(out, inpainter.inpaint(image, mask))
+    network.calls.clear()
+    Inpainter.from_function(network, max_batch=16, ensemble=True).inpaint(images[1], masks[1])
+    assert network.calls == [(16, 256, 256)] * 4  # 60 inputs: 16 + 16 + 16 + 12 -> 16
+    network.calls.clear()
+    Inpainter.from_function(network, ensemble=True).inpaint(images[0][:37, :53], masks[0][:37, :53])
+    assert sorted(network.calls) == [(2, 56, 40), (4, 40, 56)]  # 3 upright + 2 turned inputs
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        Inpainter.from_function(ramp_network, mode="fast")
+    with pytest.raises(ValueError, match="max_batch"):
+        Inpainter.from_function(ramp_network, max_batch=0)
+    inpainter = Inpainter.from_function(ramp_network)
+    with pytest.raises(TypeError, match="dtype int32"):
+        inpainter.inpaint(np.zeros((8, 8, 3), np.int32), np.ones((8, 8), bool))
+    with pytest.raises(ValueError, match=r"\[H, W\] or \[H, W, 1\|3\|4\]"):
+        inpainter.inpaint(np.zeros((8, 8, 2), np.uint8), np.ones((8, 8), bool))
+    with pytest.raises(ValueError, match="2 images but 1 masks"):
+        inpainter.inpaint_many([np.zeros((8, 8, 3), np.uint8)] * 2, [np.ones((8, 8), bool)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference mode against a plain NumPy/PIL statement of spec 7
+
+
+def spec7_reference(original: np.ndarray, soft_mask: np.ndarray, network) -> np.ndarray:
+    """Spec section 7, step by step, with one network call per sub-image variant."""
+    oh, ow = soft_mask.shape
+    # 1. nearest multiple of 256 (Python rounding), at least 256; bicubic image, bilinear mask.
+    rw, rh = int(round(ow / 256) * 256) or 256, int(round(oh / 256) * 256) or 256
+    img, msk = Image.fromarray(original), Image.fromarray(soft_mask)
+    if (rw, rh) != (ow, oh):
+        img, msk = img.resize((rw, rh), BICUBIC), msk.resize((rw, rh), BILINEAR)
+    # 2. binarise (> 0), white holes, mask 0/255.
+    big = np.array(img)
+    hole = np.array(msk) > 0
+    big[hole] = 255
+    hole255 = hole.astype(np.uint8) * 255
+    # 3.-5. transposed polyphase sub-images, x5 ensemble, re-assembly.
+    fw, fh = rw // 256, rh // 256
+    ii, jj = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    canvas = big.copy()
+    for p in range(fw):
+        for q in range(fh):
+            rows, cols = q + fh * jj, p + fw * ii  # tile[i, j] = big[q + Fh*j, p + Fw*i]
+            tile_img, tile_msk = (
+                Image.fromarray(big[rows, cols]),
+                Image.fromarray(hole255[rows, cols]),
+            )
+            variants = [
+                (tile_img, tile_msk, lambda x: x),
+                (tile_img.rotate(90), tile_msk.rotate(90), lambda x: x.rotate(270)),
+                (tile_img.rotate(180), tile_msk.rotate(180), lambda x: x.rotate(180)),
+                (tile_img.rotate(270), tile_msk.rotate(270), lambda x: x.rotate(90)),
+                (
+                    tile_img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                    tile_msk.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                    lambda x: x.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                ),
+            ]
+            predictions = []
+            for v_img, v_msk, undo in variants:
+                x = np.asarray(v_img, np.float32)[None] / np.float32(255)
+                m = np.asarray(v_msk, np.float32)[None, :, :, None] / np.float32(255)
+                pred = np.asarray(network(x, m))[0]
+                pred8 = np.clip(pred * 255.0, 0, 255).astype(np.uint8)  # truncation
+                predictions.append(np.array(undo(Image.fromarray(pred8)), np.float64))
+            mean = sum(predictions) / 5.0
+            canvas[rows, cols] = np.array(np.round(mean), np.uint8)
+    # 6. bicubic back to the original size, then the 1/2 down-up blur.
+    pred_img = Image.fromarray(canvas).resize((ow, oh), BICUBIC)
+    pred_img = pred_img.resize((int(ow * 0.5), int(oh * 0.5)), BICUBIC).resize((ow, oh), BICUBIC)
+    pred = np.array(pred_img)
+    # 7. composite with the original soft mask, truncated to uint8.
+    out = pred.copy()
+    for c in range(3):
+        out[:, :, c] = (
+            pred[:, :, c] * (soft_mask / 255.0) + ((255.0 - soft_mask) / 255.0) * original[:, :, c]
+        )
+    return out
+
+
+def soft_mask(height: int, width: int) -> np.ndarray:
+    """A blurred block (soft edges) plus faint noise (values 1-3) along the top rows."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4 : height // 2, width // 5 : width // 2] = 255
+    mask = np.asarray(
+        Image.fromarray(mask).resize((width // 2, height // 2)).resize((width, height))
+    )
+    mask = mask.copy()
+    mask[:3, ::7] = np.random.default_rng(0).integers(1, 4, mask[:3, ::7].shape)
+    return mask
+
+
+@pytest.mark.parametrize("size", [(300, 700), (180, 200), (256, 512), (384, 640)])
+def test_reference_mode_reproduces_spec_section_7(size):
+    height, width = size
+    original = random_image(height, width, seed=width)
+    mask = soft_mask(height, width)
+    expected = spec7_reference(original, mask, ramp_network)
+    inpainter = Inpainter.from_function(ramp_network, mode="reference", max_batch=4)
+    assert inpainter.ensemble
+    out = inpainter.inpaint(original, mask)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out[mask == 0], original[mask == 0])
+
+
+def test_reference_mode_with_float_and_pil_input_keeps_known_pixels():
+    original = random_image(180, 200, seed=5)
+    mask = soft_mask(180, 200)
+    inpainter = Inpainter.from_function(ramp_network, mode="reference")
+    expected = spec7_reference(original, mask, ramp_network)
+    np.testing.assert_array_equal(
+        np.asarray(inpainter.inpaint(Image.fromarray(original), Image.fromarray(mask))), expected
+    )
+    image = original / 255.0
+    out = inpainter.inpaint(image, mask)
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+    np.testing.assert_allclose(out[mask > 0], expected[mask > 0] / 255.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny generator
+
+
+@pytest.fixture(scope="module")
+def tiny_inpainter() -> Inpainter:
+    return Inpainter(tiny_checkpoint(), max_batch=4, tile_size=64)
+
+
+def test_tiny_generator_on_odd_sizes_compiles_once_per_shape(tiny_inpainter):
+    counts = []
+    for height, width in [(37, 53), (300, 200), (1000, 700)]:
+        image = random_image(height, width, seed=width)
+        mask = block_mask(height, width)
+        out = tiny_inpainter.inpaint(image, mask)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        np.testing.assert_array_equal(out[~mask], image[~mask])
+        assert (out[mask] != 255).any()  # the holes were filled, not left white
+        counts.append(inference.forward_trace_count())
+    # 300x200 (20 sub-images of 64x64) compiled (4, 64, 64); 1000x700 (176) reused it.
+    assert counts[2] == counts[1]
+    assert tiny_inpainter.batch_shapes == {(1, 40, 56), (4, 64, 64)}
+
+
+def test_checkpoint_path_and_in_memory_model_agree(tiny_inpainter):
+    model, variables = load_generator(tiny_checkpoint())
+    # Rates as lists, the way a training checkpoint's JSON metadata restores them.
+    model = model.clone(coarse_rates=list(model.coarse_rates))
+    in_memory = Inpainter.from_model(model, variables, max_batch=4, tile_size=64)
+    image = random_image(37, 53, seed=9)
+    mask = block_mask(37, 53)
+    before = inference.forward_trace_count()
+    np.testing.assert_array_equal(
+        in_memory.inpaint(image, mask), tiny_inpainter.inpaint(image, mask)
+    )
+    assert inference.forward_trace_count() == before  # same configuration, shared executable

@@ -1,0 +1,244 @@
+"""`python -m deepgin_jax.inpaint`: matching images to masks, formats and metadata, mask options,
+bad files, existing outputs. Runs in-process with the tiny generator on 53x37 images (one
+compiled shape, shared with test_inference)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+from PIL import Image, ImageCms
+
+from deepgin_jax import image_io, inpaint
+from tests.inpainting_helpers import tiny_checkpoint
+
+HEIGHT, WIDTH = 37, 53
+MAKE = 0x010F
+ORIENTATION = 0x0112
+
+
+def run_cli(*args: str) -> int:
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    flag_values(["inpaint", f"--checkpoint={tiny_checkpoint()}", *args])
+    return inpaint.run(flag_values)
+
+
+def photo(seed: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(30, 220, width)[None, :, None] * rng.random(3)
+    return np.clip(ramp + rng.normal(0, 10, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def hole_mask(seed: int) -> np.ndarray:
+    """uint8 [37, 53], 255 = hole: a block at a seed-dependent place."""
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    top, left = 4 + seed % 10, 6 + (3 * seed) % 20
+    mask[top : top + 12, left : left + 18] = 255
+    return mask
+
+
+def srgb_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A folder of images in every supported form, a folder of masks named by the rules, one
+    corrupt image and one image without a mask."""
+    root = tmp_path_factory.mktemp("cli")
+    images, masks = root / "images", root / "masks"
+    images.mkdir()
+    masks.mkdir()
+    Image.fromarray(photo(0)).save(images / "a.png")
+    Image.fromarray(hole_mask(0)).save(masks / "a.png")  # same stem
+    # JPEG stored on its side with EXIF orientation 6, a Make tag and an ICC profile.
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    exif[MAKE] = "deepgin-test"
+    Image.fromarray(np.rot90(photo(1))).save(
+        images / "b.jpg", exif=exif.tobytes(), icc_profile=srgb_profile(), quality=95
+    )
+    Image.fromarray(hole_mask(1)).save(masks / "b_mask.png")  # <stem>_mask
+    rgba = np.dstack([photo(2), np.linspace(0, 255, WIDTH, dtype=np.uint8)[None].repeat(HEIGHT, 0)])
+    Image.fromarray(rgba, "RGBA").save(images / "c.png")
+    Image.fromarray(hole_mask(2)).save(masks / "c.png")
+    Image.fromarray(photo(3)[..., 0]).save(images / "d.png")  # grayscale
+    Image.fromarray(hole_mask(3)).save(masks / "d.png")
+    sixteen = (photo(4)[..., 1].astype(np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(sixteen).save(images / "e.png")  # 16-bit grayscale
+    Image.fromarray(hole_mask(4)).save(masks / "e.png")
+    Image.fromarray(photo(5)).save(images / "f.webp", lossless=True)
+    Image.fromarray(hole_mask(5)).convert("RGB").save(masks / "f.png")  # an RGB mask
+    Image.fromarray(photo(6)).save(images / "g_with_holes.png")  # the AIM 2020 naming
+    Image.fromarray(hole_mask(6)).save(masks / "g_mask.png")
+    (images / "bad.png").write_bytes(b"not an image at all")
+    Image.fromarray(hole_mask(7)).save(masks / "bad.png")
+    Image.fromarray(photo(8)).save(images / "nomask.png")
+    return root
+
+
+# (image, the mask the rules pick for it, its output)
+GOOD = [
+    ("a.png", "a.png", "a.png"),
+    ("b.jpg", "b_mask.png", "b.png"),
+    ("c.png", "c.png", "c.png"),
+    ("d.png", "d.png", "d.png"),
+    ("e.png", "e.png", "e.png"),
+    ("f.webp", "f.png", "f.png"),
+    ("g_with_holes.png", "g_mask.png", "g.png"),
+]
+
+
+@pytest.fixture(scope="module")
+def folder_run(inputs, tmp_path_factory):
+    output = tmp_path_factory.mktemp("cli_out") / "filled"
+    code = run_cli(
+        f"--image={inputs / 'images'}", f"--mask={inputs / 'masks'}", f"--output={output}"
+    )
+    return code, output
+
+
+def test_folder_run_inpaints_every_matched_image(folder_run, inputs):
+    code, output = folder_run
+    assert code == 1  # bad.png and nomask.png failed, the rest went on
+    assert sorted(p.name for p in output.iterdir()) == [out for _, _, out in GOOD]
+    for image_name, mask_name, output_name in GOOD:
+        source = image_io.load_image(inputs / "images" / image_name)
+        result = image_io.load_image(output / output_name)
+        hole = image_io.load_mask(inputs / "masks" / mask_name)
+        assert result.rgb.shape == (HEIGHT, WIDTH, 3), image_name
+        np.testing.assert_array_equal(result.rgb[~hole], source.rgb[~hole], err_msg=image_name)
+        assert (result.rgb[hole] != source.rgb[hole]).any(), image_name
+    c_out = image_io.load_image(output / "c.png")
+    np.testing.assert_array_equal(
+        c_out.alpha, np.asarray(Image.open(inputs / "images" / "c.png"))[..., 3]
+    )
+    b_out = Image.open(output / "b.png")
+    assert b_out.getexif().get(MAKE) == "deepgin-test"
+    assert ORIENTATION not in b_out.getexif()  # pixels are upright now
+    assert b_out.info["icc_profile"] == Image.open(inputs / "images" / "b.jpg").info["icc_profile"]
+
+
+def test_folder_run_reports_bad_files_and_keeps_existing_outputs(inputs, tmp_path, caplog):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "a.jpg").write_bytes(b"keep me")
+    with caplog.at_level(logging.INFO):
+        code = run_cli(
+            f"--image={inputs / 'images'}",
+            f"--mask={inputs / 'masks'}",
+            f"--output={output}",
+            "--format=jpg",
+        )
+    assert code == 1
+    assert "bad.png: not an image in a format Pillow can read" in caplog.text
+    assert "no mask for nomask.png" in caplog.text
+    assert "a.jpg exists; skipped" in caplog.text
+    assert (output / "a.jpg").read_bytes() == b"keep me"
+    assert Image.open(output / "b.jpg").format == "JPEG"
+    assert "Inpainted 6 image(s), skipped 1 existing output(s), 2 failed." in caplog.text
+
+
+def test_single_file_overwrite_and_format(inputs, tmp_path):
+    image, mask = inputs / "images" / "a.png", inputs / "masks" / "a.png"
+    target = tmp_path / "result.webp"
+    target.write_bytes(b"old")
+    assert run_cli(f"--image={image}", f"--mask={mask}", f"--output={target}") == 0
+    assert target.read_bytes() == b"old"
+    args = (f"--image={image}", f"--mask={mask}", f"--output={target}", "--overwrite")
+    assert run_cli(*args, "--quality=80") == 0
+    assert Image.open(target).format == "WEBP" and Image.open(target).size == (WIDTH, HEIGHT)
+    assert run_cli(f"--image={image}", f"--mask={mask}", f"--output={tmp_path}/x.gif") == 2
+    assert run_cli(f"--image={image}", f"--mask={mask}", f"--output={tmp_path}/folder") == 0
+    assert (tmp_path / "folder" / "a.png").is_file()
+
+
+def test_mask_options(inputs, tmp_path):
+    image = inputs / "images" / "a.png"
+    source = np.asarray(Image.open(image))
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[10:20, 10:30] = 255
+    mask[25:30, 35:45] = 100  # gray: a hole only below the default threshold
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(255 - mask).save(tmp_path / "inverted.png")
+    Image.fromarray(mask).resize((2 * WIDTH, 2 * HEIGHT), Image.Resampling.NEAREST).save(
+        tmp_path / "big.png"
+    )
+
+    def result(name: str, mask_file: str, *options: str) -> np.ndarray:
+        out = tmp_path / f"out_{name}.png"
+        args = (f"--image={image}", f"--mask={tmp_path / mask_file}", f"--output={out}")
+        assert run_cli(*args, *options) == 0
+        return np.asarray(Image.open(out))
+
+    def changed(out: np.ndarray) -> np.ndarray:
+        return (out != source).any(axis=-1)
+
+    plain = result("plain", "m.png")
+    assert not changed(plain)[mask <= 127].any() and changed(plain)[mask == 255].mean() > 0.5
+    low = result("low", "m.png", "--mask-threshold=50")
+    assert changed(low)[mask == 100].any() and not changed(low)[mask == 0].any()
+    inverted = result("inverted", "inverted.png", "--invert-mask")
+    np.testing.assert_array_equal(inverted, plain)  # hole: not (255 - m > 127), i.e. m > 127
+    dilated = result("dilated", "m.png", "--dilate=2")
+    ring = np.zeros_like(mask, bool)
+    ring[8:22, 8:32] = True
+    ring[10:20, 10:30] = False
+    assert not changed(dilated)[(mask <= 127) & ~ring].any() and changed(dilated)[ring].any()
+    big = (f"--image={image}", f"--mask={tmp_path / 'big.png'}", f"--output={tmp_path / 'x.png'}")
+    assert run_cli(*big) == 1  # a mask of another size fails without --resize-mask
+    resized = result("resized", "big.png", "--resize-mask")
+    np.testing.assert_array_equal(resized, plain)
+
+
+def test_matching_rules(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for name in ["p.png", "q.jpg", "r_with_holes.png", "s.png", "t.png", "t_mask.png"]:
+        (images / name).touch()
+    for name in ["u.png", "u.jpg", "notes.txt"]:
+        (images / name).touch()
+    for name in ["p.png", "q_mask.png", "r_mask.png", "s.png", "s.jpg"]:
+        (masks / name).touch()
+    tasks = {t.image.name: t for t in inpaint.plan_tasks(images, masks, tmp_path / "out")}
+    expected = ["p.png", "q.jpg", "r_with_holes.png", "s.png", "t.png", "u.jpg", "u.png"]
+    assert sorted(tasks) == expected  # not t_mask.png (a mask) nor notes.txt
+    assert tasks["p.png"].mask == masks / "p.png"
+    assert tasks["q.jpg"].mask == masks / "q_mask.png"
+    assert tasks["r_with_holes.png"].mask == masks / "r_mask.png"
+    assert tasks["r_with_holes.png"].output == tmp_path / "out" / "r.png"
+    assert "more than one mask matches s.png: s.jpg, s.png" in tasks["s.png"].error
+    assert "no mask for t.png" in tasks["t.png"].error
+    assert "already the output of u.jpg" in tasks["u.png"].error
+    # No --mask: <stem>_mask.* beside the image; a single mask file applies to every image.
+    beside = {t.image.name: t for t in inpaint.plan_tasks(images, None, tmp_path / "out")}
+    assert beside["t.png"].mask == images / "t_mask.png" and beside["p.png"].error
+    single = inpaint.plan_tasks(images, masks / "p.png", tmp_path / "out", "webp")
+    assert {t.mask for t in single} == {masks / "p.png"}
+    assert {t.output.suffix for t in single} == {".webp"}
+    with pytest.raises(ValueError, match="must be a folder"):
+        inpaint.plan_tasks(images, masks, tmp_path / "out.png")
+    with pytest.raises(ValueError, match="does not exist"):
+        inpaint.plan_tasks(tmp_path / "missing.png", None, tmp_path / "out")
+
+
+def test_help_states_the_rules_and_bad_checkpoint_exits_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "deepgin_jax.inpaint", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "Matching images to masks" in result.stdout and "--[no]invert-mask" in result.stdout
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    flag_values(
+        ["inpaint", f"--checkpoint={tmp_path}", f"--image={tmp_path}", f"--output={tmp_path}"]
+    )
+    assert inpaint.run(flag_values) == 2

@@ -1,0 +1,114 @@
+"""Timing and reporting shared by the benchmarks (not part of the package)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+# Dense peak throughput per device, TFLOP/s, for MFU: (float32, bfloat16). float32 on Hopper
+# uses TF32 tensor cores when XLA allows it; the float32 figure here is the non-tensor-core one.
+PEAK_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": (67.0, 989.0),
+    "NVIDIA H200": (67.0, 989.0),
+    "NVIDIA A100-SXM4-80GB": (19.5, 312.0),
+}
+
+
+def peak_tflops(dtype: str, override: float | None = None) -> float | None:
+    if override:
+        return override
+    kind = jax.devices()[0].device_kind
+    peaks = PEAK_TFLOPS.get(kind)
+    if peaks is None:
+        return None
+    return peaks[1] if dtype == "bfloat16" else peaks[0]
+
+
+def block(x: Any) -> Any:
+    return jax.block_until_ready(x)
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> dict[str, float]:
+    """Median and min wall time of `fn()` (blocked until its results are ready)."""
+    for _ in range(warmup):
+        block(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(fn())
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+
+
+def compiled_flops(compiled: Any) -> float | None:
+    """FLOPs of a compiled XLA program from its cost analysis (None if unavailable)."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends have no cost analysis
+        return None
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops else None
+
+
+def peak_memory_bytes() -> dict[str, float]:
+    """Device peak memory where the backend reports it, and the host's max RSS."""
+    stats = {}
+    try:
+        device_stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in device_stats:
+            stats["device_peak_bytes"] = float(device_stats["peak_bytes_in_use"])
+    except Exception:  # memory_stats is backend-specific
+        pass
+    stats["host_max_rss_bytes"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return stats
+
+
+def environment() -> dict[str, Any]:
+    device = jax.devices()[0]
+    return {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+def write_results(name: str, rows: Sequence[dict], columns: Sequence[str], out_dir: str) -> Path:
+    """Writes `<out_dir>/<name>.json` (rows + environment) and `<name>.md` (a table)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    (out / f"{name}.json").write_text(
+        json.dumps({"environment": env, "rows": list(rows)}, indent=2)
+    )
+    lines = [
+        f"{name}: {env['device_kind']} x{env['device_count']}, jax {env['jax']}",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    path = out / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

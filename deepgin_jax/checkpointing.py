@@ -115,14 +115,29 @@ def load_generator(
     meta = read_meta(step_dir)
     if "model" not in meta or not (step_dir / GENERATOR_ITEM).is_dir():
         raise CheckpointNotFoundError(f"{step_dir} holds no generator")
-    model = DeepGIN(**meta["model"], **model_overrides)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()}
+    model = DeepGIN(**fields, **model_overrides)
+    # The target tree comes from the architecture, placed on this process's first device, so
+    # a checkpoint written by any number of hosts or devices restores here.
+    image = jax.ShapeDtypeStruct((1, 64, 64, 3), jax.numpy.float32)
+    mask = jax.ShapeDtypeStruct((1, 64, 64, 1), jax.numpy.float32)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        jax.eval_shape(model.init, jax.random.key(0), image, mask),
+    )
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        restored = checkpointer.restore(
-            step_dir.absolute(),
-            args=ocp.args.Composite(**{GENERATOR_ITEM: ocp.args.StandardRestore()}),
-        )
-    variables = jax.tree.map(jax.numpy.asarray, dict(restored[GENERATOR_ITEM]))
-    return model, variables
+        try:
+            restored = checkpointer.restore(
+                step_dir.absolute(),
+                args=ocp.args.Composite(**{GENERATOR_ITEM: ocp.args.StandardRestore(target)}),
+            )
+        except (ValueError, KeyError) as e:
+            raise ValueError(
+                f"{step_dir}: the generator weights do not match its recorded architecture "
+                f"{meta['model']}: {e}"
+            ) from e
+    return model, dict(restored[GENERATOR_ITEM])
 
 
 # Items of a training checkpoint besides `generator` and `meta`.

@@ -4,11 +4,13 @@ images through tensorboardX, and sample grids as PNG files. Only process 0 write
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from absl import logging
 
 from deepgin_jax import image_io
 
@@ -86,3 +88,18 @@ def image_grid(columns: list[np.ndarray], max_rows: int = 4) -> np.ndarray:
     tiles = [np.concatenate([np.asarray(c[i]) for c in columns], axis=1) for i in range(rows)]
     grid = np.concatenate(tiles, axis=0)
     return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Drops the INFO chatter of Orbax and Grain (each checkpoint logs dozens of lines)."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        noisy = any(part in record.pathname for part in ("/orbax/", "/grain/"))
+        return record.levelno >= std_logging.WARNING or not noisy
+
+
+def quiet_library_logging() -> None:
+    """Keeps Orbax's and Grain's warnings and errors, drops their INFO lines."""
+    logger = logging.get_absl_logger()
+    if not any(isinstance(f, _QuietLibraries) for f in logger.filters):
+        logger.addFilter(_QuietLibraries())

@@ -6,13 +6,11 @@ exist is an error). A workdir that holds checkpoints is resumed from its latest 
 
 from __future__ import annotations
 
-import logging as std_logging
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deepgin_jax import sharding, train_lib
+from deepgin_jax import metric_writers, sharding, train_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -28,18 +26,10 @@ flags.DEFINE_enum(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(std_logging.Filter):
-    """Drops the INFO chatter of Orbax and Grain (every checkpoint step logs dozens of lines)."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        noisy = any(part in record.pathname for part in ("/orbax/", "/grain/"))
-        return record.levelno >= std_logging.WARNING or not noisy
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_logger().addFilter(_QuietLibraries())
+    metric_writers.quiet_library_logging()
     sharding.maybe_initialize_distributed(FLAGS.distributed)
     logging.info(
         "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()

@@ -232,7 +232,7 @@ def warmup_step(
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
     updates, g_opt_state = setup.g_warmup_tx.update(grads, state.g_opt_state, state.g_params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.replace(
         step=state.step + 1,
@@ -305,17 +305,17 @@ def gan_step(
     )(outputs, state.d_params)
     (g_grads,) = generator_vjp(output_grads)
 
-    g_grad_norm = optax.global_norm(g_grads)
+    g_grad_norm = optax.tree.norm(g_grads)
     clip_norm_value = g_grad_norm
     if clip_includes_discriminator:
-        d_from_g_norm = optax.global_norm(d_grads_from_g)
+        d_from_g_norm = optax.tree.norm(d_grads_from_g)
         clip_norm_value = jnp.sqrt(g_grad_norm**2 + d_from_g_norm**2)
     if clip_norm > 0:
         g_grads = clip_gradients(g_grads, clip_norm, clip_norm_value)
 
     g_updates, g_opt_state = setup.g_tx.update(g_grads, state.g_opt_state, state.g_params)
     d_updates, d_opt_state = setup.d_tx.update(d_grads, state.d_opt_state, state.d_params)
-    d_grad_norm = optax.global_norm(d_grads)
+    d_grad_norm = optax.tree.norm(d_grads)
     finite = (
         jnp.isfinite(g_loss)
         & jnp.isfinite(d_loss)

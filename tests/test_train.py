@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -171,7 +172,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 SHARDED_CHECK = """
-import functools, jax, numpy as np
+import functools, json, jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from deepgin_jax import config as config_lib, train_lib
 from deepgin_jax.data import pipeline
@@ -189,13 +190,25 @@ for n in (1, 4):
                                      clip_includes_discriminator=True),
                    in_shardings=(rep, bat, rep), out_shardings=(rep, rep))
     sharded = {k: jax.device_put(v, bat) for k, v in batch.items()}
-    new, metrics = step(jax.device_put(state, rep), sharded, None)
-    results.append(jax.device_get((new, metrics)))
-(a, ma), (b, mb) = results
+    results.append(jax.device_get(step(jax.device_put(state, rep), sharded, None)))
+(one, m1), (four, m4) = results
 assert jax.device_count() == 4
-diff = max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-print("MAXDIFF", diff, *(float(m[k]) for k in ("g_loss", "d_loss") for m in (ma, mb)))
+
+
+def relative_difference(a, b):
+    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
+    return float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(a)))
+
+
+# Adam's first moment after one step is (1 - b1) * gradient: it compares the gradients.
+report = {
+    "g_grad": relative_difference(one.g_opt_state[0].mu, four.g_opt_state[0].mu),
+    "d_grad": relative_difference(one.d_opt_state[0].mu, four.d_opt_state[0].mu),
+    "spectral": relative_difference(one.d_spectral, four.d_spectral),
+    **{k: abs(float(m1[k]) - float(m4[k])) / abs(float(m1[k]))
+       for k in ("g_loss", "d_loss", "g_grad_norm", "d_grad_norm")},
+}
+print("REPORT", json.dumps(report))
 """
 
 
@@ -213,37 +226,55 @@ def test_step_on_four_devices_equals_the_one_device_step():
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    line = next(l for l in result.stdout.splitlines() if l.startswith("MAXDIFF"))
-    diff, g1, g4, d1, d4 = map(float, line.split()[1:])  # losses: g on 1 and 4 devices, then d
-    assert diff < 1e-5
-    assert g1 == pytest.approx(g4, rel=1e-6) and d1 == pytest.approx(d4, rel=1e-6)
+    line = next(l for l in result.stdout.splitlines() if l.startswith("REPORT"))
+    report = json.loads(line.removeprefix("REPORT"))
+    # Reductions run in another order on 4 devices: float32 round-off, far from the factor of
+    # 4 that a gradient summed instead of averaged over devices would show.
+    assert max(report[k] for k in ("g_grad", "d_grad", "spectral")) < 1e-4, report
+    assert max(report[k] for k in ("g_loss", "d_loss", "g_grad_norm", "d_grad_norm")) < 1e-5, report
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_slurm_job_id() -> str:
+    """A job id whose coordinator port (JAX: 61440 + id % 4096) is free on this machine."""
+    for job_id in range(1000, 5096):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", 61440 + job_id % 4096))
+            except OSError:
+                continue
+        return str(job_id)
+    raise RuntimeError("no free port in 61440-65535")
 
 
-def test_two_processes_train_together_through_jax_distributed(tmp_path):
-    port = str(free_port())
-    script = REPO / "tests" / "scripts" / "distributed_train.py"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(i), "2", port, str(tmp_path / "run")],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
+def test_slurm_launcher_trains_two_processes_through_jax_distributed(tmp_path):
+    """launch/slurm.sbatch with a stand-in srun: two processes form one JAX job (CPU, gloo)."""
+    env = {
+        **os.environ,
+        "PATH": f"{REPO / 'tests' / 'scripts'}:{os.environ['PATH']}",
+        "PYTHON": sys.executable,
+        "SLURM_JOB_ID": free_slurm_job_id(),
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "FAKE_SRUN_NTASKS": "2",
+        "FAKE_SRUN_LOGDIR": str(tmp_path),
+        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+    }
+    workdir = tmp_path / "run"
+    command = [
+        "bash",
+        str(REPO / "launch" / "slurm.sbatch"),
+        "configs/ade20k.py:smoke",
+        str(workdir),
+        "--config.warmup_steps=1",
+        "--config.gan_steps=1",
+        "--config.sample_every_steps=10",
     ]
-    outputs = [p.communicate(timeout=900)[0] for p in processes]
-    for p, out in zip(processes, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
-    results = [next(l for l in out.splitlines() if l.startswith("RESULT")) for out in outputs]
-    fields = [dict(kv.split("=") for kv in r.split()[1:]) for r in results]
-    assert [f["process"] for f in fields] == ["0", "1"]
-    assert all(f["count"] == "2" and f["devices"] == "2" and f["step"] == "2" for f in fields)
-    assert fields[0]["checksum"] == fields[1]["checksum"]  # replicated parameters agree
-    assert checkpointing.read_meta(tmp_path / "run")["step"] == 2
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    logs = [(tmp_path / f"task{i}.log").read_text() for i in range(2)]
+    assert result.returncode == 0, "\n".join(log[-2000:] for log in logs)
+    assert "JAX process 0/2" in logs[0] and "JAX process 1/2" in logs[1]
+    meta = checkpointing.read_meta(workdir)
+    assert meta["step"] == 2 and meta["stage"] == "gan"
+    records = losses_by_step(workdir)
+    assert [records[s]["stage"] for s in (1, 2)] == ["warmup", "gan"]
+    _, variables = checkpointing.load_generator(workdir)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables["params"]))

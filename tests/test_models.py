@@ -90,6 +90,20 @@ def test_any_multiple_of_8_works(tiny_generator, size):
     assert np.isfinite(np.asarray(out.completed)).all()
 
 
+def test_cropped_padding_gives_the_reference_layouts_values(tiny_generator):
+    """crop_padding (pad one more, crop it in the conv) is an execution detail: the same
+    parameters and, up to float32 rounding, the same outputs as pad-then-VALID."""
+    model, variables = tiny_generator
+    params = randomize(variables)
+    masked, mask = masked_inputs(1, 40, 56)
+    cropped = jax.jit(model.clone(crop_padding=True).apply)(params, masked, mask)
+    valid = jax.jit(model.clone(crop_padding=False).apply)(params, masked, mask)
+    for field in ("completed", "reconstructed", "coarse", "lowres"):
+        a, b = np.asarray(getattr(cropped, field)), np.asarray(getattr(valid, field))
+        assert a.std() > 0.01, field
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=field)
+
+
 def test_rejects_sizes_and_masks_that_do_not_fit(tiny_generator):
     model, variables = tiny_generator
     masked, mask = masked_inputs(1, 60, 64)

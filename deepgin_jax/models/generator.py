@@ -7,6 +7,7 @@ with white holes and the mask [N, H, W, 1] (1 = hole), H and W multiples of 8, a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 
 from deepgin_jax.models.layers import (
     EdgePaddedConv,
+    edge_padded_conv_padding,
     generator_kernel_init,
     resize_bilinear_align_corners,
     upsample2x,
@@ -68,13 +70,16 @@ def conv(
     name: str,
     dtype: Dtype,
     dilation: int = 1,
+    crop_padding: bool = True,
 ) -> Conv:
+    edge_padding, padding = edge_padded_conv_padding(pad, crop_padding)
     return Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
         kernel_dilation=(dilation, dilation),
-        edge_padding=pad,
+        edge_padding=edge_padding,
+        padding=padding,
         dtype=dtype,
         name=name,
     )
@@ -93,21 +98,32 @@ class ResidualBlock(nn.Module):
     rates: Sequence[int]
     block_type: str = "spd"
     dtype: Dtype = jnp.float32
+    crop_padding: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        def block_conv(features: int, rate: int, name: str) -> Conv:
+            return conv(
+                features,
+                3,
+                pad=rate,
+                dilation=rate,
+                name=name,
+                dtype=self.dtype,
+                crop_padding=self.crop_padding,
+            )
+
         if self.block_type == "spd":
             width = self.features // len(self.rates)
             branches = [
-                nn.relu(conv(width, 3, pad=r, dilation=r, name=f"branch{i}", dtype=self.dtype)(x))
+                nn.relu(block_conv(width, r, f"branch{i}")(x))
                 for i, r in enumerate(self.rates, start=1)
             ]
             y = jnp.concatenate(branches, axis=-1)
         else:
             rate = 2 if self.block_type == "dilated" else 1
-            y = conv(self.features, 3, pad=rate, dilation=rate, name="conv1", dtype=self.dtype)(x)
-            y = nn.relu(y)
-        return x + conv(self.features, 3, pad=1, name="fusion", dtype=self.dtype)(y)
+            y = nn.relu(block_conv(self.features, rate, "conv1")(x))
+        return x + block_conv(self.features, 1, "fusion")(y)
 
 
 class SelfAttention(nn.Module):
@@ -149,23 +165,31 @@ class CoarseGenerator(nn.Module):
     rates: Sequence[int] = COARSE_RATES
     block_type: str = "spd"
     dtype: Dtype = jnp.float32
+    crop_padding: bool = True
     remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         f = self.base_features
-        d = self.dtype
-        x = leaky_relu(conv(f // 2, 7, pad=3, name="enc_conv1", dtype=d)(x))
-        x = leaky_relu(conv(f, 4, stride=2, pad=1, name="enc_conv2", dtype=d)(x))
-        x = leaky_relu(conv(2 * f, 4, stride=2, pad=1, name="enc_conv3", dtype=d)(x))
-        x = leaky_relu(conv(4 * f, 4, stride=2, pad=1, name="enc_conv4", dtype=d)(x))
+        conv_ = functools.partial(conv, dtype=self.dtype, crop_padding=self.crop_padding)
+        x = leaky_relu(conv_(f // 2, 7, pad=3, name="enc_conv1")(x))
+        x = leaky_relu(conv_(f, 4, stride=2, pad=1, name="enc_conv2")(x))
+        x = leaky_relu(conv_(2 * f, 4, stride=2, pad=1, name="enc_conv3")(x))
+        x = leaky_relu(conv_(4 * f, 4, stride=2, pad=1, name="enc_conv4")(x))
         block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
         for i in range(1, self.num_blocks + 1):
-            x = block(4 * f, self.rates, self.block_type, dtype=d, name=f"block{i}")(x)
-        x = leaky_relu(conv(2 * f, 3, pad=1, name="dec_conv1", dtype=d)(upsample2x(x)))
-        x = leaky_relu(conv(f, 3, pad=1, name="dec_conv2", dtype=d)(upsample2x(x)))
-        x = leaky_relu(conv(f // 2, 3, pad=1, name="dec_conv3", dtype=d)(upsample2x(x)))
-        return conv(3, 7, pad=3, name="out_conv", dtype=d)(x)
+            x = block(
+                4 * f,
+                self.rates,
+                self.block_type,
+                dtype=self.dtype,
+                crop_padding=self.crop_padding,
+                name=f"block{i}",
+            )(x)
+        x = leaky_relu(conv_(2 * f, 3, pad=1, name="dec_conv1")(upsample2x(x)))
+        x = leaky_relu(conv_(f, 3, pad=1, name="dec_conv2")(upsample2x(x)))
+        x = leaky_relu(conv_(f // 2, 3, pad=1, name="dec_conv3")(upsample2x(x)))
+        return conv_(3, 7, pad=3, name="out_conv")(x)
 
 
 class RefinementGenerator(nn.Module):
@@ -184,56 +208,66 @@ class RefinementGenerator(nn.Module):
     back_projection: bool = True
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    crop_padding: bool = True
     remat: bool = False
 
     @nn.compact
     def __call__(self, y: Array) -> tuple[Array, Array | None, Array | None]:
         f = self.base_features
-        d = self.dtype
+        conv_ = functools.partial(conv, dtype=self.dtype, crop_padding=self.crop_padding)
         multiscale = self.attention == "multiscale"
 
         def attention(features: int, name: str) -> SelfAttention:
-            return SelfAttention(features, dtype=d, implementation=self.attention_impl, name=name)
+            return SelfAttention(
+                features, dtype=self.dtype, implementation=self.attention_impl, name=name
+            )
 
-        e1 = leaky_relu(conv(f // 2, 7, pad=3, name="enc_conv1", dtype=d)(y))
-        e2 = leaky_relu(conv(f, 4, stride=2, pad=1, name="enc_conv2", dtype=d)(e1))
-        e3 = leaky_relu(conv(2 * f, 4, stride=2, pad=1, name="enc_conv3", dtype=d)(e2))
-        e4 = leaky_relu(conv(4 * f, 4, stride=2, pad=1, name="enc_conv4", dtype=d)(e3))
-        x = leaky_relu(conv(8 * f, 4, stride=2, pad=1, name="enc_conv5", dtype=d)(e4))
+        e1 = leaky_relu(conv_(f // 2, 7, pad=3, name="enc_conv1")(y))
+        e2 = leaky_relu(conv_(f, 4, stride=2, pad=1, name="enc_conv2")(e1))
+        e3 = leaky_relu(conv_(2 * f, 4, stride=2, pad=1, name="enc_conv3")(e2))
+        e4 = leaky_relu(conv_(4 * f, 4, stride=2, pad=1, name="enc_conv4")(e3))
+        x = leaky_relu(conv_(8 * f, 4, stride=2, pad=1, name="enc_conv5")(e4))
 
         block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
         first_half = self.num_blocks // 2
         for i in range(1, self.num_blocks + 1):
-            x = block(8 * f, self.rates, self.block_type, dtype=d, name=f"bottleneck{i}")(x)
+            x = block(
+                8 * f,
+                self.rates,
+                self.block_type,
+                dtype=self.dtype,
+                crop_padding=self.crop_padding,
+                name=f"bottleneck{i}",
+            )(x)
             if i == first_half and self.attention != "none":
                 x = attention(8 * f, "attention_1_16")(x)
 
         # The 1/16 map is resized to the 1/8 skip's size: exactly x2 when H is a multiple of 16,
         # and still aligned when H is an odd multiple of 8.
         x = resize_bilinear_align_corners(x, e4.shape[1:3])
-        x = leaky_relu(conv(4 * f, 3, pad=1, name="dec_conv_1_8", dtype=d)(x))
+        x = leaky_relu(conv_(4 * f, 3, pad=1, name="dec_conv_1_8")(x))
         if multiscale:
-            skip = leaky_relu(conv(2 * f, 3, pad=1, name="skip_conv_1_8", dtype=d)(e4))
+            skip = leaky_relu(conv_(2 * f, 3, pad=1, name="skip_conv_1_8")(e4))
             x = jnp.concatenate([x, attention(2 * f, "attention_1_8")(skip)], axis=-1)
-            x = leaky_relu(conv(4 * f, 3, pad=1, name="mix_conv_1_8", dtype=d)(x))
+            x = leaky_relu(conv_(4 * f, 3, pad=1, name="mix_conv_1_8")(x))
 
-        x = leaky_relu(conv(2 * f, 3, pad=1, name="dec_conv_1_4", dtype=d)(upsample2x(x)))
+        x = leaky_relu(conv_(2 * f, 3, pad=1, name="dec_conv_1_4")(upsample2x(x)))
         if multiscale:
-            skip = leaky_relu(conv(f, 3, pad=1, name="skip_conv_1_4", dtype=d)(e3))
+            skip = leaky_relu(conv_(f, 3, pad=1, name="skip_conv_1_4")(e3))
             x = jnp.concatenate([x, attention(f, "attention_1_4")(skip)], axis=-1)
-            x = leaky_relu(conv(2 * f, 3, pad=1, name="mix_conv_1_4", dtype=d)(x))
+            x = leaky_relu(conv_(2 * f, 3, pad=1, name="mix_conv_1_4")(x))
 
         lowres = None
         if self.back_projection:
-            lr = leaky_relu(conv(f // 2, 3, pad=1, name="lowres_conv", dtype=d)(x))
-            lowres = conv(3, 3, pad=1, name="lowres_out", dtype=d)(lr)
+            lr = leaky_relu(conv_(f // 2, 3, pad=1, name="lowres_conv")(x))
+            lowres = conv_(3, 3, pad=1, name="lowres_out")(lr)
 
-        x = leaky_relu(conv(f, 3, pad=1, name="dec_conv_1_2", dtype=d)(upsample2x(x)))
-        x = leaky_relu(conv(f // 2, 3, pad=1, name="dec_conv_1_1", dtype=d)(upsample2x(x)))
-        raw = conv(3, 7, pad=3, name="out_conv", dtype=d)(x)
+        x = leaky_relu(conv_(f, 3, pad=1, name="dec_conv_1_2")(upsample2x(x)))
+        x = leaky_relu(conv_(f // 2, 3, pad=1, name="dec_conv_1_1")(upsample2x(x)))
+        raw = conv_(3, 7, pad=3, name="out_conv")(x)
         alpha = None
         if self.back_projection:
-            alpha = nn.sigmoid(conv(1, 3, pad=1, name="alpha_conv", dtype=d)(x))
+            alpha = nn.sigmoid(conv_(1, 3, pad=1, name="alpha_conv")(x))
         return raw, alpha, lowres
 
 
@@ -259,6 +293,10 @@ class DeepGIN(nn.Module):
 
     Ablations (paper Table 1): `block_type` spd|dilated|standard, `attention`
     multiscale|single|none, `back_projection`, and `coarse_only` (G1 alone).
+
+    Execution only (the same parameters and values): `dtype` of the activations, the
+    self-attention `attention_impl`, `remat` of the residual blocks, and `crop_padding` (see
+    `layers.edge_padded_conv_padding`; off for ONNX).
     """
 
     base_features: int = 64
@@ -273,6 +311,7 @@ class DeepGIN(nn.Module):
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
     remat: bool = False
+    crop_padding: bool = True
 
     def setup(self) -> None:
         if self.block_type not in BLOCK_TYPES:
@@ -285,6 +324,7 @@ class DeepGIN(nn.Module):
             self.coarse_rates,
             self.block_type,
             dtype=self.dtype,
+            crop_padding=self.crop_padding,
             remat=self.remat,
         )
         if not self.coarse_only:
@@ -297,6 +337,7 @@ class DeepGIN(nn.Module):
                 self.back_projection,
                 dtype=self.dtype,
                 attention_impl=self.attention_impl,
+                crop_padding=self.crop_padding,
                 remat=self.remat,
             )
 

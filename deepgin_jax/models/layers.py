@@ -37,10 +37,21 @@ def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
 
 
 def edge_pad(x: Array, pad: int) -> Array:
-    """Replication padding of `pad` pixels on every side of the spatial axes of [N, H, W, C]."""
+    """Replication padding of `pad` pixels on every side of the spatial axes of [N, H, W, C].
+
+    Written as slices and one concatenation per axis rather than `jnp.pad(mode="edge")`, which
+    emits seven operations per axis (including empty pieces for the unpadded ones): the same
+    values, a quarter of the graph for the exporters.
+    """
     if pad == 0:
         return x
-    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+
+    def pad_axis(y: Array, axis: int) -> Array:
+        first = jax.lax.slice_in_dim(y, 0, 1, axis=axis)
+        last = jax.lax.slice_in_dim(y, y.shape[axis] - 1, y.shape[axis], axis=axis)
+        return jnp.concatenate([first] * pad + [y] + [last] * pad, axis=axis)
+
+    return pad_axis(pad_axis(x, 1), 2)
 
 
 class EdgePaddedConv(nn.Conv):
@@ -58,21 +69,52 @@ class EdgePaddedConv(nn.Conv):
         return super().__call__(edge_pad(inputs, self.edge_padding))
 
 
-def _align_corners_axis(x: Array, axis: int, out_size: int) -> Array:
+def edge_padded_conv_padding(pad: int, crop: bool) -> tuple[int, Any]:
+    """(edge_padding, padding) of an `EdgePaddedConv` that replicates `pad` border pixels.
+
+    crop=False: pad by `pad`, then a VALID convolution (the reference's layout).
+    crop=True: pad one pixel more and let the convolution crop it (padding -1): the same
+    values, but XLA:CPU (YNNPACK, jaxlib 0.10) runs a convolution without padding up to 25x
+    slower than a padded one, and a negative padding is a slice on every backend. ONNX forbids
+    negative pads, so the ONNX exporter builds the model with crop=False.
+    """
+    if pad == 0 or not crop:
+        return pad, "VALID"
+    return pad + 1, ((-1, -1), (-1, -1))
+
+
+def _align_corners_taps(in_size: Any, out_size: Any) -> tuple[Any, Any, Any]:
+    """(lo, hi, frac) of output positions 0..out_size-1 sampling i * (in - 1) / (out - 1).
+
+    Concrete sizes give NumPy constants computed in float64 (XLA folds them); symbolic sizes
+    (a `jax.export` with a symbolic height or width) give the same arithmetic traced in float32.
+    """
+    if isinstance(in_size, int) and isinstance(out_size, int):
+        if out_size == 1 or in_size == 1:
+            src = np.zeros(out_size, dtype=np.float64)
+        else:
+            src = np.arange(out_size, dtype=np.float64) * ((in_size - 1) / (out_size - 1))
+        lo = np.clip(np.floor(src).astype(np.int32), 0, in_size - 1)
+        return lo, np.minimum(lo + 1, in_size - 1), src - lo
+    last_in = jnp.asarray(in_size, jnp.float32) - 1
+    src = jax.lax.iota(jnp.float32, out_size) * (
+        last_in / jnp.maximum(jnp.asarray(out_size, jnp.float32) - 1, 1)
+    )
+    lo = jnp.clip(jnp.floor(src), 0, last_in).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, last_in.astype(jnp.int32))
+    return lo, hi, src - lo
+
+
+def _align_corners_axis(x: Array, axis: int, out_size: Any) -> Array:
     in_size = x.shape[axis]
-    if in_size == out_size:
+    if in_size is out_size or (isinstance(in_size, int) and in_size == out_size):
         return x
-    if out_size == 1 or in_size == 1:
-        src = np.zeros(out_size, dtype=np.float64)
-    else:
-        src = np.arange(out_size, dtype=np.float64) * ((in_size - 1) / (out_size - 1))
-    lo = np.clip(np.floor(src).astype(np.int32), 0, in_size - 1)
-    hi = np.minimum(lo + 1, in_size - 1)
+    lo, hi, frac = _align_corners_taps(in_size, out_size)
     frac_shape = [1] * x.ndim
     frac_shape[axis] = out_size
-    frac = jnp.asarray((src - lo).reshape(frac_shape), dtype=x.dtype)
-    x_lo = jnp.take(x, lo, axis=axis)
-    x_hi = jnp.take(x, hi, axis=axis)
+    frac = jnp.reshape(frac, frac_shape).astype(x.dtype)
+    x_lo = jnp.take(x, lo, axis=axis, mode="clip")
+    x_hi = jnp.take(x, hi, axis=axis, mode="clip")
     return x_lo + (x_hi - x_lo) * frac
 
 

@@ -296,7 +296,7 @@ def test_fid_per_method_and_mask_type(dataset, tmp_path):
         fid = summary["methods"][method]["fid"]
         assert fid["all"]["count"] == 8
         assert fid["all"]["fid"] == pytest.approx(
-            metrics.fid_from_features(pooled_features(outputs), pooled_features(truth)), rel=1e-6
+            metrics.fid_from_features(pooled_features(outputs), pooled_features(truth)), rel=1e-4
         )
         counts = collections.Counter(r["mask_type"] for r in mine)
         assert set(fid) == {"all"} | {t for t, n in counts.items() if n >= 4}
@@ -307,7 +307,7 @@ def test_fid_per_method_and_mask_type(dataset, tmp_path):
                 metrics.fid_from_features(
                     pooled_features(outputs[chosen]), pooled_features(truth[chosen])
                 ),
-                rel=1e-6,
+                rel=1e-4,
             )
     text = (tmp_path / "results.md").read_text()
     assert "## FID ↓" in text and "| all (n=8) |" in text

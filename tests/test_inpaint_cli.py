@@ -128,7 +128,7 @@ def test_folder_run_reports_bad_files_and_keeps_existing_outputs(inputs, tmp_pat
     output = tmp_path / "out"
     output.mkdir()
     (output / "a.jpg").write_bytes(b"keep me")
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         code = run_cli(
             f"--image={inputs / 'images'}",
             f"--mask={inputs / 'masks'}",

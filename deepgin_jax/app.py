@@ -1,0 +1,277 @@
+r"""A web page for inpainting: upload a photo, paint the hole with a brush, download the result.
+
+  python -m deepgin_jax.app --checkpoint CKPT [--host 127.0.0.1] [--port 7860]
+
+The page (Gradio) has three steps:
+1. Photo: any format Pillow reads, any size up to --max-megapixels (EXIF orientation applied).
+2. Paint the hole in the editor: brush (the "Brush Size" button below the colour opens a size
+   slider), eraser, undo/redo and layers. Every painted pixel of every layer is part of the
+   hole, whatever its colour; the eraser takes pixels out again.
+3. Inpaint: a before/after slider, and the result as a PNG at the photo's size (alpha channel,
+   ICC profile and EXIF kept) to download. Outside the hole its pixels are the photo's own.
+
+The photo is decoded on the server from the uploaded file, not from the editor's canvas, so the
+browser's colour management and JPEG decoder never touch the pixels that are kept. All the
+inpainting work (mask preparation, padding, tiling, compositing) is `Inpainter.inpaint`'s.
+
+Problems (an unreadable or too large file, no photo, nothing painted) are shown on the page as
+messages. Nothing is fetched from the internet: Gradio's analytics and version check are off
+and the page uses fonts shipped with Gradio.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Gradio reads this when imported and when launching; set before importing it.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import contextlib
+import dataclasses
+import html
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from absl import app, flags, logging
+
+from deepgin_jax import image_io
+from deepgin_jax.checkpointing import CheckpointNotFoundError
+from deepgin_jax.inference import Inpainter, default_max_batch
+
+DEFAULT_MAX_MEGAPIXELS = 16.0
+MAX_UPLOAD_SIZE = "100mb"
+RESULT_SUFFIX = "_inpainted.png"
+RESULT_LIFETIME_S = 3600  # results stay downloadable this long
+BRUSH_COLOUR = "#ff00ff"
+
+INSTRUCTIONS = """\
+# DeepGIN inpainting
+1. Upload a photo.
+2. Paint over what should disappear. The button below the brush colour sets the brush size;
+   the eraser, undo and redo fix mistakes.
+3. Press **Inpaint**, compare before and after, and download the PNG at the photo's size.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Photo:
+    """The uploaded photo, kept by the page between upload and inpainting.
+
+    name: the file name's stem; image: the decoded file (uint8 RGB, alpha, EXIF, ICC).
+    """
+
+    name: str
+    image: image_io.LoadedImage
+
+
+def painted_hole(layers: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """The union of the painted pixels of the editor's layers: bool [h, w], or None if none.
+
+    layers: RGBA uint8 [h, w, 4] arrays; a pixel is painted where its alpha is above 0.
+    Raises ValueError if the layers differ in size.
+    """
+    alphas = [np.asarray(layer)[..., 3] for layer in layers if layer is not None]
+    if not alphas:
+        return None
+    if len({alpha.shape for alpha in alphas}) > 1:
+        raise ValueError(f"the editor's layers differ in size: {[a.shape for a in alphas]}")
+    hole = np.any(np.stack(alphas) > 0, axis=0)
+    return hole if hole.any() else None
+
+
+def user_error(message: str) -> gr.Error:
+    """An error shown on the page as a message (HTML-escaped: it may quote file names), with no
+    server-side traceback: it is the visitor's to fix."""
+    return gr.Error(html.escape(message), title="Cannot continue", print_exception=False)
+
+
+class InpaintingPage:
+    """The page's event handlers; they raise `gr.Error` with a message for the user.
+
+    Args:
+      inpainter: does the work (`deepgin_jax.inference.Inpainter`).
+      max_megapixels: larger photos are refused.
+
+    Results are written for download into a new folder under the system's temporary folder
+    (where Gradio serves files from).
+    """
+
+    def __init__(self, inpainter: Inpainter, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS):
+        self.inpainter = inpainter
+        self.max_pixels = int(max_megapixels * 1e6)
+        self.output_dir = Path(tempfile.mkdtemp(prefix="deepgin_app_"))
+
+    def load_photo(self, path: str | None) -> tuple[Photo | None, dict | None, str, None, None]:
+        """Upload handler: (photo state, editor value, photo description, cleared before/after,
+        cleared download)."""
+        if not path:
+            return None, None, "", None, None
+        name = Path(path).name
+        try:
+            image = image_io.load_image(path, name=name)
+        except image_io.ImageReadError as e:
+            raise user_error(f"Cannot read the photo: {e}") from e
+        self._check_size(name, image)
+        editor_value = {"background": image.rgb, "layers": [], "composite": image.rgb}
+        shown_name = name.replace("`", "'")  # a code span shows the name literally
+        description = f"`{shown_name}`: {image.width} x {image.height} pixels"
+        return Photo(Path(path).stem, image), editor_value, description, None, None
+
+    def _check_size(self, name: str, image: image_io.LoadedImage) -> None:
+        pixels = image.width * image.height
+        if pixels > self.max_pixels:
+            raise user_error(
+                f"{name} is too large: {image.width}x{image.height} pixels "
+                f"({pixels / 1e6:.1f} megapixels); this page accepts up to "
+                f"{self.max_pixels / 1e6:.1f} megapixels. Reduce the photo and upload it again."
+            )
+
+    def inpaint(
+        self, photo: Photo | None, editor_value: dict | None
+    ) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+        """Inpaint handler: ((before, after) for the slider, path of the PNG to download)."""
+        if photo is None or not editor_value or editor_value.get("background") is None:
+            raise user_error("Upload a photo first.")
+        image = photo.image
+        canvas_size = np.shape(editor_value["background"])[:2]
+        if canvas_size != (image.height, image.width):
+            raise user_error(
+                f"The editor shows a {canvas_size[1]}x{canvas_size[0]} image, not the uploaded "
+                f"{image.width}x{image.height} photo; upload the photo again in box 1."
+            )
+        try:
+            hole = painted_hole(editor_value.get("layers") or [])
+        except ValueError as e:
+            raise user_error(f"Cannot read the painted hole: {e}") from e
+        if hole is None:
+            raise user_error("Nothing is painted: paint over the part of the photo to remove.")
+        try:
+            result = self.inpainter.inpaint(image.rgb, hole)
+        except ValueError as e:
+            raise user_error(f"Cannot inpaint this photo: {e}") from e
+        except Exception as e:
+            logging.exception("Inpainting %s failed", photo.name)
+            raise gr.Error("Inpainting failed; the server log has the details.") from e
+        return (image.rgb, result), str(self._save_result(photo, result))
+
+    def _save_result(self, photo: Photo, result: np.ndarray) -> Path:
+        """Writes the PNG into a folder of its own (two visitors may send photos of one name)
+        and removes results older than RESULT_LIFETIME_S."""
+        self._remove_old_results()
+        folder = Path(tempfile.mkdtemp(dir=self.output_dir))
+        output = folder / f"{photo.name}{RESULT_SUFFIX}"
+        image = photo.image
+        image_io.save_image(
+            output, result, alpha=image.alpha, exif=image.exif, icc_profile=image.icc_profile
+        )
+        return output
+
+    def _remove_old_results(self) -> None:
+        cutoff = time.time() - RESULT_LIFETIME_S
+        for folder in self.output_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder)
+
+
+def build_app(inpainter: Inpainter, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> gr.Blocks:
+    """The inpainting page around `inpainter` (launch it with `launch_kwargs()`)."""
+    page = InpaintingPage(inpainter, max_megapixels=max_megapixels)
+    with gr.Blocks(title="DeepGIN inpainting", analytics_enabled=False) as blocks:
+        gr.Markdown(INSTRUCTIONS)
+        photo_state = gr.State(None)
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(
+                    label="1. Photo", file_types=["image"], type="filepath", elem_id="photo"
+                )
+                photo_info = gr.Markdown(elem_id="photo_info")
+                editor = gr.ImageEditor(
+                    label="2. Paint the hole",
+                    elem_id="editor",
+                    sources=[],
+                    type="numpy",
+                    image_mode="RGBA",
+                    format="png",
+                    transforms=[],  # cropping or resizing would detach the hole from the photo
+                    brush=gr.Brush(colors=[BRUSH_COLOUR], color_mode="fixed"),
+                    eraser=gr.Eraser(),
+                    layers=True,
+                    interactive=True,
+                )
+                run = gr.Button("3. Inpaint", variant="primary", elem_id="run")
+            with gr.Column():
+                before_after = gr.ImageSlider(
+                    label="Before / after",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    elem_id="before_after",
+                )
+                download = gr.File(
+                    label="Result (PNG, the photo's size)", interactive=False, elem_id="result"
+                )
+        upload.change(
+            page.load_photo,
+            inputs=upload,
+            outputs=[photo_state, editor, photo_info, before_after, download],
+        )
+        run.click(page.inpaint, inputs=[photo_state, editor], outputs=[before_after, download])
+    return blocks
+
+
+def launch_kwargs(host: str, port: int | None) -> dict[str, Any]:
+    """Arguments of `gr.Blocks.launch` for a local server that contacts nothing outside."""
+    return {
+        "server_name": host,
+        "server_port": port,
+        "share": False,
+        "ssr_mode": False,
+        "max_file_size": MAX_UPLOAD_SIZE,
+        "footer_links": [],
+        "show_error": False,
+    }
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command-line flags (defined only when run as a program, so importing is free)."""
+    flags.DEFINE_string("checkpoint", None, "Generator checkpoint (converted or trained).")
+    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
+    flags.DEFINE_integer("port", 7860, "Port to listen on.")
+    flags.DEFINE_float(
+        "max_megapixels", DEFAULT_MAX_MEGAPIXELS, "Refuse larger photos.", lower_bound=0.01
+    )
+    flags.DEFINE_integer(
+        "max_batch",
+        None,
+        "Most network inputs per call (default: 4 on CPU, 16 on GPU/TPU).",
+        lower_bound=1,
+    )
+    flags.mark_flag_as_required("checkpoint")
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        inpainter = Inpainter(FLAGS.checkpoint, max_batch=FLAGS.max_batch or default_max_batch())
+    except CheckpointNotFoundError as e:
+        logging.error("cannot load --checkpoint %s: %s", FLAGS.checkpoint, e)
+        return 2
+    blocks = build_app(inpainter, max_megapixels=FLAGS.max_megapixels)
+    blocks.queue().launch(**launch_kwargs(FLAGS.host, FLAGS.port))
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

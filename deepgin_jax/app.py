@@ -3,20 +3,24 @@ r"""A web page for inpainting: upload a photo, paint the hole with a brush, down
   python -m deepgin_jax.app --checkpoint CKPT [--host 127.0.0.1] [--port 7860]
 
 The page (Gradio) has three steps:
-1. Photo: any format Pillow reads, any size up to --max-megapixels (EXIF orientation applied).
+1. Photo: any format Pillow reads (16-bit PNG too), any size up to --max-megapixels (16 by
+   default, to bound the server's memory; the message on the page names the limit and the
+   flag), EXIF orientation applied.
 2. Paint the hole in the editor: brush (the "Brush Size" button below the colour opens a size
    slider), eraser, undo/redo and layers. Every painted pixel of every layer is part of the
    hole, whatever its colour; the eraser takes pixels out again.
-3. Inpaint: a before/after slider, and the result as a PNG at the photo's size (alpha channel,
-   ICC profile and EXIF kept) to download. Outside the hole its pixels are the photo's own.
+3. Inpaint: a before/after slider, and the result as a PNG at the photo's size and bit depth
+   (alpha channel, ICC profile and EXIF kept) to download. Outside the hole its pixels are the
+   photo's own, bit for bit (all 16 bits of a 16-bit PNG).
 
 The photo is decoded on the server from the uploaded file, not from the editor's canvas, so the
 browser's colour management and JPEG decoder never touch the pixels that are kept. All the
 inpainting work (mask preparation, padding, tiling, compositing) is `Inpainter.inpaint`'s.
 
-Problems (an unreadable or too large file, no photo, nothing painted) are shown on the page as
-messages. Nothing is fetched from the internet: Gradio's analytics and version check are off
-and the page uses fonts shipped with Gradio.
+Problems (an unreadable or too large file, no photo, nothing painted, a painted layer that no
+longer matches the photo) are shown on the page as messages a visitor can act on. Nothing is
+fetched from the internet: Gradio's analytics and version check are off and the page uses fonts
+shipped with Gradio.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from absl import app, flags, logging
 
 from deepgin_jax import image_io
 from deepgin_jax.checkpointing import CheckpointNotFoundError
-from deepgin_jax.inference import Inpainter, default_max_batch
+from deepgin_jax.inference import Inpainter, MaskSizeError, default_max_batch
 
 DEFAULT_MAX_MEGAPIXELS = 16.0
 MAX_UPLOAD_SIZE = "100mb"
@@ -63,11 +67,22 @@ INSTRUCTIONS = """\
 class Photo:
     """The uploaded photo, kept by the page between upload and inpainting.
 
-    name: the file name's stem; image: the decoded file (uint8 RGB, alpha, EXIF, ICC).
+    name: the file name's stem; image: the decoded file (RGB, uint8 or for a 16-bit file
+    uint16, alpha, EXIF, ICC).
     """
 
     name: str
     image: image_io.LoadedImage
+
+    @property
+    def preview(self) -> np.ndarray:
+        """uint8 RGB [H, W, 3] for the browser (which shows 8 bits)."""
+        return to_8_bit(self.image.rgb)
+
+
+def to_8_bit(rgb: np.ndarray) -> np.ndarray:
+    """uint16 pixels rounded to uint8 (v / 257) for display; uint8 unchanged."""
+    return np.rint(rgb / 257.0).astype(np.uint8) if rgb.dtype == np.uint16 else rgb
 
 
 def painted_hole(layers: Sequence[np.ndarray | None]) -> np.ndarray | None:
@@ -114,14 +129,17 @@ class InpaintingPage:
             return None, None, "", None, None
         name = Path(path).name
         try:
-            image = image_io.load_image(path, name=name)
+            image = image_io.load_image(path, name=name, keep_16_bit=True)
         except image_io.ImageReadError as e:
             raise user_error(f"Cannot read the photo: {e}") from e
         self._check_size(name, image)
-        editor_value = {"background": image.rgb, "layers": [], "composite": image.rgb}
+        photo = Photo(Path(path).stem, image)
+        editor_value = {"background": photo.preview, "layers": [], "composite": photo.preview}
         shown_name = name.replace("`", "'")  # a code span shows the name literally
         description = f"`{shown_name}`: {image.width} x {image.height} pixels"
-        return Photo(Path(path).stem, image), editor_value, description, None, None
+        if image.bit_depth == 16:
+            description += " (16 bits per channel, kept in the result)"
+        return photo, editor_value, description, None, None
 
     def _check_size(self, name: str, image: image_io.LoadedImage) -> None:
         pixels = image.width * image.height
@@ -129,13 +147,16 @@ class InpaintingPage:
             raise user_error(
                 f"{name} is too large: {image.width}x{image.height} pixels "
                 f"({pixels / 1e6:.1f} megapixels); this page accepts up to "
-                f"{self.max_pixels / 1e6:.1f} megapixels. Reduce the photo and upload it again."
+                f"{self.max_pixels / 1e6:.1f} megapixels, a limit that bounds the server's "
+                "memory. Reduce the photo and upload it again, or ask whoever runs this page "
+                "to start it with a larger --max_megapixels."
             )
 
     def inpaint(
         self, photo: Photo | None, editor_value: dict | None
     ) -> tuple[tuple[np.ndarray, np.ndarray], str]:
-        """Inpaint handler: ((before, after) for the slider, path of the PNG to download)."""
+        """Inpaint handler: ((before, after) for the slider, 8 bits; path of the PNG to download,
+        at the photo's bit depth)."""
         if photo is None or not editor_value or editor_value.get("background") is None:
             raise user_error("Upload a photo first.")
         image = photo.image
@@ -151,14 +172,26 @@ class InpaintingPage:
             raise user_error(f"Cannot read the painted hole: {e}") from e
         if hole is None:
             raise user_error("Nothing is painted: paint over the part of the photo to remove.")
+        if hole.shape != (image.height, image.width):
+            raise self._layer_size_error(hole.shape, image)
         try:
             result = self.inpainter.inpaint(image.rgb, hole)
+        except MaskSizeError as e:
+            raise self._layer_size_error(np.shape(hole), image) from e
         except ValueError as e:
             raise user_error(f"Cannot inpaint this photo: {e}") from e
         except Exception as e:
             logging.exception("Inpainting %s failed", photo.name)
             raise gr.Error("Inpainting failed; the server log has the details.") from e
-        return (image.rgb, result), str(self._save_result(photo, result))
+        return (photo.preview, to_8_bit(result)), str(self._save_result(photo, result))
+
+    @staticmethod
+    def _layer_size_error(shape: tuple[int, ...], image: image_io.LoadedImage) -> gr.Error:
+        return user_error(
+            f"The painted layer is {shape[1]}x{shape[0]} pixels but the photo is "
+            f"{image.width}x{image.height}: the editor no longer matches the photo. Upload the "
+            "photo again in box 1 and paint the hole again."
+        )
 
     def _save_result(self, photo: Photo, result: np.ndarray) -> Path:
         """Writes the PNG into a folder of its own (two visitors may send photos of one name)
@@ -248,7 +281,10 @@ def define_flags() -> None:
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
     flags.DEFINE_integer("port", 7860, "Port to listen on.")
     flags.DEFINE_float(
-        "max_megapixels", DEFAULT_MAX_MEGAPIXELS, "Refuse larger photos.", lower_bound=0.01
+        "max_megapixels",
+        DEFAULT_MAX_MEGAPIXELS,
+        "Refuse larger photos (bounds the server's memory; the page names this limit).",
+        lower_bound=0.01,
     )
     flags.DEFINE_integer(
         "max_batch",

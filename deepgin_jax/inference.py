@@ -4,25 +4,35 @@ splits into sub-images, batches, ensembles and composites (the CLIs and the web 
     inpainter = Inpainter("checkpoints/deepgin")        # or Inpainter.from_model(model, variables)
     result = inpainter.inpaint(photo, mask)             # PIL in -> PIL out, uint8 -> uint8
 
+Images: NumPy arrays [H, W] (gray), [H, W, 2] (gray + alpha), [H, W, 3] (RGB) or [H, W, 4]
+(RGBA) of uint8, uint16 or float in [0, 1], or PIL images of any mode (16-bit "I;16" / "I"
+included). The network sees every image as RGB scaled to [0, 1]; the result has the input's
+type, shape, dtype and PIL mode, with the alpha channel untouched. Any size from 1x1 up.
+
 Masks: white / 255 / 1.0 / True = hole (`invert_mask` for the other polarity), binarised at
 `threshold` on the 0-255 scale, optionally dilated by a disc of radius `dilate` pixels. Outside
 the (dilated) hole the output is bit-identical to the input: the prediction is pasted in with
-the binary mask, in the input's own dtype.
+the binary mask, in the input's own dtype (16-bit input keeps all 16 bits).
 
 Modes:
 * "auto": an image whose long side is at most `max_direct_size` (256, the training crop size)
-  goes through the network once, padded to a multiple of 8. A larger image is padded to a
-  multiple of `tile_size` (256) and split by pixel-unshuffle into Fh x Fw sub-images of
-  256x256 (sub-image (q, p) holds the pixels at rows q, q+Fh, ... and columns p, p+Fw, ...;
-  spec 7 step 3), each a subsampled view of the whole photo at the scale the model was trained
-  on; all of them run as batches and are shuffled back. Nothing is resampled. Padding mirrors
+  goes through the network once, padded to a multiple of 8 and to at least 16 pixels a side
+  (the generator's smallest input). A larger image is padded to a multiple of `tile_size`
+  (256) and split by pixel-unshuffle into Fh x Fw sub-images of 256x256 (sub-image (q, p)
+  holds the pixels at rows q, q+Fh, ... and columns p, p+Fw, ...; spec 7 step 3), each a
+  subsampled view of the whole photo at the scale the model was trained on; all of them run
+  as batches and are shuffled back. Nothing is resampled. Padding mirrors
   the image and the mask together, so a hole at the border stays a hole in the padding and
   none of the hole's content leaks into the context. The reference stores every sub-image
   transposed; "auto" does not, since training already rotates and flips its polyphase
   sub-images (spec 5.4), so only bit-parity depends on it.
 * "reference": spec 7 step by step (bicubic resize to multiples of 256, transposed
   sub-images, x5 ensemble with uint8 truncations, bicubic resize back, the 1/2 down-up
-  blur, composite with the original soft mask), for parity with the released results.
+  blur, composite with the original soft mask), for parity with the released results. It
+  works on 8-bit pixels (16-bit input is rounded to 8 bits for the network; known pixels keep
+  all 16). The mask is not thresholded (any value > 0 after the resize is a hole, and the
+  composite weighs by the soft mask), so `threshold` is refused with a ValueError; `invert_mask`
+  (255 - m) and `dilate` (a grey max filter) apply to the soft mask before the pipeline.
 
 `ensemble` adds the x5 self-ensemble (identity, rot90, rot180, rot270, left-right flip; spec 7
 step 4), inverse-transformed and averaged; it defaults to on in "reference" mode, off in "auto".
@@ -31,9 +41,9 @@ Compiled shapes. Network inputs of one shape are batched together across sub-ima
 variants and images (`inpaint_many`): a call holds up to `max_batch` inputs and a smaller
 remainder is padded up to the next power of two, so the network compiles once per (B, H, W)
 with B in {1, 2, 4, ..., max_batch}. H x W is 256 x 256 for sub-images (always, in
-"reference" mode), or the image's size rounded up to multiples of 8 for a small image (and
-its transpose too with `ensemble`, when not square). Executables are cached per model
-configuration, so several `Inpainter`s of one architecture share them.
+"reference" mode), or the image's size rounded up to multiples of 8 (at least 16) for a small
+image (and its transpose too with `ensemble`, when not square). Executables are cached per
+model configuration, so several `Inpainter`s of one architecture share them.
 
 `InpainterBase` is the shared call shape; `WholeImageInpainter` adapts methods without a
 network (the classical baselines in `deepgin_jax.baselines`).
@@ -62,6 +72,8 @@ from deepgin_jax.models.generator import DeepGIN
 MODES = ("auto", "reference")
 TILE_SIZE = 256  # the training crop size, and the reference's sub-image size
 SIZE_MULTIPLE = 8  # the generator needs H and W divisible by 8
+MIN_SIZE = 16  # and at least 16: its refinement encoder halves the input four times
+DEFAULT_THRESHOLD = 127  # "auto" mode's mask threshold (0-255 scale) when none is given
 
 # The network as a function: masked images [B, H, W, 3] float32 in [0, 1] with white holes and
 # masks [B, H, W, 1] float32 (1 = hole) -> the reconstruction [B, H, W, 3] (reconst_img).
@@ -216,62 +228,115 @@ def prepare_soft_mask(
 
 @dataclasses.dataclass(frozen=True)
 class _Pixels:
-    """rgb: [H, W, 3], uint8 or float32 in [0, 1]. restore(rgb_out, changed) -> caller's type."""
+    """rgb: [H, W, 3], uint8, uint16 or float32 in [0, 1]. restore(rgb_out, changed) -> the
+    caller's type, with rgb_out [H, W, 3] in rgb's dtype and changed bool [H, W]."""
 
     rgb: np.ndarray
     restore: Callable[[np.ndarray, np.ndarray], Any]
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
+    """Gray [H, W] of RGB [H, W, 3] in rgb's dtype (PIL's RGB -> L for uint8)."""
     if rgb.dtype == np.uint8:
-        return np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
+        return np.asarray(Image.fromarray(rgb).convert("L"))
+    if rgb.dtype == np.uint16:
+        gray = np.rint(rgb.astype(np.float64) @ _LUMA_WEIGHTS)
+        return np.clip(gray, 0, 65535).astype(np.uint16)
     return rgb @ _LUMA_WEIGHTS.astype(rgb.dtype)
 
 
+def _full_scale(dtype: np.dtype) -> int | float:
+    """The value of white: 255 for uint8, 65535 for uint16, 1.0 for float."""
+    return {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(np.dtype(dtype), 1.0)
+
+
+def _convert(pixels: np.ndarray, dtype: Any) -> np.ndarray:
+    """Pixels as uint8, uint16 or float32 in [0, 1], rounding to the nearest integer level
+    (uint16 -> uint8 is round(v / 257), uint8 -> uint16 is v * 257, both exact inverses)."""
+    dtype = np.dtype(dtype)
+    if pixels.dtype == dtype and dtype in (np.uint8, np.uint16):
+        return pixels
+    if pixels.dtype == np.uint16 and dtype == np.uint8:
+        return np.rint(pixels / 257.0).astype(np.uint8)
+    if pixels.dtype == np.uint8 and dtype == np.uint16:
+        return pixels.astype(np.uint16) * np.uint16(257)
+    if dtype == np.uint8:  # float -> uint8 in float32 arithmetic, as always
+        return np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if dtype == np.uint16:
+        unit = np.clip(pixels.astype(np.float64), 0.0, 1.0)
+        return np.rint(unit * 65535.0).astype(np.uint16)
+    return _unit_float(pixels).astype(dtype)
+
+
 def _array_pixels(image: np.ndarray) -> _Pixels:
-    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
-        raise TypeError(f"image must be uint8 or float in [0, 1], got dtype {image.dtype}")
-    if image.ndim == 3 and image.shape[-1] == 1:
-        gray, keep_axis = image[..., 0], True
-    elif image.ndim == 2:
-        gray, keep_axis = image, False
-    elif image.ndim == 3 and image.shape[-1] in (3, 4):
-        colour, alpha = image[..., :3], image[..., 3:]
-        work = colour if image.dtype == np.uint8 else colour.astype(np.float32)
-
-        def restore_colour(rgb: np.ndarray, changed: np.ndarray) -> np.ndarray:
-            out = np.where(changed[..., None], rgb.astype(image.dtype), colour)
-            return np.concatenate([out, alpha], axis=-1) if alpha.size else out
-
-        return _Pixels(np.ascontiguousarray(work), restore_colour)
+    if image.dtype not in (np.uint8, np.uint16) and not np.issubdtype(image.dtype, np.floating):
+        raise TypeError(f"image must be uint8, uint16 or float in [0, 1], got dtype {image.dtype}")
+    if image.ndim == 2:
+        planes, squeeze = image[..., None], True
+    elif image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4):
+        planes, squeeze = image, False
     else:
-        raise ValueError(f"image must be [H, W] or [H, W, 1|3|4], got shape {image.shape}")
+        raise ValueError(f"image must be [H, W] or [H, W, 1|2|3|4], got shape {image.shape}")
+    colours = 1 if planes.shape[-1] <= 2 else 3  # gray (+ alpha) or RGB (+ alpha)
+    colour, alpha = planes[..., :colours], planes[..., colours:]
+    work = colour if image.dtype in (np.uint8, np.uint16) else colour.astype(np.float32)
+    if colours == 1:
+        work = np.repeat(work, 3, axis=-1)
 
-    work = gray if image.dtype == np.uint8 else gray.astype(np.float32)
+    def restore(rgb: np.ndarray, changed: np.ndarray) -> np.ndarray:
+        new = rgb if colours == 3 else _luma(rgb)[..., None]
+        out = np.where(changed[..., None], new.astype(image.dtype), colour)
+        if alpha.shape[-1]:
+            out = np.concatenate([out, alpha], axis=-1)
+        return out[..., 0] if squeeze else out
 
-    def restore_gray(rgb: np.ndarray, changed: np.ndarray) -> np.ndarray:
-        out = np.where(changed, _luma(rgb).astype(image.dtype), gray)
-        return out[..., None] if keep_axis else out
+    return _Pixels(np.ascontiguousarray(work), restore)
 
-    return _Pixels(np.repeat(work[..., None], 3, axis=-1), restore_gray)
+
+def _sixteen_bit_array(image: Image.Image) -> np.ndarray:
+    """A 16-bit PIL image ("I;16*", or "I" holding 0-65535) as native uint16 [H, W]."""
+    values = np.asarray(image)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(
+            f"a mode {image.mode} image must hold 16-bit values (0-65535), got "
+            f"{values.min()}..{values.max()}"
+        )
+    return values.astype(np.uint16)
+
+
+def _sixteen_bit_image(values: np.ndarray, mode: str) -> Image.Image:
+    """uint16 [H, W] back to a PIL image of `mode` ("I;16", "I;16L", "I;16B", "I;16N", "I")."""
+    if mode == "I":
+        return Image.fromarray(values.astype(np.int32))
+    byte_order = {"I;16B": ">u2", "I;16N": "=u2"}.get(mode, "<u2")
+    height, width = values.shape
+    return Image.frombytes(mode, (width, height), values.astype(byte_order).tobytes())
 
 
 def _pil_pixels(image: Image.Image) -> _Pixels:
     mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES or mode == "F":
-        scale = 257.0 if mode in _SIXTEEN_BIT_MODES else 1.0
-        values = np.asarray(image).astype(np.float64) / scale
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    info = dict(image.info)
+    if mode in _SIXTEEN_BIT_MODES:
+        pixels = _array_pixels(_sixteen_bit_array(image))
+
+        def restore_sixteen(rgb: np.ndarray, changed: np.ndarray) -> Image.Image:
+            out = _sixteen_bit_image(pixels.restore(rgb, changed), mode)
+            out.info.update(info)
+            return out
+
+        return _Pixels(pixels.rgb, restore_sixteen)
+    if mode == "F":
+        values = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
         mode = "L"
     elif mode not in ("RGB", "RGBA", "L", "LA"):
         has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
         mode = image.mode
     pixels = _array_pixels(np.asarray(image))
-    info = dict(image.info)
 
     def restore(rgb: np.ndarray, changed: np.ndarray) -> Image.Image:
-        out = Image.fromarray(pixels.restore(rgb, changed), mode)
+        out = Image.fromarray(pixels.restore(rgb, changed))  # same mode: L, LA, RGB or RGBA
         out.info.update(info)
         return out
 
@@ -294,12 +359,14 @@ def _copy(image: Any) -> Any:
 # Geometry: padding, pixel-(un)shuffle into sub-images, and the x5 self-ensemble.
 
 
-def round_up(value: int, multiple: int) -> int:
-    return max(multiple, math.ceil(value / multiple) * multiple)
+def round_up(value: int, multiple: int, minimum: int = 0) -> int:
+    """The smallest multiple of `multiple` that is >= value, >= multiple and >= minimum."""
+    return max(multiple, minimum, math.ceil(value / multiple) * multiple)
 
 
 def mirror_pad(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Reflect-pads the bottom and right of [H, W, ...] to [height, width, ...]."""
+    """Reflect-pads the bottom and right of [H, W, ...] to [height, width, ...] (repeatedly
+    when the padding is wider than the image; a 1-pixel side is repeated)."""
     if array.shape[:2] == (height, width):
         return array
     pad = [(0, height - array.shape[0]), (0, width - array.shape[1])]
@@ -477,26 +544,33 @@ class InpainterBase:
         mask: Any,
         *,
         invert_mask: bool = False,
-        threshold: int = 127,
+        threshold: int | None = None,
         dilate: int = 0,
         resize_mask: bool = False,
     ) -> Any:
         """Fills the holes of one image.
 
         Args:
-          image: np.ndarray uint8 [H, W] / [H, W, 1|3|4] or float in [0, 1], or a PIL image.
+          image: np.ndarray [H, W] / [H, W, 1|2|3|4] (gray, gray + alpha, RGB, RGBA) of uint8,
+            uint16 or float in [0, 1], or a PIL image of any mode; any size from 1x1.
           mask: np.ndarray (bool / uint8 / uint16 / float; [H, W] or [H, W, 1|3|4]) or a PIL
             image; white / 255 / 1.0 / True = hole.
           invert_mask: the mask marks the known region instead.
-          threshold: a value above it (0-255 scale) is a hole ("auto" mode; "reference" mode
-            binarises at > 0 after its resize, like the reference).
-          dilate: grow the hole by a disc of this radius in pixels.
+          threshold: a value above it (0-255 scale) is a hole; None = 127. "auto" mode only:
+            "reference" mode binarises at > 0 after its resize, like the reference, and
+            raises ValueError for any other threshold.
+          dilate: grow the hole by a disc of this radius in pixels (in "reference" mode a grey
+            dilation of the soft mask).
           resize_mask: resize a mask of another size to the image (nearest neighbour) instead
             of raising `MaskSizeError`.
 
         Returns:
-          The same type, shape and dtype as `image` (alpha and PIL metadata kept). An empty
-          mask returns a copy of `image` without running the network.
+          The same type, shape and dtype (PIL: mode) as `image`, alpha and PIL metadata kept.
+          An empty mask returns a copy of `image` without running the network.
+
+        Raises:
+          MaskSizeError: the mask's size differs and `resize_mask` is off.
+          ValueError / TypeError: an unsupported shape, dtype or option.
         """
         [result] = self.inpaint_many(
             [image],
@@ -514,13 +588,22 @@ class InpainterBase:
         masks: Sequence[Any],
         *,
         invert_mask: bool = False,
-        threshold: int = 127,
+        threshold: int | None = None,
         dilate: int = 0,
         resize_mask: bool = False,
     ) -> list[Any]:
         """`inpaint` for several images at once; their network inputs share batches."""
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
+        if self.mode == "reference" and threshold is not None:
+            raise ValueError(
+                f"threshold={threshold} (CLI: --mask-threshold) cannot apply in reference mode: "
+                "the reference does not threshold the mask (any value above 0 after its "
+                "bilinear resize is a hole, and the result is blended by the soft mask); "
+                "leave it unset, or use mode='auto'"
+            )
+        if threshold is None:
+            threshold = DEFAULT_THRESHOLD
         jobs = []
         for image, mask in zip(images, masks, strict=True):
             pixels = _as_pixels(image)
@@ -572,15 +655,9 @@ class InpainterBase:
 
 def _composite(pixels: _Pixels, hole: np.ndarray, prediction: np.ndarray) -> Any:
     """Pastes prediction [H, W, 3] (float in [0, 1], or uint8) into the hole, in the input's
-    dtype (a float prediction becomes uint8 by rounding for uint8 input)."""
+    dtype (a float prediction is rounded to the nearest level for uint8 / uint16 input)."""
     rgb = pixels.rgb
-    if rgb.dtype == np.uint8 and prediction.dtype != np.uint8:
-        prediction = np.rint(np.clip(prediction, 0.0, 1.0) * 255.0).astype(np.uint8)
-    elif rgb.dtype != np.uint8:
-        if prediction.dtype == np.uint8:
-            prediction = prediction / np.float32(255.0)
-        prediction = np.clip(prediction, 0.0, 1.0)
-    composite = np.where(hole[..., None], prediction.astype(rgb.dtype), rgb)
+    composite = np.where(hole[..., None], _convert(prediction, rgb.dtype), rgb)
     return pixels.restore(composite, hole)
 
 
@@ -594,9 +671,7 @@ class WholeImageInpainter(InpainterBase):
 
     def _plan_auto(self, pixels: _Pixels, hole: np.ndarray) -> _Job:
         def finish() -> Any:
-            rgb = pixels.rgb
-            if rgb.dtype != np.uint8:
-                rgb = np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+            rgb = _convert(pixels.rgb, np.uint8)
             return _composite(pixels, hole, self.fill(np.ascontiguousarray(rgb), hole))
 
         return _Job([], finish)
@@ -612,7 +687,8 @@ class Inpainter(InpainterBase):
       ensemble: the x5 self-ensemble; None = on in "reference" mode, off in "auto" mode.
       dtype: computation dtype of the network (e.g. jnp.bfloat16 on GPU); params stay float32.
       max_batch: the most network inputs per call.
-      tile_size: sub-image size (the training crop size, 256); smaller only for tests.
+      tile_size: sub-image size (the training crop size, 256); smaller only for tests (a
+        multiple of 8, at least 16).
       max_direct_size: "auto" runs images up to this long side in one piece (default
         `tile_size`).
     """
@@ -692,8 +768,11 @@ class Inpainter(InpainterBase):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if tile_size < SIZE_MULTIPLE or tile_size % SIZE_MULTIPLE:
-            raise ValueError(f"tile_size must be a positive multiple of {SIZE_MULTIPLE}")
+        if tile_size < MIN_SIZE or tile_size % SIZE_MULTIPLE:
+            raise ValueError(
+                f"tile_size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE}, "
+                f"got {tile_size}"
+            )
         self._forward = forward
         self.mode = mode
         self.ensemble = (mode == "reference") if ensemble is None else bool(ensemble)
@@ -710,10 +789,11 @@ class Inpainter(InpainterBase):
         height, width = hole.shape
         direct = max(height, width) <= self.max_direct_size
         multiple = SIZE_MULTIPLE if direct else self.tile_size
-        padded_h, padded_w = round_up(height, multiple), round_up(width, multiple)
+        padded_h = round_up(height, multiple, MIN_SIZE)
+        padded_w = round_up(width, multiple, MIN_SIZE)
         rgb_p = mirror_pad(rgb, padded_h, padded_w)
         hole_p = mirror_pad(hole, padded_h, padded_w)
-        white = np.array(255 if rgb.dtype == np.uint8 else 1.0, rgb.dtype)
+        white = np.array(_full_scale(rgb.dtype), rgb.dtype)
         masked = np.where(hole_p[..., None], white, rgb_p)
         if direct:
             factors = (1, 1)
@@ -734,7 +814,9 @@ class Inpainter(InpainterBase):
     def _plan_reference(self, pixels: _Pixels, soft: np.ndarray) -> _Job:
         """Spec 7 steps 1-7 on uint8 pixels, with the original soft mask `soft` uint8 [H, W]."""
         original = pixels.rgb
-        if original.dtype != np.uint8:
+        if original.dtype == np.uint16:
+            original = _convert(original, np.uint8)
+        elif original.dtype != np.uint8:
             original = np.clip(np.rint(original * 255.0), 0, 255).astype(np.uint8)
         height, width = soft.shape
         tile = self.tile_size
@@ -766,7 +848,9 @@ class Inpainter(InpainterBase):
             blended = prediction * weight + ((255.0 - soft[..., None]) / 255.0) * original
             result = blended.astype(np.uint8)
             changed = soft > 0
-            if pixels.rgb.dtype != np.uint8:
+            if pixels.rgb.dtype == np.uint16:
+                result = np.where(changed[..., None], _convert(result, np.uint16), pixels.rgb)
+            elif pixels.rgb.dtype != np.uint8:
                 result = np.where(changed[..., None], result / 255.0, pixels.rgb)
             return pixels.restore(result, changed)
 
@@ -796,8 +880,11 @@ class Inpainter(InpainterBase):
 
 
 def _unit_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 pixels scaled to float32 [0, 1]; float pixels clipped to [0, 1]."""
     if pixels.dtype == np.uint8:
         return pixels.astype(np.float32) / np.float32(255.0)
+    if pixels.dtype == np.uint16:
+        return (pixels / 65535.0).astype(np.float32)
     return np.clip(pixels, 0.0, 1.0)
 
 

@@ -5,9 +5,13 @@ r"""Inpaint photos with a trained DeepGIN: one file, or every image in a folder.
   python -m deepgin_jax.inpaint --checkpoint CKPT --image photos/ --mask masks/ --output out/
 
 Masks: white (255) = hole, black = keep; --invert-mask for the other polarity. Gray, RGB(A)
-and 16-bit masks are accepted; a pixel brighter than --mask-threshold is a hole; an RGBA mask
-of one colour uses its alpha (a painted layer). --dilate N grows the holes by a disc of radius
-N pixels. A mask of another size than its image is an error unless --resize-mask.
+and 16-bit masks are accepted; a pixel brighter than --mask-threshold (default 127) is a hole;
+an RGBA mask of one colour uses its alpha (a painted layer). --dilate N grows the holes by a
+disc of radius N pixels. A mask of another size than its image is an error unless
+--resize-mask. --mode reference follows the original test script, which does not threshold the
+mask (any value above 0 is a hole, and the result is blended with the mask's grey levels):
+--mask-threshold is refused there, while --invert-mask (255 - m) and --dilate (a grey
+dilation) apply to the mask before that pipeline.
 
 Matching images to masks (--image a folder: every .png/.jpg/.jpeg/.webp/.bmp/.tif/.tiff in
 it, not recursive, except files named *_mask.*):
@@ -19,11 +23,20 @@ An image with no mask, or with two candidate masks, is reported and skipped.
 
 Outputs: --output a file (its extension sets the format: .png, .jpg/.jpeg, .webp) or a folder
 (created if needed), which receives <stem>.<--format>, with a trailing "_with_holes" dropped
-from the stem. Existing outputs are kept (and reported as skipped) unless --overwrite. Every
-output is the input's size; alpha, EXIF and the ICC profile are kept where the format allows.
+from the stem. Existing outputs are kept (and reported as skipped) unless --overwrite. An output
+that would be one of the input images or masks, or an output folder that is the --image
+folder, is refused before anything is done. Every output is the input's size; alpha, EXIF and
+the ICC profile are kept where the format allows. Outside the (dilated) hole the pixels of a
+PNG or WebP output are the input's own, bit for bit: a 16-bit PNG gives a 16-bit PNG (any
+16-bit input is kept at 16 bits in PNG; JPEG and WebP hold 8 bits, so a 16-bit image written
+to them is rounded to 8 bits, with a warning). WebP is written losslessly (--nolossless-webp
+for lossy WebP at --quality); JPEG is always lossy (at --quality), so a run writing JPEG warns
+once that the known pixels will not be identical.
 
-A file that cannot be read or inpainted is reported and skipped; the exit status is 0 when
-every image was inpainted or skipped, 1 when some failed, 2 when nothing could be started.
+A file that cannot be read or inpainted, for whatever reason (a corrupt file, a mask of the
+wrong size, the accelerator running out of memory), is reported with its error and skipped;
+the exit status is 0 when every image was inpainted or skipped, 1 when some failed, 2 when
+nothing could be started (bad arguments, no checkpoint).
 """
 
 from __future__ import annotations
@@ -64,10 +77,11 @@ class Task:
 
 @dataclasses.dataclass(frozen=True)
 class MaskOptions:
-    """How mask files are read: polarity, threshold (0-255), dilation radius, resizing."""
+    """How mask files are read: polarity, threshold (0-255; None = the inpainter's default,
+    127, and the only choice in reference mode), dilation radius, resizing."""
 
     invert: bool = False
-    threshold: int = 127
+    threshold: int | None = None
     dilate: int = 0
     resize: bool = False
 
@@ -136,7 +150,8 @@ def plan_tasks(
 
     Raises:
       ValueError: the arguments cannot work together (missing input, folder input with a
-        file output, an unknown output extension).
+        file output, an unknown output extension, an output that is an input file or the
+        input folder).
     """
     image, output = Path(image), Path(output)
     mask = Path(mask) if mask is not None else None
@@ -147,11 +162,18 @@ def plan_tasks(
     if image.is_dir():
         if output.suffix.lower() in OUTPUT_EXTENSIONS or output.is_file():
             raise ValueError(f"--image is a folder, so --output must be a folder, not {output}")
+        if output.is_dir() and os.path.samefile(output, image):
+            raise ValueError(
+                f"--output {output} is the --image folder: the results would replace or mix "
+                "with the photos (and count as inputs on the next run); choose another folder"
+            )
         images = list_images(image)
         if not images:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image}")
-        return _deduplicate(
-            [_task(p, mask, output / f"{output_stem(p)}.{output_format}") for p in images]
+        return _refuse_overwriting_inputs(
+            _deduplicate(
+                [_task(p, mask, output / f"{output_stem(p)}.{output_format}") for p in images]
+            )
         )
     if not image.is_file():
         raise ValueError(f"--image {image} does not exist")
@@ -164,7 +186,33 @@ def plan_tasks(
             f"cannot tell the output format from {output.name}; use one of "
             f"{', '.join(OUTPUT_EXTENSIONS)}, or give a folder"
         )
-    return [_task(image, mask, target)]
+    return _refuse_overwriting_inputs([_task(image, mask, target)])
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, so that links and other spellings compare equal."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _refuse_overwriting_inputs(tasks: list[Task]) -> list[Task]:
+    """`tasks`, or ValueError if an output would be (resolving links) an input image or mask."""
+    inputs: dict[tuple[int, int], tuple[str, Path]] = {}
+    for task in tasks:
+        for kind, path in (("image", task.image), ("mask", task.mask)):
+            if path is not None and (key := _file_id(path)) is not None:
+                inputs.setdefault(key, (kind, path))
+    for task in tasks:
+        if (key := _file_id(task.output)) in inputs:
+            kind, path = inputs[key]
+            raise ValueError(
+                f"the output {task.output} (for {task.image.name}) is the input {kind} {path}; "
+                "writing it would destroy the input: choose another --output"
+            )
+    return tasks
 
 
 def _task(image: Path, mask: Path | None, output: Path) -> Task:
@@ -191,22 +239,28 @@ def _deduplicate(tasks: list[Task]) -> list[Task]:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A mask file as uint8 [H, W, 3] (or [H, W, 4] with its alpha), upright (EXIF)."""
-    loaded = image_io.load_image(path)
+    """A mask file as [H, W, 3] (or [H, W, 4] with its alpha), uint8 or uint16 as the file,
+    upright (EXIF)."""
+    loaded = image_io.load_image(path, keep_16_bit=True)
     if loaded.alpha is None:
         return loaded.rgb
     return np.dstack([loaded.rgb, loaded.alpha])
 
 
 def inpaint_file(
-    inpainter: InpainterBase, task: Task, mask_options: MaskOptions, quality: int = 95
+    inpainter: InpainterBase,
+    task: Task,
+    mask_options: MaskOptions,
+    quality: int = 95,
+    lossless_webp: bool = True,
 ) -> None:
-    """Reads, inpaints and writes (atomically) one task's image.
+    """Reads, inpaints and writes (atomically) one task's image, at the input's bit depth.
 
     Raises:
-      image_io.ImageReadError, inference.MaskSizeError (both ValueError), OSError.
+      image_io.ImageReadError, inference.MaskSizeError (both ValueError), OSError, and
+      whatever the network raises (e.g. a runtime error when out of memory).
     """
-    loaded = image_io.load_image(task.image)
+    loaded = image_io.load_image(task.image, keep_16_bit=True)
     pixels = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
     result = inpainter.inpaint(
         pixels,
@@ -223,6 +277,7 @@ def inpaint_file(
         exif=loaded.exif,
         icc_profile=loaded.icc_profile,
         quality=quality,
+        lossless_webp=lossless_webp,
     )
 
 
@@ -233,15 +288,18 @@ def inpaint_tasks(
     *,
     overwrite: bool = False,
     quality: int = 95,
+    lossless_webp: bool = True,
     progress: bool = True,
 ) -> Summary:
-    """Runs every task with a progress bar; one failure is logged and the rest go on.
+    """Runs every task with a progress bar; one failure (any Exception) is logged with its
+    file and the rest go on.
 
     `inpainter` may be a factory, called only if some task has work to do (so a rerun that
     skips every output does not load the model).
     """
     tasks = list(tasks)
     summary = Summary()
+    warned_lossy = False
     for task in tqdm.tqdm(tasks, desc="inpainting", unit="image", disable=not progress):
         if task.error is not None:
             summary.failed[task.image] = task.error
@@ -253,12 +311,19 @@ def inpaint_tasks(
             continue
         if not isinstance(inpainter, InpainterBase):
             inpainter = inpainter()
+        if not warned_lossy and _is_lossy(task.output, lossless_webp):
+            warned_lossy = True
+            logging.warning(
+                "%s output is lossy: pixels outside the holes will not be bit-identical to the "
+                "input; write PNG or lossless WebP to keep them exactly.",
+                task.output.suffix.lstrip(".").upper(),
+            )
         try:
-            inpaint_file(inpainter, task, mask_options, quality)
-        except (ValueError, OSError) as e:
-            message = str(e) if str(task.image) in str(e) else f"{task.image}: {e}"
-            summary.failed[task.image] = message
-            logging.error("%s", message)
+            inpaint_file(inpainter, task, mask_options, quality, lossless_webp)
+        except Exception as e:  # one bad file must not end the run; Ctrl-C still does
+            summary.failed[task.image] = _failure_message(task.image, e)
+            logging.error("%s", summary.failed[task.image])
+            logging.debug("Traceback of the failure on %s", task.image, exc_info=True)
             continue
         summary.inpainted.append(task.image)
     logging.info(
@@ -268,6 +333,19 @@ def inpaint_tasks(
         len(summary.failed),
     )
     return summary
+
+
+def _is_lossy(output: Path, lossless_webp: bool) -> bool:
+    suffix = output.suffix.lower()
+    return OUTPUT_EXTENSIONS.get(suffix) == "jpg" or (suffix == ".webp" and not lossless_webp)
+
+
+def _failure_message(image: Path, error: Exception) -> str:
+    """The file and the error; the exception's type too where it is not a plain input error."""
+    text = str(error) or repr(error)
+    if not isinstance(error, (ValueError, OSError)):
+        text = f"{type(error).__name__}: {text}"
+    return text if str(image) in text else f"{image}: {text}"
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -292,8 +370,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool("invert-mask", False, "Masks mark the known region white.", **fv)
     flags.DEFINE_integer(
         "mask-threshold",
-        127,
-        "Mask values above this (0-255) are holes.",
+        None,
+        "Mask values above this (0-255) are holes; default 127. Not with --mode reference "
+        "(any value above 0 is a hole there).",
         lower_bound=0,
         upper_bound=254,
         **fv,
@@ -323,7 +402,20 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs.", **fv)
-    flags.DEFINE_integer("quality", 95, "JPEG/WebP quality.", lower_bound=1, upper_bound=100, **fv)
+    flags.DEFINE_integer(
+        "quality",
+        95,
+        "JPEG quality (and WebP quality with --nolossless-webp).",
+        lower_bound=1,
+        upper_bound=100,
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "lossless-webp",
+        True,
+        "Write WebP losslessly (known pixels bit-identical); --nolossless-webp: lossy WebP.",
+        **fv,
+    )
     flags.DEFINE_enum(
         "format", "png", list(OUTPUT_FORMATS), "Format of outputs written into a folder.", **fv
     )
@@ -343,6 +435,13 @@ def run(flag_values: flags.FlagValues) -> int:
     for name in ("checkpoint", "image", "output"):
         if f[name].value is None:
             raise app.UsageError(f"--{name} is required")
+    if f.mode == "reference" and f["mask-threshold"].value is not None:
+        logging.error(
+            "--mask-threshold cannot apply with --mode reference: the reference does not "
+            "threshold the mask (any value above 0 is a hole, and the result is blended with "
+            "the mask's grey levels); drop --mask-threshold or use --mode auto"
+        )
+        return 2
     try:
         resolve_checkpoint(f.checkpoint)
         tasks = plan_tasks(f.image, f.mask, f.output, f.format)
@@ -365,7 +464,12 @@ def run(flag_values: flags.FlagValues) -> int:
     )
     try:
         summary = inpaint_tasks(
-            inpainter, tasks, mask_options, overwrite=f.overwrite, quality=f.quality
+            inpainter,
+            tasks,
+            mask_options,
+            overwrite=f.overwrite,
+            quality=f.quality,
+            lossless_webp=f["lossless-webp"].value,
         )
     except CheckpointNotFoundError as e:
         logging.error("cannot load --checkpoint %s: %s", f.checkpoint, e)

@@ -57,15 +57,27 @@ def ramp_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return 0.8 * masked + ramp + 0.2 * mask + channel
 
 
+# The generator's input sizes: multiples of 8, and at least 16 (its refinement encoder halves
+# the input four times); deepgin_jax.export states the same rule.
+GENERATOR_SIZE_MULTIPLE, GENERATOR_MIN_SIZE = 8, 16
+
+
 class RecordingNetwork:
-    """Wraps a stand-in network and records the batch shapes it was called with."""
+    """Wraps a stand-in network, records the batch shapes it was called with and the inputs,
+    and refuses inputs the real generator could not take (wrong dtype or size)."""
 
     def __init__(self, network=ramp_network):
         self.network = network
         self.calls: list[tuple[int, ...]] = []
+        self.inputs: list[tuple[np.ndarray, np.ndarray]] = []
 
     def __call__(self, masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
         assert masked.dtype == np.float32 and mask.dtype == np.float32
         assert masked.shape[:3] == mask.shape[:3] and mask.shape[-1] == 1
+        for side in masked.shape[1:3]:
+            assert side >= GENERATOR_MIN_SIZE and side % GENERATOR_SIZE_MULTIPLE == 0, (
+                f"the generator cannot take a {masked.shape[1]}x{masked.shape[2]} input"
+            )
         self.calls.append(masked.shape[:3])
+        self.inputs.append((masked.copy(), mask.copy()))
         return self.network(masked, mask)

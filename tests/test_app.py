@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -94,10 +95,39 @@ def test_unreadable_photo_is_a_message(page, tmp_path):
         page.load_photo(str(broken))
 
 
-def test_too_large_photo_is_a_message(tmp_path):
+def test_too_large_photo_is_a_message_naming_the_limit_and_its_flag(tmp_path):
     page = webapp.InpaintingPage(Inpainter.from_function(black_network), max_megapixels=0.1)
-    with pytest.raises(gr.Error, match=r"451x300 pixels \(0.1 megapixels\).* up to 0.1"):
+    with pytest.raises(gr.Error, match=r"451x300 pixels \(0.1 megapixels\).* up to 0.1") as e:
         page.load_photo(str(PHOTO))
+    assert "--max_megapixels" in e.value.message and "memory" in e.value.message
+
+
+def test_painted_layer_of_another_size_is_a_message_a_visitor_can_act_on(page):
+    photo, value, *_ = page.load_photo(str(PHOTO))
+    layer = painted_layer(150, 225, slice(10, 20), slice(10, 40))  # half the photo's size
+    with pytest.raises(
+        gr.Error, match="painted layer is 225x150 pixels but the photo is 451x300"
+    ) as e:
+        page.inpaint(photo, editor_value(value["background"], layer))
+    assert "Upload the photo again" in e.value.message
+    assert "--resize-mask" not in e.value.message and "resize_mask" not in e.value.message
+
+
+def test_16_bit_photo_keeps_16_bits_in_the_download(page, tmp_path):
+    rng = np.random.default_rng(2)
+    deep = rng.integers(0, 65536, (37, 53, 3), dtype=np.uint16)
+    source = tmp_path / "deep.png"
+    cv2.imwrite(str(source), deep[..., ::-1])
+    photo, value, description, *_ = page.load_photo(str(source))
+    assert value["background"].dtype == np.uint8 and "16 bits" in description
+    layer = painted_layer(37, 53, slice(10, 20), slice(5, 40))
+    (before, after), download = page.inpaint(photo, editor_value(value["background"], layer))
+    assert before.dtype == after.dtype == np.uint8
+    saved = cv2.imread(download, cv2.IMREAD_UNCHANGED)[..., ::-1]
+    assert saved.dtype == np.uint16
+    hole = layer[..., 3] > 0
+    np.testing.assert_array_equal(saved[~hole], deep[~hole])
+    assert (saved[hole] == 0).all()
 
 
 def test_file_names_in_messages_are_escaped(page, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import zlib
 
 import cv2
 import numpy as np
@@ -53,8 +55,120 @@ def test_png_16_bit_rgb(tmp_path, rgb):
     deep = (rgb.astype(np.uint16) * 257 + (rgb < 255) * 100).astype(np.uint16)  # noisy low bytes
     cv2.imwrite(str(tmp_path / "c16.png"), deep[..., ::-1])  # OpenCV writes BGR
     loaded = image_io.load_image(tmp_path / "c16.png")
+    assert loaded.rgb.dtype == np.uint8 and loaded.bit_depth == 8
+    np.testing.assert_array_equal(loaded.rgb, np.rint(deep / 257).astype(np.uint8))
+    kept = image_io.load_image(tmp_path / "c16.png", keep_16_bit=True)
+    assert kept.bit_depth == 16
+    np.testing.assert_array_equal(kept.rgb, deep)
+
+
+def sixteen_bit_card(rgb: np.ndarray) -> np.ndarray:
+    """The test card at 16 bits, with low bytes that an 8-bit round trip would lose."""
+    noise = np.random.default_rng(0).integers(0, 257, rgb.shape)
+    return (rgb.astype(np.int64) * 257 + noise).clip(0, 65535).astype(np.uint16)
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgb", "rgba", "gray_alpha"])
+def test_16_bit_png_round_trips_exactly(tmp_path, rgb, kind):
+    deep = sixteen_bit_card(rgb)
+    alpha = deep[..., 1][::-1].copy()
+    source = tmp_path / "in.png"
+    if kind == "gray":
+        Image.fromarray(deep[..., 0]).save(source)
+        expected_rgb, expected_alpha = np.repeat(deep[..., :1], 3, axis=-1), None
+    elif kind == "rgb":
+        cv2.imwrite(str(source), deep[..., ::-1])
+        expected_rgb, expected_alpha = deep, None
+    elif kind == "rgba":
+        cv2.imwrite(str(source), np.dstack([deep[..., ::-1], alpha]))
+        expected_rgb, expected_alpha = deep, alpha
+    else:
+        source.write_bytes(_gray_alpha_png_16(deep[..., 0], alpha))
+        expected_rgb, expected_alpha = np.repeat(deep[..., :1], 3, axis=-1), alpha
+    loaded = image_io.load_image(source, keep_16_bit=True)
+    assert loaded.rgb.dtype == np.uint16
+    np.testing.assert_array_equal(loaded.rgb, expected_rgb)
+    np.testing.assert_array_equal(loaded.alpha, expected_alpha)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "Kept"
+    out = tmp_path / "out.png"
+    profile = _srgb_profile()
+    image_io.save_image(
+        out, loaded.rgb, alpha=loaded.alpha, exif=exif.tobytes(), icc_profile=profile
+    )
+    written = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert written.dtype == np.uint16
+    np.testing.assert_array_equal(written[..., 2::-1], expected_rgb)
+    if expected_alpha is not None:
+        np.testing.assert_array_equal(written[..., 3], expected_alpha)
+    again = image_io.load_image(out, keep_16_bit=True)
+    np.testing.assert_array_equal(again.rgb, expected_rgb)
+    assert again.icc_profile == profile
+    tags = Image.Exif()
+    tags.load(again.exif)
+    assert tags[ExifTags.Base.Make] == "Kept"
+
+
+def _gray_alpha_png_16(gray: np.ndarray, alpha: np.ndarray) -> bytes:
+    """A 16-bit grayscale + alpha PNG (colour type 4), which neither Pillow nor OpenCV writes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+        )
+
+    height, width = gray.shape
+    rows = np.dstack([gray, alpha]).astype(">u2")
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([16, 4, 0, 0, 0])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_16_bit_png_exif_orientation_matches_pillow(tmp_path, rgb, orientation):
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    Image.fromarray(rgb).save(tmp_path / "8.png", exif=exif.tobytes())
+    deep = rgb.astype(np.uint16) * 257
+    (tmp_path / "16.png").write_bytes(image_io.encode_image(deep, "PNG", exif=exif.tobytes()))
+    upright = image_io.load_image(tmp_path / "8.png").rgb  # Pillow's exif_transpose
+    loaded = image_io.load_image(tmp_path / "16.png", keep_16_bit=True)
+    np.testing.assert_array_equal(loaded.rgb, upright.astype(np.uint16) * 257)
+    np.testing.assert_array_equal(image_io.load_image(tmp_path / "16.png").rgb, upright)
+    if loaded.exif:
+        tags = Image.Exif()
+        tags.load(loaded.exif)
+        assert ExifTags.Base.Orientation not in tags
+
+
+@pytest.mark.parametrize("extension", [".jpg", ".webp"])
+def test_16_bit_into_an_8_bit_format_warns(tmp_path, rgb, extension, caplog):
+    deep = sixteen_bit_card(rgb)
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        image_io.save_image(tmp_path / f"x{extension}", deep)
+    assert "rounded to 8 bits" in caplog.text
+    loaded = image_io.load_image(tmp_path / f"x{extension}", keep_16_bit=True)
     assert loaded.rgb.dtype == np.uint8
-    assert np.abs(loaded.rgb.astype(int) - rgb).max() <= 1
+    if extension == ".webp":
+        np.testing.assert_array_equal(loaded.rgb, np.rint(deep / 257).astype(np.uint8))
+
+
+def test_webp_is_lossless_by_default_even_under_transparency(tmp_path):
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)  # what lossy WebP changes most
+    alpha = rng.integers(0, 256, (24, 40), dtype=np.uint8)
+    alpha[:, :10] = 0  # fully transparent: a plain lossless encoder may discard the colour
+    image_io.save_image(tmp_path / "exact.webp", noise, alpha=alpha)
+    loaded = image_io.load_image(tmp_path / "exact.webp")
+    np.testing.assert_array_equal(loaded.rgb, noise)
+    np.testing.assert_array_equal(loaded.alpha, alpha)
+    image_io.save_image(tmp_path / "lossy.webp", noise, lossless_webp=False, quality=80)
+    assert (image_io.read_rgb(tmp_path / "lossy.webp") != noise).any()
 
 
 def test_grayscale_and_grayscale_alpha(tmp_path, rgb):

@@ -224,7 +224,19 @@ def test_ensemble_averages_the_five_inverse_transformed_predictions():
 
 
 @pytest.mark.parametrize(
-    "kind", ["rgba", "float64", "gray2d", "gray3d", "pil_rgb", "pil_rgba", "pil_l", "pil_p"]
+    "kind",
+    [
+        "rgba",
+        "float64",
+        "gray2d",
+        "gray3d",
+        "gray_alpha",
+        "pil_rgb",
+        "pil_rgba",
+        "pil_l",
+        "pil_la",
+        "pil_p",
+    ],
 )
 def test_output_type_matches_input_and_alpha_is_kept(kind):
     rgba = random_image(37, 53, 4, seed=3)
@@ -234,9 +246,11 @@ def test_output_type_matches_input_and_alpha_is_kept(kind):
         "float64": rgba[..., :3] / 255.0,
         "gray2d": rgba[..., 0],
         "gray3d": rgba[..., :1],
+        "gray_alpha": rgba[..., [0, 3]],
         "pil_rgb": Image.fromarray(rgba[..., :3]),
         "pil_rgba": Image.fromarray(rgba, "RGBA"),
         "pil_l": Image.fromarray(rgba[..., 0]),
+        "pil_la": Image.fromarray(rgba[..., [0, 3]]),
         "pil_p": Image.fromarray(rgba[..., :3]).quantize(16),
     }[kind]
     out = Inpainter.from_function(ramp_network).inpaint(image, mask)
@@ -251,8 +265,85 @@ def test_output_type_matches_input_and_alpha_is_kept(kind):
         before, after = image, out
     np.testing.assert_array_equal(after[~mask], before[~mask])
     assert (after[mask] != before[mask]).any()
-    if kind in ("rgba", "pil_rgba"):
-        np.testing.assert_array_equal(after[..., 3], rgba[..., 3])
+    if kind in ("rgba", "pil_rgba", "gray_alpha", "pil_la"):
+        np.testing.assert_array_equal(after[..., -1], rgba[..., 3])
+
+
+def test_gray_alpha_image_reaches_the_network_as_rgb():
+    rgba = random_image(37, 53, 4, seed=4)
+    network = RecordingNetwork()
+    out = Inpainter.from_function(network).inpaint(
+        Image.fromarray(rgba[..., [1, 3]]), block_mask(37, 53)
+    )
+    assert out.mode == "LA"
+    [(masked, _)] = network.inputs
+    known = ~block_mask(37, 53)
+    for channel in range(3):
+        np.testing.assert_allclose(masked[0, :37, :53, channel][known], rgba[..., 1][known] / 255)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 40), (40, 1), (5, 7), (8, 8), (8, 40), (16, 3)])
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_tiny_images_are_padded_to_the_generators_smallest_input(size, ensemble):
+    height, width = size
+    image = random_image(height, width, seed=height * width)
+    mask = np.zeros(size, bool)
+    mask[height // 2, width // 2] = True
+    network = RecordingNetwork()  # refuses inputs under 16 pixels a side, as the generator
+    out = Inpainter.from_function(network, ensemble=ensemble).inpaint(image, mask)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[~mask], image[~mask])
+    assert (out[mask] != image[mask]).any()
+    padded = (max(16, -(-height // 8) * 8), max(16, -(-width // 8) * 8))
+    assert {call[1:] for call in network.calls} <= {padded, padded[::-1]}
+    pil = Inpainter.from_function(network).inpaint(Image.fromarray(image), mask)
+    assert pil.size == (width, height)
+
+
+def sixteen_bit(height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
+    """Random uint16 pixels whose low bytes matter (not multiples of 257)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 65536, (height, width, channels), dtype=np.uint16)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_uint16_arrays_keep_all_16_bits(channels):
+    image = sixteen_bit(37, 53, channels, seed=channels)
+    mask = block_mask(37, 53)
+    network = RecordingNetwork()
+    out = Inpainter.from_function(network).inpaint(image, mask)
+    assert out.dtype == np.uint16 and out.shape == image.shape
+    np.testing.assert_array_equal(out[~mask], image[~mask])
+    if channels in (2, 4):
+        np.testing.assert_array_equal(out[..., -1], image[..., -1])
+    # The network sees [0, 1]; the prediction comes back rounded to the nearest 16-bit level.
+    [(masked, hole)] = network.inputs
+    colour = np.broadcast_to(image[..., :1] if channels <= 2 else image[..., :3], (37, 53, 3))
+    np.testing.assert_allclose(masked[0, :37, :53][~mask], (colour / 65535.0)[~mask], atol=1e-7)
+    if channels == 3:
+        prediction = ramp_network(masked, hole)[0, :37, :53]
+        expected = np.rint(np.clip(prediction.astype(np.float64), 0, 1) * 65535)
+        np.testing.assert_array_equal(out[mask], expected[mask])
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
+def test_sixteen_bit_pil_images_keep_mode_and_bits(mode):
+    values = sixteen_bit(37, 53, 1, seed=7)[..., 0]
+    source = Image.fromarray(values) if mode == "I;16" else None
+    if mode == "I;16B":
+        source = Image.frombytes(mode, (53, 37), values.astype(">u2").tobytes())
+    elif mode == "I":
+        source = Image.fromarray(values.astype(np.int32))
+    mask = block_mask(37, 53)
+    out = Inpainter.from_function(ramp_network).inpaint(source, mask)
+    assert out.mode == mode and out.size == (53, 37)
+    after = np.asarray(out).astype(np.int64)
+    np.testing.assert_array_equal(after[~mask], values[~mask])
+    assert (after[mask] != values[mask]).any()
+    with pytest.raises(ValueError, match="16-bit values"):
+        Inpainter.from_function(ramp_network).inpaint(
+            Image.fromarray(np.full((37, 53), -1, np.int32)), mask
+        )
 
 
 def test_empty_mask_skips_the_network_and_full_mask_warns(caplog):
@@ -296,8 +387,8 @@ def test_rejects_bad_arguments():
     inpainter = Inpainter.from_function(ramp_network)
     with pytest.raises(TypeError, match="dtype int32"):
         inpainter.inpaint(np.zeros((8, 8, 3), np.int32), np.ones((8, 8), bool))
-    with pytest.raises(ValueError, match=r"\[H, W\] or \[H, W, 1\|3\|4\]"):
-        inpainter.inpaint(np.zeros((8, 8, 2), np.uint8), np.ones((8, 8), bool))
+    with pytest.raises(ValueError, match=r"\[H, W\] or \[H, W, 1\|2\|3\|4\]"):
+        inpainter.inpaint(np.zeros((8, 8, 5), np.uint8), np.ones((8, 8), bool))
     with pytest.raises(ValueError, match="2 images but 1 masks"):
         inpainter.inpaint_many([np.zeros((8, 8, 3), np.uint8)] * 2, [np.ones((8, 8), bool)])
 
@@ -386,6 +477,31 @@ def test_reference_mode_reproduces_spec_section_7(size):
     out = inpainter.inpaint(original, mask)
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(out[mask == 0], original[mask == 0])
+
+
+def test_reference_mode_refuses_a_threshold_and_honours_invert_and_dilate():
+    original = random_image(180, 200, seed=6)
+    mask = soft_mask(180, 200)
+    inpainter = Inpainter.from_function(ramp_network, mode="reference", ensemble=False)
+    with pytest.raises(ValueError, match=r"threshold=50 \(CLI: --mask-threshold\).*reference"):
+        inpainter.inpaint(original, mask, threshold=50)
+    plain = inpainter.inpaint(original, mask)
+    np.testing.assert_array_equal(inpainter.inpaint(original, 255 - mask, invert_mask=True), plain)
+    dilated = inpainter.inpaint(original, mask, dilate=3)
+    grown = prepare_soft_mask(mask, mask.shape, dilate=3)
+    np.testing.assert_array_equal(dilated, inpainter.inpaint(original, grown))
+    assert (grown > mask).any() and (dilated != plain).any()
+
+
+def test_reference_mode_with_uint16_input_keeps_16_bits():
+    image = sixteen_bit(180, 200, 3, seed=8)
+    mask = soft_mask(180, 200)
+    inpainter = Inpainter.from_function(ramp_network, mode="reference", ensemble=False)
+    out = inpainter.inpaint(image, mask)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+    eight_bit = inpainter.inpaint(np.rint(image / 257.0).astype(np.uint8), mask)
+    np.testing.assert_array_equal(out[mask > 0], eight_bit[mask > 0].astype(np.uint16) * 257)
 
 
 def test_reference_mode_with_float_and_pil_input_keeps_known_pixels():

@@ -8,12 +8,14 @@ import logging
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from absl import flags
 from PIL import Image, ImageCms
 
 from deepgin_jax import image_io, inpaint
+from deepgin_jax.inference import Inpainter
 from tests.inpainting_helpers import tiny_checkpoint
 
 HEIGHT, WIDTH = 37, 53
@@ -242,3 +244,184 @@ def test_help_states_the_rules_and_bad_checkpoint_exits_2(tmp_path):
         ["inpaint", f"--checkpoint={tmp_path}", f"--image={tmp_path}", f"--output={tmp_path}"]
     )
     assert inpaint.run(flag_values) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Failures of any kind, outputs that would destroy inputs
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 GiB"),
+        TypeError("unsupported operand"),
+        cv2.error("OpenCV(5.0.0) error: (-215:Assertion failed)"),
+    ],
+    ids=["oom", "type", "cv2"],
+)
+def test_any_error_on_one_file_is_reported_and_the_run_goes_on(tmp_path, caplog, error):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for seed, name in enumerate(["a", "b", "c"]):
+        Image.fromarray(photo(seed)).save(folder / f"{name}.png")
+        Image.fromarray(hole_mask(seed)).save(folder / f"{name}_mask.png")
+    calls = []
+
+    def flaky_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        calls.append(masked.shape)
+        if len(calls) == 2:  # b.png
+            raise error
+        return masked
+
+    tasks = inpaint.plan_tasks(folder, None, tmp_path / "out")
+    with caplog.at_level(logging.ERROR, logger="absl"):
+        summary = inpaint.inpaint_tasks(
+            Inpainter.from_function(flaky_network), tasks, inpaint.MaskOptions(), progress=False
+        )
+    assert summary.inpainted == [folder / "a.png", folder / "c.png"]
+    assert list(summary.failed) == [folder / "b.png"] and summary.exit_code == 1
+    message = summary.failed[folder / "b.png"]
+    assert str(folder / "b.png") in message and type(error).__name__ in message
+    assert str(error) in message and message in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+
+
+def test_outputs_that_are_inputs_are_refused_before_any_work(inputs, tmp_path, caplog):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(photo(0)).save(images / f"{name}.png")
+        Image.fromarray(hole_mask(0)).save(masks / f"{name}.png")
+    before = {p: p.read_bytes() for p in [*images.iterdir(), *masks.iterdir()]}
+    with caplog.at_level(logging.ERROR, logger="absl"):
+        code = run_cli(f"--image={images}", f"--mask={masks}", f"--output={images}", "--overwrite")
+    assert code == 2 and "is the --image folder" in caplog.text
+    linked = tmp_path / "linked"
+    linked.symlink_to(images, target_is_directory=True)
+    with pytest.raises(ValueError, match="is the --image folder"):
+        inpaint.plan_tasks(images, masks, linked)
+    # The mask folder as the output folder: a.png would replace the mask of a.png.
+    with pytest.raises(ValueError, match=r"output .*a\.png \(for a\.png\) is the input mask"):
+        inpaint.plan_tasks(images, masks, masks)
+    image, mask = images / "a.png", masks / "a.png"
+    for target in (image, mask, images / "." / "a.png"):
+        with caplog.at_level(logging.ERROR, logger="absl"):
+            code = run_cli(
+                f"--image={image}", f"--mask={mask}", f"--output={target}", "--overwrite"
+            )
+        assert code == 2 and "writing it would destroy the input" in caplog.text
+    (tmp_path / "hard.png").hardlink_to(image)
+    with pytest.raises(ValueError, match="is the input image"):
+        inpaint.plan_tasks(tmp_path / "hard.png", mask, image)
+    assert {p: p.read_bytes() for p in [*images.iterdir(), *masks.iterdir()]} == before
+    assert inpaint.plan_tasks(image, mask, images / "a.webp")  # another file in that folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Bit-exact known pixels: 16-bit PNG, lossless WebP, the lossy-JPEG warning
+
+
+def sixteen_bit_photo(seed: int) -> np.ndarray:
+    """uint16 [37, 53, 3] whose low bytes carry information (an 8-bit round trip loses it)."""
+    noise = np.random.default_rng(seed).integers(0, 257, (HEIGHT, WIDTH, 3))
+    return (photo(seed).astype(np.int64) * 257 + noise).clip(0, 65535).astype(np.uint16)
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgb"])
+def test_16_bit_png_in_16_bit_png_out(tmp_path, kind):
+    deep = sixteen_bit_photo(11)
+    image = tmp_path / "deep.png"
+    if kind == "gray":
+        Image.fromarray(deep[..., 1]).save(image)  # Pillow writes 16-bit grayscale
+        expected = np.repeat(deep[..., 1:2], 3, axis=-1)
+    else:
+        cv2.imwrite(str(image), deep[..., ::-1])  # Pillow cannot write 16-bit RGB; OpenCV can
+        expected = deep
+    Image.fromarray(hole_mask(11)).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    assert run_cli(f"--image={image}", f"--mask={tmp_path / 'mask.png'}", f"--output={out}") == 0
+    result = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert result.dtype == np.uint16 and result.shape == (HEIGHT, WIDTH, 3)
+    result = result[..., ::-1]
+    hole = hole_mask(11) > 0
+    np.testing.assert_array_equal(result[~hole], expected[~hole])
+    assert (result[hole] != expected[hole]).any()
+
+
+def test_webp_output_is_bit_exact_and_jpeg_warns_once(inputs, tmp_path, caplog):
+    rgba = np.dstack(
+        [photo(12), np.linspace(0, 255, WIDTH, dtype=np.uint8)[None].repeat(HEIGHT, 0)]
+    )
+    rgba[:, :4, 3] = 0  # fully transparent columns keep their colour too
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "sticker.png")
+    Image.fromarray(hole_mask(12)).save(tmp_path / "sticker_mask.png")
+    hole = hole_mask(12) > 0
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        assert (
+            run_cli(f"--image={tmp_path / 'sticker.png'}", f"--output={tmp_path / 'x.webp'}") == 0
+        )
+    assert "lossy" not in caplog.text
+    result = np.asarray(Image.open(tmp_path / "x.webp"))
+    assert result.shape == (HEIGHT, WIDTH, 4)
+    np.testing.assert_array_equal(result[~hole], rgba[~hole])
+    np.testing.assert_array_equal(result[..., 3], rgba[..., 3])
+    lossy = tmp_path / "lossy.webp"
+    args = (f"--image={tmp_path / 'sticker.png'}", f"--output={lossy}", "--nolossless-webp")
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        assert run_cli(*args, "--quality=60") == 0
+    assert "WEBP output is lossy" in caplog.text
+    assert (np.asarray(Image.open(lossy))[~hole] != rgba[~hole]).any()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        run_cli(
+            f"--image={inputs / 'images'}",
+            f"--mask={inputs / 'masks'}",
+            f"--output={tmp_path / 'jpegs'}",
+            "--format=jpg",
+        )
+    assert caplog.text.count("JPG output is lossy") == 1
+    assert "pixels outside the holes will not be bit-identical" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference mode and the ensemble, end to end with the tiny generator
+
+
+def test_reference_mode_and_ensemble_end_to_end(inputs, tmp_path, caplog):
+    image = inputs / "images" / "a.png"
+    source = np.asarray(Image.open(image))
+    mask = hole_mask(13)
+    mask[30:33, 40:50] = 60  # soft: a hole for the reference (> 0), not under threshold 127
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(255 - mask).save(tmp_path / "inverted.png")
+
+    def result(name: str, mask_file: str, *options: str) -> np.ndarray:
+        out = tmp_path / f"out_{name}.png"
+        args = (f"--image={image}", f"--mask={tmp_path / mask_file}", f"--output={out}")
+        assert run_cli(*args, "--max-batch=1", *options) == 0  # one compiled shape each
+        out_pixels = np.asarray(Image.open(out))
+        assert out_pixels.shape == source.shape
+        return out_pixels
+
+    reference = result("reference", "m.png", "--mode=reference")
+    np.testing.assert_array_equal(reference[mask == 0], source[mask == 0])
+    assert (reference[mask == 60] != source[mask == 60]).any()
+    inverted = result("inverted", "inverted.png", "--mode=reference", "--invert-mask")
+    np.testing.assert_array_equal(inverted, reference)
+    with caplog.at_level(logging.ERROR, logger="absl"):
+        code = run_cli(
+            f"--image={image}",
+            f"--mask={tmp_path / 'm.png'}",
+            f"--output={tmp_path / 'never.png'}",
+            "--mode=reference",
+            "--mask-threshold=127",
+        )
+    assert code == 2 and "--mask-threshold cannot apply with --mode reference" in caplog.text
+    assert not (tmp_path / "never.png").exists()
+    ensemble = result("ensemble", "m.png", "--ensemble")
+    hole = mask > 127
+    np.testing.assert_array_equal(ensemble[~hole], source[~hole])
+    assert (ensemble[hole] != source[hole]).any()
+    plain = result("plain", "m.png")
+    assert (ensemble[hole] != plain[hole]).any()

@@ -12,6 +12,8 @@ Run as a module to write a fixed mask set for evaluation:
     python -m deepgin_jax.masks --type mixed --count 1000 --size 256 --seed 0 --output masks/
 
 which writes `<type>_<index>.png` (8-bit, 0 = known, 255 = hole) and a `masks.json` manifest.
+`--type balanced` cycles rect, freeform, ca: with `evaluate --masks-per-image 3`, every image
+is evaluated with one mask of each type.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from deepgin_jax.atomic import atomic_write
 
 MASK_TYPES = ("rect", "freeform", "ca")
 MIXED = "mixed"
+# Mask i of a balanced set has type MASK_TYPES[i % 3]: evaluated with three masks per image
+# (`evaluate --masks-per-image 3`), every image is seen with one mask of each type.
+BALANCED = "balanced"
+SET_KINDS = (*MASK_TYPES, MIXED, BALANCED)
 MANIFEST_NAME = "masks.json"
 
 # Reference sampling constants (spec 6.1-6.3).
@@ -197,7 +203,8 @@ def write_mask_set(
 
     Args:
       output_dir: folder to write into (created if missing).
-      kind: "rect", "freeform", "ca" or "mixed" (the type of each mask is then drawn per mask).
+      kind: "rect", "freeform", "ca", "mixed" (the type of each mask is then drawn per mask) or
+        "balanced" (mask i has type MASK_TYPES[i % 3]).
       progress: optional wrapper for the index range, e.g. `tqdm.tqdm`.
 
     Returns:
@@ -206,14 +213,18 @@ def write_mask_set(
     if count < 0 or seed < 0:
         raise ValueError(f"count and seed must be >= 0, got count={count}, seed={seed}.")
     _check_size(height, width)
-    resolve_mask_kind(kind, np.random.default_rng(0))  # validates the name
+    if kind not in SET_KINDS:
+        raise ValueError(f"Unknown mask set type {kind!r}; expected one of {SET_KINDS}.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     indices = range(count)
     entries = []
     for index in progress(indices) if progress else indices:
         rng = mask_rng(seed, index)
-        actual_kind = resolve_mask_kind(kind, rng)
+        if kind == BALANCED:
+            actual_kind = MASK_TYPES[index % len(MASK_TYPES)]
+        else:
+            actual_kind = resolve_mask_kind(kind, rng)
         mask = _GENERATORS[actual_kind](rng, height, width)
         file_name = f"{actual_kind}_{index:05d}.png"
         image_io.save_mask(output_dir / file_name, mask > 0.5)
@@ -284,7 +295,12 @@ def _main(argv: list[str]) -> None:
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_enum("type", MIXED, [*MASK_TYPES, MIXED], "Mask family; mixed draws one per mask.")
+    flags.DEFINE_enum(
+        "type",
+        MIXED,
+        list(SET_KINDS),
+        "Mask family; mixed draws one per mask, balanced cycles rect, freeform, ca.",
+    )
     flags.DEFINE_integer("count", 1000, "Number of masks.", lower_bound=0)
     flags.DEFINE_integer("size", 256, "Height and width of square masks.", lower_bound=1)
     flags.DEFINE_integer("height", None, "Height (overrides --size).", lower_bound=1)

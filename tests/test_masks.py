@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -91,6 +92,23 @@ def test_mixed_draws_every_type_and_bad_kind_fails():
     assert drawn == set(masks.MASK_TYPES)
     with pytest.raises(ValueError, match="Unknown mask type 'box'"):
         masks.generate_mask("box", rng, 8, 8)
+
+
+def test_balanced_set_gives_every_image_one_mask_of_each_type(tmp_path):
+    from deepgin_jax import evaluation
+
+    manifest = masks.write_mask_set(
+        tmp_path, kind="balanced", count=12, height=32, width=32, seed=3
+    )
+    assert [e["type"] for e in manifest["masks"]] == list(masks.MASK_TYPES) * 4
+    pairs = evaluation.make_pairs([f"{i}.png" for i in range(4)], manifest, masks_per_image=3)
+    per_image = collections.defaultdict(list)
+    for pair in pairs:
+        per_image[pair.image].append(pair.mask_type)
+    assert all(sorted(types) == sorted(masks.MASK_TYPES) for types in per_image.values())
+    assert len(per_image) == 4
+    with pytest.raises(ValueError, match="Unknown mask set type 'box'"):
+        masks.write_mask_set(tmp_path, kind="box", count=1, height=8, width=8, seed=0)
 
 
 def test_mask_set_is_prefix_stable_and_matches_manifest(tmp_path):

@@ -210,6 +210,15 @@ def test_initialisers_follow_the_reference():
     np.testing.assert_allclose(kernel.std(), 0.1 * np.sqrt(2 / (9 * 256)), rtol=0.02)
     assert np.all(np.asarray(params["fusion"]["bias"]) == 0)
 
+    # DeepGIN(init_scale=s) reaches every convolution: plain Kaiming with s = 1.
+    masked, mask = masked_inputs(1, 16, 16)
+    for scale in (0.1, 1.0):
+        params = jax.jit(DeepGIN(base_features=16, init_scale=scale).init)(
+            jax.random.key(0), masked, mask
+        )["params"]
+        kernel = np.asarray(params["refine"]["bottleneck1"]["fusion"]["kernel"])  # fan_in 9*128
+        np.testing.assert_allclose(kernel.std(), scale * np.sqrt(2 / (9 * 128)), rtol=0.03)
+
     model = MultiScaleDiscriminator()
     image = jnp.zeros((1, 32, 32, 3))
     params = jax.jit(model.init)(jax.random.key(0), image, image)["params"]["scale0"]["conv3"]

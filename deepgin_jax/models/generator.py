@@ -7,7 +7,7 @@ with white holes and the mask [N, H, W, 1] (1 = hole), H and W multiples of 8, a
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from deepgin_jax.models.layers import (
     EdgePaddedConv,
     edge_padded_conv_padding,
-    generator_kernel_init,
     resize_bilinear_align_corners,
+    scaled_kaiming_init,
     upsample2x,
 )
 
@@ -54,35 +54,37 @@ class DeepGINOutput:
     lowres: Array | None
 
 
-class Conv(EdgePaddedConv):
-    """A generator convolution: replication padding, the reference's 0.1-scaled Kaiming init."""
+@dataclasses.dataclass(frozen=True)
+class ConvSettings:
+    """How the generator's convolutions are built and run, not what they compute.
 
-    kernel_init: Any = generator_kernel_init
-    bias_init: Any = nn.initializers.zeros
+    dtype: the activations' dtype (parameters stay float32).
+    crop_padding: see `layers.edge_padded_conv_padding` (the same values; off for ONNX).
+    init_scale: kernels start as Kaiming-normal (fan_in, gain sqrt(2)) times this; 0.1 is the
+        reference's initialiser (spec 5.6), biases start at zero.
+    """
 
+    dtype: Dtype = jnp.float32
+    crop_padding: bool = True
+    init_scale: float = 0.1
 
-def conv(
-    features: int,
-    kernel: int,
-    *,
-    stride: int = 1,
-    pad: int,
-    name: str,
-    dtype: Dtype,
-    dilation: int = 1,
-    crop_padding: bool = True,
-) -> Conv:
-    edge_padding, padding = edge_padded_conv_padding(pad, crop_padding)
-    return Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        kernel_dilation=(dilation, dilation),
-        edge_padding=edge_padding,
-        padding=padding,
-        dtype=dtype,
-        name=name,
-    )
+    def conv(
+        self, features: int, kernel: int, *, pad: int, name: str, stride: int = 1, dilation: int = 1
+    ) -> EdgePaddedConv:
+        """A kernel x kernel convolution after `pad` pixels of replication padding."""
+        edge_padding, padding = edge_padded_conv_padding(pad, self.crop_padding)
+        return EdgePaddedConv(
+            features,
+            (kernel, kernel),
+            strides=(stride, stride),
+            kernel_dilation=(dilation, dilation),
+            edge_padding=edge_padding,
+            padding=padding,
+            dtype=self.dtype,
+            kernel_init=scaled_kaiming_init(self.init_scale),
+            bias_init=nn.initializers.zeros,
+            name=name,
+        )
 
 
 class ResidualBlock(nn.Module):
@@ -97,21 +99,12 @@ class ResidualBlock(nn.Module):
     features: int
     rates: Sequence[int]
     block_type: str = "spd"
-    dtype: Dtype = jnp.float32
-    crop_padding: bool = True
+    settings: ConvSettings = ConvSettings()
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        def block_conv(features: int, rate: int, name: str) -> Conv:
-            return conv(
-                features,
-                3,
-                pad=rate,
-                dilation=rate,
-                name=name,
-                dtype=self.dtype,
-                crop_padding=self.crop_padding,
-            )
+        def block_conv(features: int, rate: int, name: str) -> EdgePaddedConv:
+            return self.settings.conv(features, 3, pad=rate, dilation=rate, name=name)
 
         if self.block_type == "spd":
             width = self.features // len(self.rates)
@@ -134,7 +127,7 @@ class SelfAttention(nn.Module):
     """
 
     features: int
-    dtype: Dtype = jnp.float32
+    settings: ConvSettings = ConvSettings()
     implementation: str | None = None
 
     @nn.compact
@@ -143,7 +136,7 @@ class SelfAttention(nn.Module):
         inner = self.features // 2
 
         def project(name: str, features: int, y: Array) -> Array:
-            return conv(features, 1, pad=0, name=name, dtype=self.dtype)(y)
+            return self.settings.conv(features, 1, pad=0, name=name)(y)
 
         def tokens(y: Array) -> Array:  # [N, H, W, D] -> [N, H*W, 1 head, D], row-major (h, w)
             return y.reshape(n, h * w, 1, inner)
@@ -164,14 +157,13 @@ class CoarseGenerator(nn.Module):
     num_blocks: int = 6
     rates: Sequence[int] = COARSE_RATES
     block_type: str = "spd"
-    dtype: Dtype = jnp.float32
-    crop_padding: bool = True
+    settings: ConvSettings = ConvSettings()
     remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         f = self.base_features
-        conv_ = functools.partial(conv, dtype=self.dtype, crop_padding=self.crop_padding)
+        conv_ = self.settings.conv
         x = leaky_relu(conv_(f // 2, 7, pad=3, name="enc_conv1")(x))
         x = leaky_relu(conv_(f, 4, stride=2, pad=1, name="enc_conv2")(x))
         x = leaky_relu(conv_(2 * f, 4, stride=2, pad=1, name="enc_conv3")(x))
@@ -182,8 +174,7 @@ class CoarseGenerator(nn.Module):
                 4 * f,
                 self.rates,
                 self.block_type,
-                dtype=self.dtype,
-                crop_padding=self.crop_padding,
+                settings=self.settings,
                 name=f"block{i}",
             )(x)
         x = leaky_relu(conv_(2 * f, 3, pad=1, name="dec_conv1")(upsample2x(x)))
@@ -206,20 +197,19 @@ class RefinementGenerator(nn.Module):
     block_type: str = "spd"
     attention: str = "multiscale"
     back_projection: bool = True
-    dtype: Dtype = jnp.float32
+    settings: ConvSettings = ConvSettings()
     attention_impl: str | None = None
-    crop_padding: bool = True
     remat: bool = False
 
     @nn.compact
     def __call__(self, y: Array) -> tuple[Array, Array | None, Array | None]:
         f = self.base_features
-        conv_ = functools.partial(conv, dtype=self.dtype, crop_padding=self.crop_padding)
+        conv_ = self.settings.conv
         multiscale = self.attention == "multiscale"
 
         def attention(features: int, name: str) -> SelfAttention:
             return SelfAttention(
-                features, dtype=self.dtype, implementation=self.attention_impl, name=name
+                features, self.settings, implementation=self.attention_impl, name=name
             )
 
         e1 = leaky_relu(conv_(f // 2, 7, pad=3, name="enc_conv1")(y))
@@ -235,8 +225,7 @@ class RefinementGenerator(nn.Module):
                 8 * f,
                 self.rates,
                 self.block_type,
-                dtype=self.dtype,
-                crop_padding=self.crop_padding,
+                settings=self.settings,
                 name=f"bottleneck{i}",
             )(x)
             if i == first_half and self.attention != "none":
@@ -296,7 +285,8 @@ class DeepGIN(nn.Module):
 
     Execution only (the same parameters and values): `dtype` of the activations, the
     self-attention `attention_impl`, `remat` of the residual blocks, and `crop_padding` (see
-    `layers.edge_padded_conv_padding`; off for ONNX).
+    `layers.edge_padded_conv_padding`; off for ONNX). `init_scale` sets the initial weights
+    (`ConvSettings`).
     """
 
     base_features: int = 64
@@ -312,19 +302,20 @@ class DeepGIN(nn.Module):
     attention_impl: str | None = None
     remat: bool = False
     crop_padding: bool = True
+    init_scale: float = 0.1
 
     def setup(self) -> None:
         if self.block_type not in BLOCK_TYPES:
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {self.block_type!r}")
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        settings = ConvSettings(self.dtype, self.crop_padding, self.init_scale)
         self.coarse = CoarseGenerator(
             self.base_features,
             self.num_coarse_blocks,
             self.coarse_rates,
             self.block_type,
-            dtype=self.dtype,
-            crop_padding=self.crop_padding,
+            settings=settings,
             remat=self.remat,
         )
         if not self.coarse_only:
@@ -335,9 +326,8 @@ class DeepGIN(nn.Module):
                 self.block_type,
                 self.attention,
                 self.back_projection,
-                dtype=self.dtype,
+                settings=settings,
                 attention_impl=self.attention_impl,
-                crop_padding=self.crop_padding,
                 remat=self.remat,
             )
 

@@ -17,9 +17,14 @@ import numpy as np
 Array = jax.Array
 Dtype = Any
 
-# Kaiming-normal (fan_in, gain sqrt(2)) times 0.1, the reference's generator initialiser (spec 5.6):
-# std = 0.1 * sqrt(2 / fan_in), i.e. variance 0.02 / fan_in.
-generator_kernel_init = nn.initializers.variance_scaling(0.02, "fan_in", "normal")
+
+def scaled_kaiming_init(scale: float) -> nn.initializers.Initializer:
+    """Kaiming-normal (fan_in, gain sqrt(2)) times `scale`: std = scale * sqrt(2 / fan_in).
+
+    scale 0.1 is the reference's generator initialiser (spec 5.6).
+    """
+    return nn.initializers.variance_scaling(2.0 * scale**2, "fan_in", "normal")
+
 
 # PyTorch's default Conv2d initialiser, kept by the discriminator (spec 5.6):
 # kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)), i.e. variance 1 / (3 fan_in).

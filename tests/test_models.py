@@ -265,3 +265,21 @@ def test_discriminator_matches_torch_with_one_power_iteration_per_call():
     first = updated["spectral"]["scale0"]["conv0"]["u"]
     second = again["spectral"]["scale0"]["conv0"]["u"]
     assert not np.allclose(np.asarray(first), np.asarray(second))
+
+
+def test_bfloat16_activations_stay_close_to_float32(tiny_generator):
+    """compute_dtype=bfloat16: parameters stay float32, outputs are float32 and within a few
+    percent of the float32 model's (order-one weights; the full model at 256 measures a max of
+    3.7 % and a mean under 0.7 % of the output's std)."""
+    model, variables = tiny_generator
+    params = randomize(variables)
+    masked, mask = masked_inputs(2, 64, 64)
+    reference = jax.jit(model.apply)(params, masked, mask)
+    bf16 = jax.jit(model.clone(dtype=jnp.bfloat16).apply)(params, masked, mask)
+    for field in ("completed", "reconstructed", "coarse", "lowres"):
+        a, b = np.asarray(getattr(reference, field)), np.asarray(getattr(bf16, field))
+        assert b.dtype == np.float32, field
+        difference = np.abs(a - b) / a.std()
+        assert difference.max() < 0.08, field
+        assert difference.mean() < 0.015, field
+        assert difference.max() > 0, field  # the bf16 path really ran in bf16

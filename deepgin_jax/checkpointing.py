@@ -2,25 +2,30 @@
 
 Every checkpoint directory is an Orbax composite whose items are named alike:
 - `generator`: {"params": ...} of `DeepGIN`;
-- `meta`: JSON with at least {"model": DeepGIN fields}; training adds the step, the stage and
-  the whole config;
-- training checkpoints add `g_opt_state`, `discriminator` ({"params", "spectral"}),
-  `d_opt_state` and `data_iter` (the Grain iterator position).
+- `discriminator`: {"params", "spectral"} of `MultiScaleDiscriminator`;
+- `meta`: JSON with {"model": DeepGIN fields} and/or {"discriminator": its fields}; training
+  adds the step, the stage and the whole config;
+- training checkpoints hold both networks and add `g_opt_state`, `d_opt_state` and
+  `data_iter` (the Grain iterator position).
 
-So `load_generator` reads a converted reference model, a single training step directory, a
-`checkpoints/` folder (its latest step) or a training workdir alike.
+So `load_generator` and `load_discriminator` read a converted reference model, a single
+training step directory, a `checkpoints/` folder (its latest step) or a training workdir alike.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
+from deepgin_jax.models.discriminator import SPECTRAL_COLLECTION, MultiScaleDiscriminator
 from deepgin_jax.models.generator import DeepGIN
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -33,38 +38,88 @@ class CheckpointNotFoundError(FileNotFoundError):
     """No usable checkpoint at the given path."""
 
 
-def _save_items(directory: str | os.PathLike, items: Mapping[str, Any]) -> None:
+def _save_items(
+    directory: str | os.PathLike, items: Mapping[str, Any], overwrite: bool = False
+) -> None:
+    """Writes an Orbax composite to `directory`.
+
+    With `overwrite`, an existing `directory` is replaced only once the new checkpoint is
+    complete: it is written to a temporary sibling, the old one is moved aside, the new one
+    renamed into place and the old one deleted. A failure while writing leaves the old
+    checkpoint untouched.
+    """
     directory = Path(directory).absolute()
-    if directory.exists():
-        raise FileExistsError(f"{directory} exists; refusing to overwrite a checkpoint")
+    if directory.exists() and not overwrite:
+        raise FileExistsError(
+            f"{directory} exists; refusing to overwrite a checkpoint (pass overwrite=True, or "
+            "--overwrite on the command line)"
+        )
+    if not directory.exists():
+        _write_items(directory, items)
+        return
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = directory.with_name(f".{directory.name}.new-{tag}")
+    retired = directory.with_name(f".{directory.name}.old-{tag}")
+    try:
+        _write_items(staging, items)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    directory.rename(retired)
+    try:
+        staging.rename(directory)
+    except BaseException:
+        retired.rename(directory)  # put the old checkpoint back
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if retired.is_dir():
+        shutil.rmtree(retired)
+    else:
+        retired.unlink()
+    logging.info("replaced %s", directory)
+
+
+def _write_items(directory: Path, items: Mapping[str, Any]) -> None:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         # Orbax writes into a temporary directory and renames it when complete.
         checkpointer.save(directory, args=ocp.args.Composite(**items))
 
 
 def save_generator(
-    directory: str | os.PathLike, variables: Mapping[str, Any], model_config: Mapping[str, Any]
+    directory: str | os.PathLike,
+    variables: Mapping[str, Any],
+    model_config: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
 ) -> None:
-    """Writes generator variables ({"params": ...}) and its `DeepGIN` fields to `directory`."""
+    """Writes generator variables ({"params": ...}) and its `DeepGIN` fields to `directory`;
+    `overwrite` replaces an existing one safely (see `_save_items`)."""
     _save_items(
         directory,
         {
             GENERATOR_ITEM: ocp.args.StandardSave(dict(variables)),
             META_ITEM: ocp.args.JsonSave({"model": dict(model_config)}),
         },
+        overwrite=overwrite,
     )
 
 
 def save_discriminator(
-    directory: str | os.PathLike, variables: Mapping[str, Any], config: Mapping[str, Any]
+    directory: str | os.PathLike,
+    variables: Mapping[str, Any],
+    config: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
 ) -> None:
-    """Writes discriminator variables ({"params", "spectral"}) and its fields to `directory`."""
+    """Writes discriminator variables ({"params", "spectral"}) and its fields to `directory`;
+    `overwrite` replaces an existing one safely (see `_save_items`)."""
     _save_items(
         directory,
         {
             DISCRIMINATOR_ITEM: ocp.args.StandardSave(dict(variables)),
             META_ITEM: ocp.args.JsonSave({"discriminator": dict(config)}),
         },
+        overwrite=overwrite,
     )
 
 
@@ -140,6 +195,44 @@ def load_generator(
     return model, dict(restored[GENERATOR_ITEM])
 
 
+def load_discriminator(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Loads discriminator weights: returns (its `MultiScaleDiscriminator` fields, variables
+    {"params", "spectral"}).
+
+    `path` may be a converted reference discriminator (`save_discriminator`), a training
+    checkpoint step, a `checkpoints/` folder or a training workdir (the latest step).
+    """
+    step_dir = resolve_checkpoint(path)
+    meta = read_meta(step_dir)
+    if "discriminator" not in meta or not (step_dir / DISCRIMINATOR_ITEM).is_dir():
+        raise CheckpointNotFoundError(f"{step_dir} holds no discriminator")
+    fields = dict(meta["discriminator"])
+    image = jax.ShapeDtypeStruct((1, 64, 64, 3), jax.numpy.float32)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    try:
+        abstract = jax.eval_shape(
+            MultiScaleDiscriminator(**fields).init, jax.random.key(0), image, image
+        )
+    except TypeError as e:
+        raise ValueError(f"{step_dir}: unusable discriminator fields {fields}: {e}") from e
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        {"params": abstract["params"], SPECTRAL_COLLECTION: abstract[SPECTRAL_COLLECTION]},
+    )
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        try:
+            restored = checkpointer.restore(
+                step_dir.absolute(),
+                args=ocp.args.Composite(**{DISCRIMINATOR_ITEM: ocp.args.StandardRestore(target)}),
+            )
+        except (ValueError, KeyError) as e:
+            raise ValueError(
+                f"{step_dir}: the discriminator weights do not match its recorded fields "
+                f"{fields}: {e}"
+            ) from e
+    return fields, dict(restored[DISCRIMINATOR_ITEM])
+
+
 # Items of a training checkpoint besides `generator` and `meta`.
 G_OPT_ITEM = "g_opt_state"
 D_OPT_ITEM = "d_opt_state"
@@ -166,6 +259,10 @@ class TrainCheckpointManager:
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON meta of checkpoint `step`, without restoring the arrays."""
+        return read_meta(Path(self._manager.directory) / str(step))
 
     def save(self, step: int, items: Mapping[str, Any], data_iterator: Any, meta: dict) -> None:
         import grain

@@ -1,8 +1,9 @@
 """Every training setting with its default: the paper's ADE20K run (spec 5, paper sec. 5).
 
 Config files under `configs/` start from `default_config()` and change a few keys; a string
-argument picks a variant (`--config=configs/ade20k.py:smoke`). Overrides of keys that do not
-exist fail (`config_flags` locks the config).
+argument picks a variant (`--config=configs/ade20k.py:smoke`). The config is locked: setting a
+key that does not exist, in a config file, a variant or a `--config.x=y` override, is an error
+naming the key (a new setting gets its default here first).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ VARIANTS = ("smoke", "bf16")
 
 
 def default_config() -> ml_collections.ConfigDict:
+    """Every key with its default (the paper's ADE20K run), locked against new keys."""
     config = ml_collections.ConfigDict()
     config.seed = 0
 
@@ -33,6 +35,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.coarse_only = False
     config.model.attention_impl = ""  # "" (XLA picks), "xla" or "cudnn"
     config.model.remat = False  # rematerialise the residual blocks to save memory
+    # Initial kernels: Kaiming-normal times this (0.1 = the reference, spec 5.6).
+    config.model.init_scale = 0.1
 
     # float32 or bfloat16 activations; parameters, optimizer state and losses stay float32.
     config.compute_dtype = "float32"
@@ -54,7 +58,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.optim.b1 = 0.5
     config.optim.b2 = 0.999
     config.optim.eps = 1e-8
-    # GAN stage: constant for 10 epochs, then linear decay to zero over 90 (paper sec. 5.1).
+    # GAN stage: constant for 10 epochs, then linear decay to zero over 90 (paper sec. 5.1,
+    # spec 5.3). constant_steps + decay_steps should equal gan_steps (a warning otherwise).
     config.optim.constant_steps = 10 * ADE20K_STEPS_PER_EPOCH
     config.optim.decay_steps = 90 * ADE20K_STEPS_PER_EPOCH
     # 0 = no clipping (the challenge-time code); 3.0 = the reference after 2020-09-11.
@@ -64,12 +69,22 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.warmup_steps = 10 * ADE20K_STEPS_PER_EPOCH  # L1-only warm-up (paper: 10 epochs)
     config.gan_steps = 100 * ADE20K_STEPS_PER_EPOCH
-    config.init_from = ""  # start the generator from this checkpoint (e.g. a converted warm-up)
+    # Start a fresh run from other weights (spec 5.5: the reference's GAN stage starts from the
+    # warm-up's G and D). Each takes a converted reference model (`python -m deepgin_jax.convert
+    # torch-generator|torch-discriminator`), a training checkpoint step or a training workdir.
+    # Ignored when the workdir already holds checkpoints (the run resumes instead).
+    config.init_from = ""  # generator parameters
+    config.init_discriminator_from = ""  # discriminator parameters and spectral-norm vectors
 
+    # Frequencies in steps. log_every_steps must be >= 1 (the non-finite check runs when
+    # logging). sample_every_steps = 0 writes no sample grids; checkpoint_every_steps = 0 saves
+    # only at the end of the run and when stopped (SIGTERM, Ctrl-C). The last step is always
+    # logged and checkpointed.
     config.log_every_steps = 50
     config.sample_every_steps = 1000
     config.checkpoint_every_steps = 2000
     config.keep_checkpoints = 3
+    config.lock()
     return config
 
 
@@ -101,8 +116,8 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
     config.data.num_workers = 0
     config.loss.perceptual_weight = 0.0
     config.loss.style_weight = 0.0
-    config.optim.constant_steps = 2
-    config.optim.decay_steps = 2
+    config.optim.constant_steps = 1
+    config.optim.decay_steps = 1
     config.warmup_steps = 2
     config.gan_steps = 2
     config.log_every_steps = 1

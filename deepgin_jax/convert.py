@@ -239,33 +239,39 @@ flags.DEFINE_string("output", None, "Where to write the result (a directory or a
 flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
 
 
-def _convert_vgg(converter_name: str) -> Callable[[str, str], None]:
-    def run(source: str, output: str) -> None:
+def _convert_vgg(converter_name: str) -> Callable[[str, str, bool], None]:
+    def run(source: str, output: str, overwrite: bool) -> None:
         from deepgin_jax.models import vgg_convert
         from deepgin_jax.weights_io import save_weights
 
         params, meta = getattr(vgg_convert, converter_name)(source)
-        save_weights(output, params, meta)
+        save_weights(output, params, meta)  # atomic: replaces the file once written
 
     return run
 
 
-def _run_generator(source: str, output: str) -> None:
+def _run_generator(source: str, output: str, overwrite: bool) -> None:
     from deepgin_jax.checkpointing import save_generator
 
     params, model_config = convert_generator(load_torch_state_dict(source))
-    save_generator(output, {"params": params}, model_config)
+    save_generator(output, {"params": params}, model_config, overwrite=overwrite)
 
 
-def _run_discriminator(source: str, output: str) -> None:
+def _run_discriminator(source: str, output: str, overwrite: bool) -> None:
     from deepgin_jax.checkpointing import save_discriminator
 
     params, spectral, config = convert_discriminator(load_torch_state_dict(source))
-    save_discriminator(output, {"params": params, SPECTRAL_COLLECTION: spectral}, config)
+    save_discriminator(
+        output, {"params": params, SPECTRAL_COLLECTION: spectral}, config, overwrite=overwrite
+    )
 
 
 def run_command(command: str, source: str, output: str, overwrite: bool = False) -> None:
-    """Runs one conversion; refuses to replace an existing output unless `overwrite`."""
+    """Runs one conversion; refuses to replace an existing output unless `overwrite`.
+
+    With `overwrite` the new output is written completely before the old one is replaced, so
+    a conversion that fails (a bad input, a full disk) leaves the old output as it was.
+    """
     runners = {
         "torch-generator": _run_generator,
         "torch-discriminator": _run_discriminator,
@@ -276,7 +282,7 @@ def run_command(command: str, source: str, output: str, overwrite: bool = False)
         raise ValueError(f"unknown command {command!r}; expected one of {_COMMANDS}")
     if Path(output).exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-    runners[command](source, output)
+    runners[command](source, output, overwrite)
     logging.info("%s: wrote %s", command, output)
 
 

@@ -13,13 +13,26 @@ import numpy as np
 from absl import logging
 
 from deepgin_jax import image_io
+from deepgin_jax.atomic import atomic_write
+
+METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter:
-    """Writes `metrics.jsonl`, TensorBoard event files and `samples/step_*.png` in a workdir."""
+    """Writes `metrics.jsonl`, TensorBoard event files and `samples/step_*.png` in a workdir.
+
+    `resumed_step`: the step a resumed run restarts from. Records of later steps (written by
+    the run before it was killed) are dropped from `metrics.jsonl` and hidden in TensorBoard,
+    so every step is recorded once.
+    """
 
     def __init__(
-        self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True
+        self,
+        workdir: str | os.PathLike,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        resumed_step: int | None = None,
     ):
         self.enabled = enabled
         self.workdir = Path(workdir)
@@ -28,11 +41,20 @@ class MetricWriter:
         if not enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        if resumed_step is not None:
+            dropped = truncate_metrics(self.workdir, resumed_step)
+            if dropped:
+                logging.info(
+                    "metrics.jsonl: dropped %d record(s) after step %d (the interrupted run's)",
+                    dropped,
+                    resumed_step,
+                )
+        self._jsonl = open(self.workdir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            purge_step = None if resumed_step is None else resumed_step + 1
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge_step)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -77,9 +99,36 @@ def _to_json_number(value):
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     """The records of `metrics.jsonl`, in order."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = Path(workdir) / METRICS_FILE
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics(workdir: str | os.PathLike, last_step: int) -> int:
+    """Drops the records of `metrics.jsonl` with a step after `last_step` (atomically: a
+    reader sees the old or the new file). Returns how many were dropped. A partial last line
+    (a run killed mid-write) is dropped too."""
+    path = Path(workdir) / METRICS_FILE
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if int(record.get("step", 0)) > last_step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        with atomic_write(path, "w") as f:
+            f.writelines(kept)
+    return dropped
 
 
 def image_grid(columns: list[np.ndarray], max_rows: int = 4) -> np.ndarray:

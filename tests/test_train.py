@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,8 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-from deepgin_jax import checkpointing, metric_writers, train_lib
+from deepgin_jax import checkpointing, convert, metric_writers, sharding, train_lib
 from deepgin_jax import config as config_lib
+from deepgin_jax.models import SPECTRAL_COLLECTION
+from tests.test_convert import reference_discriminator_state_dict
+from tests.test_vgg import TinyTorchvisionVGG19
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -123,12 +131,18 @@ def test_smoke_training_runs_both_stages_and_writes_everything(tmp_path):
     )
 
 
+# Killed-run resume: the smoke run's two warm-up steps, then four GAN steps with a learning rate
+# decaying to zero over them; checkpoints at 3 (after one GAN step) and 6. Only the GAN step
+# differs from the smoke run's compiled programs (its schedule).
+RESUME_OVERRIDES = {"gan_steps": 4, "optim.decay_steps": 3, "checkpoint_every_steps": 3}
+
+
 def test_a_killed_run_resumes_with_exactly_the_same_losses(tmp_path):
     reference_dir, killed_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    train_lib.train_and_evaluate(smoke_config(), str(reference_dir))
+    train_lib.train_and_evaluate(smoke_config(**RESUME_OVERRIDES), str(reference_dir))
     expected = losses_by_step(reference_dir)
 
-    # Start the same run in another process and kill it (SIGKILL) once step 2 is checkpointed.
+    # Start the same run in another process and kill it (SIGKILL) once step 3 is checkpointed.
     process = subprocess.Popen(
         [
             sys.executable,
@@ -136,6 +150,7 @@ def test_a_killed_run_resumes_with_exactly_the_same_losses(tmp_path):
             "deepgin_jax.train",
             "--config=configs/ade20k.py:smoke",
             f"--workdir={killed_dir}",
+            *(f"--config.{k}={v}" for k, v in RESUME_OVERRIDES.items()),
         ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -144,19 +159,27 @@ def test_a_killed_run_resumes_with_exactly_the_same_losses(tmp_path):
     )
     deadline = time.monotonic() + 600
     try:
-        while not (killed_dir / "checkpoints" / "2").is_dir():
+        while not (killed_dir / "checkpoints" / "3").is_dir():
             assert process.poll() is None, "the training process ended before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
             time.sleep(0.05)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    assert not (killed_dir / "checkpoints" / "4").exists(), "the run finished before it was killed"
+    saved = sorted(int(p.name) for p in (killed_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert 6 not in saved, "the run finished before it was killed"
+    restored = saved[-1]
+    # The restored checkpoint is inside the GAN stage, after at least one GAN step: the losses
+    # below only match if D's params, its spectral vectors, and both GAN-stage Adam states
+    # (and their schedules' counts) were saved and restored.
+    assert restored == 3 and checkpointing.read_meta(killed_dir)["stage"] == "gan"
 
-    train_lib.train_and_evaluate(smoke_config(), str(killed_dir))
+    train_lib.train_and_evaluate(smoke_config(**RESUME_OVERRIDES), str(killed_dir))
+    steps = [r["step"] for r in metric_writers.read_metrics(killed_dir) if "g_loss" in r]
+    assert steps == sorted(set(steps)), f"duplicate step records after the resume: {steps}"
     resumed = losses_by_step(killed_dir)
-    for step in (3, 4):
-        for key in ("g_loss", "d_loss", "g/adversarial", "g/coarse_l1", "d/real"):
+    for step in (4, 5, 6):
+        for key in ("g_loss", "d_loss", "g/adversarial", "g/coarse_l1", "d/real", "d/fake"):
             assert resumed[step][key] == expected[step][key], (step, key)
 
 
@@ -169,6 +192,266 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert steps, "no checkpoint was kept"
     _, variables = checkpointing.load_generator(workdir)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables["params"]))
+
+
+def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
+    """A uint8 batch shaped like the pipeline's: images and {0, 1} masks."""
+    rng = np.random.default_rng(seed)
+    n = config.data.items_per_batch * len(config.data.mask_types)
+    size = config.data.crop_size
+    image = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    mask = np.zeros((n, size, size, 1), np.uint8)
+    mask[:, size // 4 : size // 2, size // 8 : size // 2] = 1
+    return {"image": image, "mask": mask}
+
+
+def test_gan_step_advances_spectral_vectors_as_three_discriminator_calls():
+    """Spec 4/5.3: D runs on (masked, fake.detach), (masked, real), then (masked, fake) for
+    L_G; each call advances the spectral-norm vectors once, from the pre-update D params."""
+    config = smoke_config()
+    setup = train_lib.build_setup(config)
+    state = jax.jit(functools.partial(train_lib.init_train_state, setup, crop_size=64))(
+        jax.random.key(0)
+    )
+    batch = random_batch(config)
+    step = jax.jit(
+        functools.partial(train_lib.train_step, setup=setup, stage=train_lib.GAN, stage_start=0)
+    )
+    new_state, step_metrics = step(state, batch, None)
+    assert bool(step_metrics["finite"]) and "d_loss" in step_metrics
+
+    target, mask, masked = train_lib.prepare_batch(batch)
+    fake = setup.generator.apply({"params": state.g_params}, masked, mask, target).completed
+    spectral, calls = state.d_spectral, []
+    for candidate in (fake, target, fake):
+        _, updated = setup.discriminator.apply(
+            {"params": state.d_params, SPECTRAL_COLLECTION: spectral},
+            masked,
+            candidate,
+            update_stats=True,
+            mutable=[SPECTRAL_COLLECTION],
+        )
+        spectral = updated[SPECTRAL_COLLECTION]
+        calls.append(spectral)
+
+    def max_difference(a, b) -> float:
+        return max(
+            float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+        )
+
+    assert max_difference(new_state.d_spectral, calls[2]) < 1e-6
+    # Two calls (or none) would be told apart: the vectors are still moving.
+    assert max_difference(new_state.d_spectral, calls[1]) > 1e-4
+    assert max_difference(new_state.d_spectral, state.d_spectral) > 1e-3
+    with pytest.raises(ValueError, match="stage='warm'"):
+        train_lib.train_step(state, batch, setup=setup, stage="warm")
+
+
+def test_gan_stage_with_perceptual_and_style_losses(tmp_path):
+    # The tiny torchvision-layout VGG-19 of the VGG tests, through the real converter.
+    torch_file, vgg_file = tmp_path / "vgg19.pth", tmp_path / "vgg19.npz"
+    torch.save(TinyTorchvisionVGG19().state_dict(), torch_file)
+    convert.run_command("vgg19", str(torch_file), str(vgg_file))
+    config = smoke_config(
+        **{
+            "warmup_steps": 0,
+            "vgg_weights": str(vgg_file),
+            "loss.perceptual_weight": 0.05,
+            "loss.style_weight": 80.0,
+            "loss.vgg_image_size": 64,  # the spec's 224 works too; 64 keeps the test fast
+            "sample_every_steps": 0,
+        }
+    )
+    workdir = tmp_path / "run"
+    train_lib.train_and_evaluate(config, str(workdir))
+    records = losses_by_step(workdir)
+    assert sorted(records) == [1, 2]
+    for record in records.values():
+        assert record["stage"] == "gan"
+        for key in ("g/perceptual", "g/style"):
+            assert isinstance(record[key], float) and np.isfinite(record[key]), (key, record)
+            assert record[key] > 0, (key, record)
+
+
+@pytest.fixture
+def converted_discriminator(tmp_path) -> Path:
+    """A reference discriminator state dict (smoke widths) converted by the CLI's code."""
+    pth, out = tmp_path / "latest_net_D.pth", tmp_path / "warmup_D"
+    state_dict = reference_discriminator_state_dict(ndf=8, seed=3)
+    torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, pth)
+    convert.run_command("torch-discriminator", str(pth), str(out))
+    return out
+
+
+def test_init_from_both_networks_and_fresh_optimizer_at_the_gan_stage(
+    tmp_path, converted_discriminator
+):
+    """Spec 5.5: the GAN stage starts from given G and D weights; the warm-up -> GAN switch
+    restarts G's optimizer (its Adam count and schedule) even with init_from set."""
+    base = smoke_config()
+    setup = train_lib.build_setup(base)
+    generator_state = jax.jit(functools.partial(train_lib.init_train_state, setup, crop_size=64))(
+        jax.random.key(7)
+    )
+    generator_dir = tmp_path / "warmup_G"
+    checkpointing.save_generator(
+        generator_dir, {"params": generator_state.g_params}, train_lib.architecture(base)
+    )
+    _, converted = checkpointing.load_discriminator(converted_discriminator)
+
+    config = smoke_config(
+        init_from=str(generator_dir), init_discriminator_from=str(converted_discriminator)
+    )
+    mesh = sharding.create_mesh()
+    start = train_lib.initial_state(config, setup, mesh)
+    assert_trees_equal(start.g_params, generator_state.g_params)
+    assert_trees_equal(start.d_params, converted["params"])
+    assert_trees_equal(start.d_spectral, converted[SPECTRAL_COLLECTION])
+
+    workdir = tmp_path / "run"
+    state = train_lib.train_and_evaluate(config, str(workdir))
+    assert int(state.g_opt_state[0].count) == 2  # the GAN steps only, not warm-up + GAN
+    assert int(state.d_opt_state[0].count) == 2
+    # Two Adam steps (lr 4e-4) from the converted discriminator (weights ~ N(0, 1)), not from
+    # a fresh one.
+    moved = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(
+            jax.tree.leaves(state.d_params), jax.tree.leaves(converted["params"]), strict=True
+        )
+    )
+    assert moved < 1e-2
+
+    # A training workdir works as a source too.
+    from_run = train_lib.initial_state(
+        smoke_config(init_discriminator_from=str(workdir)), setup, mesh
+    )
+    assert_trees_equal(from_run.d_params, state.d_params)
+    assert_trees_equal(from_run.d_spectral, state.d_spectral)
+
+    missing = tmp_path / "absent"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"init_discriminator_from='{missing}'")):
+        train_lib.initial_state(smoke_config(init_discriminator_from=str(missing)), setup, mesh)
+    wider = smoke_config(
+        init_discriminator_from=str(converted_discriminator), **{"discriminator.features": 16}
+    )
+    with pytest.raises(ValueError, match=r"warmup_D' holds a discriminator with .*'features': 8"):
+        train_lib.initial_state(wider, train_lib.build_setup(wider), mesh)
+    with pytest.raises(FileNotFoundError, match=r"init_from=.*holds no generator"):
+        train_lib.initial_state(smoke_config(init_from=str(converted_discriminator)), setup, mesh)
+
+
+def assert_trees_equal(a, b) -> None:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_config_is_locked_and_every_config_file_loads(tmp_path):
+    typo = tmp_path / "typo.py"
+    typo.write_text(
+        "from deepgin_jax.config import default_config\n"
+        "def get_config(variant=None):\n"
+        "    config = default_config()\n"
+        "    config.optim.g_lrr = 2e-4\n"
+        "    return config\n"
+    )
+    module = load_module(typo)
+    with pytest.raises(AttributeError, match="g_lrr"):
+        module.get_config()
+    with pytest.raises(AttributeError, match="sample_evry_steps"):
+        config_lib.default_config().sample_evry_steps = 5
+    for path in sorted((REPO / "configs").glob("*.py")):
+        for variant in (None, "smoke", "bf16", "smoke,bf16"):
+            config = load_module(path).get_config(variant)
+            assert config.is_locked, path
+            if variant and "smoke" in variant:
+                train_lib.validate_config(config)
+
+
+def load_module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_zero_frequencies_and_schedule_warning(caplog):
+    train_lib.validate_config(smoke_config(sample_every_steps=0, checkpoint_every_steps=0))
+    with pytest.raises(ValueError, match="log_every_steps must be >= 1, got 0"):
+        train_lib.validate_config(smoke_config(log_every_steps=0))
+    with pytest.raises(ValueError, match="sample_every_steps must be >= 0, got -1"):
+        train_lib.validate_config(smoke_config(sample_every_steps=-1))
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        train_lib.validate_config(smoke_config())
+        assert "gan_steps" not in caplog.text
+        train_lib.validate_config(smoke_config(gan_steps=5))
+    assert "= 1 + 1 = 2, but gan_steps = 5" in caplog.text
+    assert "reaches zero before the last GAN steps" in caplog.text
+
+
+def test_every_logged_and_checkpointed_step_reaches_the_metrics(tmp_path):
+    # Checkpoints at 2 and 4, logs at 3 and at the last step; sample grids off.
+    config = smoke_config(log_every_steps=3, checkpoint_every_steps=2, sample_every_steps=0)
+    workdir = tmp_path / "run"
+    train_lib.train_and_evaluate(config, str(workdir))
+    records = metric_writers.read_metrics(workdir)
+    assert [r["step"] for r in records] == [2, 3, 4]
+    assert all("g_loss" in r and "images_per_second" in r for r in records)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+    assert not (workdir / "samples").exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path, monkeypatch):
+    write_scalars = metric_writers.MetricWriter.write_scalars
+
+    def interrupt_after_step_1(self, step, scalars):
+        write_scalars(self, step, scalars)
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in the terminal
+
+    monkeypatch.setattr(metric_writers.MetricWriter, "write_scalars", interrupt_after_step_1)
+    workdir = tmp_path / "run"
+    try:
+        state = train_lib.train_and_evaluate(
+            smoke_config(checkpoint_every_steps=0, sample_every_steps=0), str(workdir)
+        )
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C interrupted training without saving a checkpoint")
+    # Stopped within a step of the signal (the run has 4), with a checkpoint of that step.
+    stopped = int(state.step)
+    assert stopped in (1, 2)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [str(stopped)]
+    assert checkpointing.read_meta(workdir)["step"] == stopped
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resume_checks_the_saved_config_and_drops_later_metric_records(tmp_path, caplog):
+    workdir = tmp_path / "run"
+    train_lib.train_and_evaluate(smoke_config(), str(workdir))
+    first = losses_by_step(workdir)
+    # As if the run had been killed after step 4's metrics but before its checkpoint.
+    shutil.rmtree(workdir / "checkpoints" / "4")
+
+    with pytest.raises(ValueError, match="warmup_steps: saved 2, now 1") as error:
+        train_lib.train_and_evaluate(
+            smoke_config(warmup_steps=1, **{"model.base_features": 8}), str(workdir)
+        )
+    assert "model.base_features: saved 16, now 8" in str(error.value)
+    with pytest.raises(ValueError, match=r"data\.items_per_batch: saved 2, now 4"):
+        train_lib.train_and_evaluate(smoke_config(**{"data.items_per_batch": 4}), str(workdir))
+    assert json.loads((workdir / "config.json").read_text())["warmup_steps"] == 2
+
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        train_lib.train_and_evaluate(smoke_config(log_every_steps=2), str(workdir))
+    assert "log_every_steps: saved 1, now 2" in caplog.text
+    records = metric_writers.read_metrics(workdir)
+    losses = [r["step"] for r in records if "g_loss" in r]
+    assert losses == [1, 2, 4], "step 3 and 4 of the first run must be dropped, 4 rewritten"
+    assert [r["step"] for r in records if "sample/psnr" in r] == [2, 4]
+    assert losses_by_step(workdir)[4]["g_loss"] == first[4]["g_loss"]
 
 
 SHARDED_CHECK = """

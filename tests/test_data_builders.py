@@ -170,12 +170,30 @@ def test_places2_from_tars(tmp_path):
 
 
 def test_unprepared_dataset_error_gives_the_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"deepgin_jax\.data\.prepare --dataset ade20k"):
+    with pytest.raises(FileNotFoundError, match=r"deepgin_jax\.data\.prepare --dataset ade20k "):
         builders.open_prepared_split("ade20k", "train", data_dir=tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)--dataset ade20k/aim2020 --manual_dir.*new_image_names"
+    ):
+        builders.open_prepared_split("ade20k/aim2020", "train", data_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="not prepared"):
         builders.open_prepared_split("image_folder/nothing", "train", data_dir=tmp_path)
     with pytest.raises(ValueError, match="Unknown dataset"):
         builders.make_builder("coco")
+
+
+def test_prepare_cli_builds_the_aim_split_with_the_list_in_the_manual_folder(ade_zip_dir, tmp_path):
+    (ade_zip_dir / "new_image_names.txt").write_text("ADE_train_00000003.jpg\n")
+    command = [
+        sys.executable, "-m", "deepgin_jax.data.prepare", "--dataset", "ade20k/aim2020",
+        "--manual_dir", str(ade_zip_dir), "--data_dir", str(tmp_path / "tfds"),
+    ]  # fmt: skip
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "config.data.dataset = 'ade20k/aim2020'" in result.stdout
+    assert "train: 1" in result.stdout and "validation: 2" in result.stdout
+    command[command.index("ade20k/aim2020")] = "ade20k/full"
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode != 0 and "ade20k/full" in result.stderr
 
 
 def test_prepare_cli_prints_dataset_name(tmp_path):

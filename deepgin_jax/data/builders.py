@@ -448,6 +448,12 @@ def make_builder(
         "file_format": "array_record",
     }
     if base_name == "ade20k":
+        known = [c.name for c in BUILDERS[base_name].BUILDER_CONFIGS]
+        if config and config not in known:
+            raise ValueError(
+                f"Unknown dataset {dataset!r}; ade20k has the configs "
+                f"{', '.join(f'ade20k/{name}' for name in known)}."
+            )
         kwargs["config"] = config or ("aim2020" if aim_list else "official")
         kwargs["aim_list"] = aim_list
     elif base_name == "image_folder":
@@ -512,9 +518,15 @@ def open_prepared_split(
 def _prepared_builder(dataset: str, data_dir: str | os.PathLike | None) -> Any:
     data_dir = os.fspath(data_dir) if data_dir else None
     hint = (
-        f"Prepare it with:\n  python -m deepgin_jax.data.prepare --dataset "
-        f"{dataset.split('/')[0]} --manual_dir DIR"
+        f"Prepare it with:\n  python -m deepgin_jax.data.prepare --dataset {dataset} "
+        "--manual_dir DIR"
         + (f" --data_dir {data_dir}" if data_dir else "")
+        + (
+            f"\n(DIR holds ADEChallengeData2016.zip and the AIM-2020 list, one of "
+            f"{list(AIM_LIST_NAMES)}, or add --aim_list FILE)"
+            if dataset == "ade20k/aim2020"
+            else ""
+        )
     )
     try:
         builder = tfds.builder(dataset, data_dir=data_dir)

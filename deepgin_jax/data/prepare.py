@@ -2,6 +2,8 @@
 
     python -m deepgin_jax.data.prepare --dataset ade20k --manual_dir ~/downloads \
         [--aim_list new_image_names.txt] [--data_dir ~/tensorflow_datasets]
+    python -m deepgin_jax.data.prepare --dataset ade20k/aim2020 --manual_dir ~/downloads
+        (the AIM-2020 list, new_image_names.txt, found in --manual_dir)
     python -m deepgin_jax.data.prepare --dataset image_folder --manual_dir ~/photos \
         [--holdout_fraction 0.1] [--name photos]
 
@@ -79,7 +81,12 @@ def _main(argv: list[str]) -> None:
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_enum("dataset", None, sorted(builders.BUILDERS), "Dataset to prepare.")
+    flags.DEFINE_string(
+        "dataset",
+        None,
+        f"Dataset to prepare: one of {sorted(builders.BUILDERS)}, or ade20k/official, "
+        "ade20k/aim2020 (the AIM-2020 training list, from --aim_list or found in --manual_dir).",
+    )
     flags.DEFINE_string("manual_dir", None, "Folder holding the downloaded archive/folder.")
     flags.DEFINE_string(
         "data_dir", None, "Where to write the prepared data (TFDS default if unset)."

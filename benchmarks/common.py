@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import resource
 import statistics
 import time
@@ -86,10 +87,13 @@ def environment() -> dict[str, Any]:
 
 
 def write_results(name: str, rows: Sequence[dict], columns: Sequence[str], out_dir: str) -> Path:
-    """Writes `<out_dir>/<name>.json` (rows + environment) and `<name>.md` (a table)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Writes `<out_dir>/<device>/<name>.json` (rows + environment) and `<name>.md` (a table),
+    <device> naming the device kind and count (e.g. `cpu-x1`, `NVIDIA-H100-80GB-HBM3-x8`), so
+    that runs on different machines sit side by side."""
     env = environment()
+    device = re.sub(r"[^A-Za-z0-9.]+", "-", f"{env['device_kind']}-x{env['device_count']}")
+    out = Path(out_dir) / device
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(
         json.dumps({"environment": env, "rows": list(rows)}, indent=2)
     )

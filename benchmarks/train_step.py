@@ -126,6 +126,7 @@ def main(argv: list[str]) -> None:
                 start = time.perf_counter()
                 compiled = step.lower(*args).compile()
                 compile_s = time.perf_counter() - start
+                # XLA's cost analysis of a sharded program counts one device's share.
                 flops = common.compiled_flops(compiled)
                 extra = args[2:]
                 state, metrics = compiled(state, batch, *extra)  # warm-up call
@@ -138,7 +139,7 @@ def main(argv: list[str]) -> None:
                     times.append(time.perf_counter() - start)
                 step_s = float(np.median(times))
                 peak = common.peak_tflops(dtype_name, FLAGS.peak_tflops)
-                mfu = flops / step_s / (peak * 1e12 * num_devices) if flops and peak else None
+                mfu = flops / step_s / (peak * 1e12) if flops and peak else None
                 rows.append(
                     {
                         "stage": FLAGS.stage,
@@ -150,7 +151,7 @@ def main(argv: list[str]) -> None:
                         "compile_s": compile_s,
                         "step_ms": step_s * 1e3,
                         "images_per_s": batch_size / step_s,
-                        "tflop_per_step": flops / 1e12 if flops else None,
+                        "tflop_per_step": flops * num_devices / 1e12 if flops else None,
                         "mfu": mfu,
                         **common.peak_memory_bytes(),
                     }
@@ -171,7 +172,8 @@ def main(argv: list[str]) -> None:
         "device_peak_bytes",
         "host_max_rss_bytes",
     ]
-    print(common.write_results("train_step", rows, columns, FLAGS.out).read_text())
+    name = "train_step" if FLAGS.stage == "gan" else f"train_step_{FLAGS.stage}"
+    print(common.write_results(name, rows, columns, FLAGS.out).read_text())
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -249,11 +249,19 @@ class TrainCheckpointManager:
     mid-save leaves the previous checkpoint as the latest.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int):
+    def __init__(
+        self, directory: str | os.PathLike, *, max_to_keep: int, keep_steps: Sequence[int] = ()
+    ):
+        """Keeps the latest `max_to_keep` checkpoints, and those of `keep_steps` for good."""
         import grain  # noqa: F401  (registers the iterator checkpoint handler)
 
+        policies = ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True
+            create=True,
+            enable_async_checkpointing=True,
+            preservation_policy=policies.AnyPreservationPolicy(
+                [policies.LatestN(max_to_keep), policies.CustomSteps(list(keep_steps))]
+            ),
         )
         self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 

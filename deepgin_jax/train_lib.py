@@ -700,7 +700,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     setup = build_setup(config)
     manager = checkpointing.TrainCheckpointManager(
-        workdir_path / checkpointing.CHECKPOINT_SUBDIR, max_to_keep=config.keep_checkpoints
+        workdir_path / checkpointing.CHECKPOINT_SUBDIR,
+        max_to_keep=config.keep_checkpoints,
+        keep_steps=_warmup_end(config),
     )
     with contextlib.ExitStack() as stack:
         stack.callback(manager.close)
@@ -728,6 +730,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return _train_loop(
             config, setup, mesh, state, vgg, data_iterator, sample_batch, manager, writer
         )
+
+
+def _warmup_end(config: ml_collections.ConfigDict) -> list[int]:
+    """The step of the warm-up's last checkpoint, always saved and kept for good (the reference
+    publishes it on its own; it is the L1-only model to compare with or to start other GAN runs
+    from), when the run has both stages."""
+    return [config.warmup_steps] if config.warmup_steps and config.gan_steps else []
 
 
 def _train_loop(
@@ -762,6 +771,7 @@ def _train_loop(
     fresh_g_opt_state = jax.jit(setup.g_tx.init, out_shardings=replicated)
 
     total_steps = config.warmup_steps + config.gan_steps
+    warmup_end = _warmup_end(config)
     start_step = int(jax.device_get(state.step))
     stop = _StopRequest()
     stop.install()
@@ -786,7 +796,7 @@ def _train_loop(
             # Read once: a signal arriving later in this iteration waits for the next one.
             stopping = stop.requested
             end = done == total_steps or stopping
-            save = end or _every(done, config.checkpoint_every_steps)
+            save = end or _every(done, config.checkpoint_every_steps) or done in warmup_end
             if save or _every(done, config.log_every_steps):
                 # Every checkpoint is preceded by the non-finite check and a metrics record.
                 now = time.perf_counter()

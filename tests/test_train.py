@@ -392,6 +392,16 @@ def test_zero_frequencies_and_schedule_warning(caplog):
     assert "reaches zero before the last GAN steps" in caplog.text
 
 
+def test_the_warmup_checkpoint_is_kept_beside_the_latest(tmp_path):
+    config = smoke_config(checkpoint_every_steps=1, keep_checkpoints=1, sample_every_steps=0)
+    workdir = tmp_path / "run"
+    train_lib.train_and_evaluate(config, str(workdir))
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+    assert checkpointing.read_meta(workdir / "checkpoints" / "2")["step"] == 2
+    model, _ = checkpointing.load_generator(workdir / "checkpoints" / "2")
+    assert model.base_features == 16
+
+
 def test_every_logged_and_checkpointed_step_reaches_the_metrics(tmp_path):
     # Checkpoints at 2 and 4, logs at 3 and at the last step; sample grids off.
     config = smoke_config(log_every_steps=3, checkpoint_every_steps=2, sample_every_steps=0)

@@ -364,11 +364,15 @@ def test_config_is_locked_and_every_config_file_loads(tmp_path):
     with pytest.raises(AttributeError, match="sample_evry_steps"):
         config_lib.default_config().sample_evry_steps = 5
     for path in sorted((REPO / "configs").glob("*.py")):
-        for variant in (None, "smoke", "bf16", "smoke,bf16"):
+        for variant in (None, "smoke", "bf16", "smoke,bf16", "smoke,paper_losses"):
             config = load_module(path).get_config(variant)
             assert config.is_locked, path
             if variant and "smoke" in variant:
                 train_lib.validate_config(config)
+    paper = load_module(REPO / "configs" / "ade20k.py").get_config("smoke,paper_losses").loss
+    assert (paper.style_mode, paper.tv_mode, paper.vgg_taps) == ("l1", "l1", "paper")
+    assert paper.discriminator_scale == 1.0 and paper.vgg_layer_weights == (1.0,) * 5
+    assert paper.style_weight == 0.0  # the smoke variant's weights stay
 
 
 def load_module(path: Path):

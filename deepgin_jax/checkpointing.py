@@ -157,6 +157,29 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return dict(restored[META_ITEM])
 
 
+def _restore_on_this_device(
+    step_dir: Path, item: str, abstract: Any, description: str
+) -> dict[str, Any]:
+    """Restores `item` of a checkpoint into the tree of `abstract` (ShapeDtypeStructs), placed
+    on this process's first device, so that a checkpoint written by any number of hosts or
+    devices restores here. A mismatch is a ValueError that says what was expected."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
+    )
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        try:
+            restored = checkpointer.restore(
+                step_dir.absolute(),
+                args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}),
+            )
+        except (ValueError, KeyError) as e:
+            raise ValueError(
+                f"{step_dir}: the {item} weights do not match {description}: {e}"
+            ) from e
+    return dict(restored[item])
+
+
 def load_generator(
     path: str | os.PathLike, **model_overrides: Any
 ) -> tuple[DeepGIN, dict[str, Any]]:
@@ -172,27 +195,13 @@ def load_generator(
         raise CheckpointNotFoundError(f"{step_dir} holds no generator")
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()}
     model = DeepGIN(**fields, **model_overrides)
-    # The target tree comes from the architecture, placed on this process's first device, so
-    # a checkpoint written by any number of hosts or devices restores here.
     image = jax.ShapeDtypeStruct((1, 64, 64, 3), jax.numpy.float32)
     mask = jax.ShapeDtypeStruct((1, 64, 64, 1), jax.numpy.float32)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        jax.eval_shape(model.init, jax.random.key(0), image, mask),
+    abstract = jax.eval_shape(model.init, jax.random.key(0), image, mask)
+    variables = _restore_on_this_device(
+        step_dir, GENERATOR_ITEM, abstract, f"its recorded architecture {meta['model']}"
     )
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        try:
-            restored = checkpointer.restore(
-                step_dir.absolute(),
-                args=ocp.args.Composite(**{GENERATOR_ITEM: ocp.args.StandardRestore(target)}),
-            )
-        except (ValueError, KeyError) as e:
-            raise ValueError(
-                f"{step_dir}: the generator weights do not match its recorded architecture "
-                f"{meta['model']}: {e}"
-            ) from e
-    return model, dict(restored[GENERATOR_ITEM])
+    return model, variables
 
 
 def load_discriminator(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -208,29 +217,17 @@ def load_discriminator(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
         raise CheckpointNotFoundError(f"{step_dir} holds no discriminator")
     fields = dict(meta["discriminator"])
     image = jax.ShapeDtypeStruct((1, 64, 64, 3), jax.numpy.float32)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     try:
         abstract = jax.eval_shape(
             MultiScaleDiscriminator(**fields).init, jax.random.key(0), image, image
         )
     except TypeError as e:
         raise ValueError(f"{step_dir}: unusable discriminator fields {fields}: {e}") from e
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        {"params": abstract["params"], SPECTRAL_COLLECTION: abstract[SPECTRAL_COLLECTION]},
+    abstract = {"params": abstract["params"], SPECTRAL_COLLECTION: abstract[SPECTRAL_COLLECTION]}
+    variables = _restore_on_this_device(
+        step_dir, DISCRIMINATOR_ITEM, abstract, f"its recorded fields {fields}"
     )
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        try:
-            restored = checkpointer.restore(
-                step_dir.absolute(),
-                args=ocp.args.Composite(**{DISCRIMINATOR_ITEM: ocp.args.StandardRestore(target)}),
-            )
-        except (ValueError, KeyError) as e:
-            raise ValueError(
-                f"{step_dir}: the discriminator weights do not match its recorded fields "
-                f"{fields}: {e}"
-            ) from e
-    return fields, dict(restored[DISCRIMINATOR_ITEM])
+    return fields, variables
 
 
 # Items of a training checkpoint besides `generator` and `meta`.

@@ -391,7 +391,7 @@ def train_step(
     clip_norm: float = 0.0,
     clip_includes_discriminator: bool = True,
 ) -> tuple[TrainState, dict]:
-    """`train_step(state, batch) -> (state, metrics)` of either stage (spec 5, issue 4).
+    """`train_step(state, batch) -> (state, metrics)` of either stage (spec 5).
 
     `stage` (WARMUP or GAN) picks `warmup_step` or `gan_step`; bind it and the other keywords
     with `functools.partial` before `jax.jit` (one compiled program per stage). `vgg` is only

@@ -8,6 +8,7 @@ with white holes and the mask [N, H, W, 1] (1 = hole), H and W multiples of 8, a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,6 +120,15 @@ class ResidualBlock(nn.Module):
         return x + block_conv(self.features, 1, "fusion")(y)
 
 
+def residual_block(
+    features: int, rates: Sequence[int], block_type: str, settings: ConvSettings, remat: bool
+) -> functools.partial:
+    """A `ResidualBlock` constructor (call it with `name=`), rematerialised when `remat`: its
+    activations are recomputed in the backward pass instead of stored."""
+    cls = nn.remat(ResidualBlock) if remat else ResidualBlock
+    return functools.partial(cls, features, rates, block_type, settings=settings)
+
+
 class SelfAttention(nn.Module):
     """The non-local (embedded Gaussian) self-attention block of spec 2.5.
 
@@ -168,15 +178,9 @@ class CoarseGenerator(nn.Module):
         x = leaky_relu(conv_(f, 4, stride=2, pad=1, name="enc_conv2")(x))
         x = leaky_relu(conv_(2 * f, 4, stride=2, pad=1, name="enc_conv3")(x))
         x = leaky_relu(conv_(4 * f, 4, stride=2, pad=1, name="enc_conv4")(x))
-        block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
         for i in range(1, self.num_blocks + 1):
-            x = block(
-                4 * f,
-                self.rates,
-                self.block_type,
-                settings=self.settings,
-                name=f"block{i}",
-            )(x)
+            block = residual_block(4 * f, self.rates, self.block_type, self.settings, self.remat)
+            x = block(name=f"block{i}")(x)
         x = leaky_relu(conv_(2 * f, 3, pad=1, name="dec_conv1")(upsample2x(x)))
         x = leaky_relu(conv_(f, 3, pad=1, name="dec_conv2")(upsample2x(x)))
         x = leaky_relu(conv_(f // 2, 3, pad=1, name="dec_conv3")(upsample2x(x)))
@@ -218,16 +222,10 @@ class RefinementGenerator(nn.Module):
         e4 = leaky_relu(conv_(4 * f, 4, stride=2, pad=1, name="enc_conv4")(e3))
         x = leaky_relu(conv_(8 * f, 4, stride=2, pad=1, name="enc_conv5")(e4))
 
-        block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
         first_half = self.num_blocks // 2
         for i in range(1, self.num_blocks + 1):
-            x = block(
-                8 * f,
-                self.rates,
-                self.block_type,
-                settings=self.settings,
-                name=f"bottleneck{i}",
-            )(x)
+            block = residual_block(8 * f, self.rates, self.block_type, self.settings, self.remat)
+            x = block(name=f"bottleneck{i}")(x)
             if i == first_half and self.attention != "none":
                 x = attention(8 * f, "attention_1_16")(x)
 

@@ -49,10 +49,11 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> d
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
-def compiled_flops(compiled: Any) -> float | None:
-    """FLOPs of a compiled XLA program from its cost analysis (None if unavailable)."""
+def lowered_flops(lowered: Any) -> float | None:
+    """FLOPs of a lowered (not yet compiled or partitioned) program from XLA's cost analysis
+    (None if unavailable)."""
     try:
-        analysis = compiled.cost_analysis()
+        analysis = lowered.cost_analysis()
     except Exception:  # some backends have no cost analysis
         return None
     if isinstance(analysis, list):

@@ -17,14 +17,16 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from deepgin_jax.inference import Inpainter
+from deepgin_jax.inference import Inpainter, default_max_batch
 from deepgin_jax.models import DeepGIN
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["256x256", "512x512"], "WIDTHxHEIGHT of the images.")
 flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (float32, bfloat16).")
 flags.DEFINE_integer("width", 64, "base_features of the generator (64 = the paper's).")
-flags.DEFINE_integer("max_batch", 16, "Most sub-images per network call.")
+flags.DEFINE_integer(
+    "max_batch", 0, "Most sub-images per network call (0: the backend's default, 4 on a CPU)."
+)
 flags.DEFINE_integer("repeats", 5, "Timed calls per size.")
 flags.DEFINE_string("out", "benchmarks/results", "Where to write the results.")
 
@@ -61,7 +63,10 @@ def main(argv: list[str]) -> None:
     rows = []
     for dtype_name in FLAGS.dtypes:
         inpainter = Inpainter.from_model(
-            model, variables, dtype=DTYPES[dtype_name], max_batch=FLAGS.max_batch
+            model,
+            variables,
+            dtype=DTYPES[dtype_name],
+            max_batch=FLAGS.max_batch or default_max_batch(),
         )
         for size in FLAGS.sizes:
             width, height = map(int, size.split("x"))

@@ -14,6 +14,7 @@ def get_config(variant: str | None = None):
     config.data.dataset = "celebahq"
     config.optim.constant_steps = 10 * STEPS_PER_EPOCH
     config.optim.decay_steps = 90 * STEPS_PER_EPOCH
+    config.optim.decay_every = STEPS_PER_EPOCH
     config.warmup_steps = 10 * STEPS_PER_EPOCH
     config.gan_steps = 100 * STEPS_PER_EPOCH
     return apply_variant(config, variant)

@@ -27,6 +27,7 @@ def get_config(variant: str | None = None):
     config.gan_steps = 100
     config.optim.constant_steps = 50
     config.optim.decay_steps = 50
+    config.optim.decay_every = 1
     config.log_every_steps = 10
     config.sample_every_steps = 50
     config.checkpoint_every_steps = 50

@@ -24,6 +24,7 @@ def get_config(variant: str | None = None):
     config.gan_steps = 8_000
     config.optim.constant_steps = 4_000
     config.optim.decay_steps = 4_000
+    config.optim.decay_every = 1
     config.optim.g_clip_norm = 3.0
     config.log_every_steps = 50
     config.sample_every_steps = 500

@@ -33,7 +33,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.attention = "multiscale"  # multiscale | single | none
     config.model.back_projection = True
     config.model.coarse_only = False
-    config.model.attention_impl = ""  # "" (XLA picks), "xla" or "cudnn"
+    # "" (automatic: "chunked" on CPUs, jax.nn.dot_product_attention's choice elsewhere),
+    # "xla", "cudnn" (the fused kernel on NVIDIA GPUs) or "chunked" (see models/attention.py).
+    config.model.attention_impl = ""
     config.model.remat = False  # rematerialise the residual blocks to save memory
     # Initial kernels: Kaiming-normal times this (0.1 = the reference, spec 5.6).
     config.model.init_scale = 0.1
@@ -58,10 +60,13 @@ def default_config() -> ml_collections.ConfigDict:
     config.optim.b1 = 0.5
     config.optim.b2 = 0.999
     config.optim.eps = 1e-8
-    # GAN stage: constant for 10 epochs, then linear decay to zero over 90 (paper sec. 5.1,
-    # spec 5.3). constant_steps + decay_steps should equal gan_steps (a warning otherwise).
+    # GAN stage: constant for 10 epochs, then linear decay over 90 (paper sec. 5.1, spec 5.3).
+    # constant_steps + decay_steps should equal gan_steps (a warning otherwise). The rate drops
+    # every decay_every steps: once an epoch as the reference (ending at 1/90 of it); 1 = every
+    # step, down to zero. decay_steps must be a multiple of it.
     config.optim.constant_steps = 10 * ADE20K_STEPS_PER_EPOCH
     config.optim.decay_steps = 90 * ADE20K_STEPS_PER_EPOCH
+    config.optim.decay_every = ADE20K_STEPS_PER_EPOCH
     # 0 = no clipping (the challenge-time code); 3.0 = the reference after 2020-09-11.
     config.optim.g_clip_norm = 0.0
     # The reference's norm also counts the discriminator gradients that L_G produces.
@@ -127,6 +132,7 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
     config.loss.style_weight = 0.0
     config.optim.constant_steps = 1
     config.optim.decay_steps = 1
+    config.optim.decay_every = 1
     config.warmup_steps = 2
     config.gan_steps = 2
     config.log_every_steps = 1

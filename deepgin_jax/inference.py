@@ -488,18 +488,14 @@ def default_max_batch() -> int:
     return 4 if jax.default_backend() == "cpu" else 16
 
 
-_trace_count = 0
-
-
-def forward_trace_count() -> int:
-    """How many times the generator's forward pass has been traced (compiled) in this process."""
-    return _trace_count
+def forward_cache_size() -> int:
+    """How many compiled forms of the generator's forward pass this process holds (one per
+    model configuration and input shape)."""
+    return _reconstruct._cache_size()
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _reconstruct(model: DeepGIN, variables: Any, masked: jax.Array, mask: jax.Array) -> jax.Array:
-    global _trace_count
-    _trace_count += 1  # runs at trace time only
     return model.apply(variables, masked, mask).reconstructed
 
 

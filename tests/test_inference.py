@@ -536,7 +536,7 @@ def test_tiny_generator_on_odd_sizes_compiles_once_per_shape(tiny_inpainter):
         assert out.shape == image.shape and out.dtype == np.uint8
         np.testing.assert_array_equal(out[~mask], image[~mask])
         assert (out[mask] != 255).any()  # the holes were filled, not left white
-        counts.append(inference.forward_trace_count())
+        counts.append(inference.forward_cache_size())
     # 300x200 (20 sub-images of 64x64) compiled (4, 64, 64); 1000x700 (176) reused it.
     assert counts[2] == counts[1]
     assert tiny_inpainter.batch_shapes == {(1, 40, 56), (4, 64, 64)}
@@ -549,8 +549,8 @@ def test_checkpoint_path_and_in_memory_model_agree(tiny_inpainter):
     in_memory = Inpainter.from_model(model, variables, max_batch=4, tile_size=64)
     image = random_image(37, 53, seed=9)
     mask = block_mask(37, 53)
-    before = inference.forward_trace_count()
+    before = inference.forward_cache_size()
     np.testing.assert_array_equal(
         in_memory.inpaint(image, mask), tiny_inpainter.inpaint(image, mask)
     )
-    assert inference.forward_trace_count() == before  # same configuration, shared executable
+    assert inference.forward_cache_size() == before  # same configuration, shared executable

@@ -55,6 +55,16 @@ def test_lr_schedule_is_constant_then_linear_to_zero():
     assert float(schedule(500)) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_lr_schedule_once_per_epoch_follows_the_reference():
+    # Epochs of 10 steps: 1-11 at the base rate; epoch e >= 12 at 1 - (e - 11)/90 of it.
+    schedule = train_lib.lr_schedule(1e-4, constant_steps=100, decay_steps=900, decay_every=10)
+    for epoch in range(1, 101):
+        expected = 1e-4 * (1 - max(0, epoch - 11) / 90)
+        for step in (10 * (epoch - 1), 10 * epoch - 1):
+            assert float(schedule(step)) == pytest.approx(expected, rel=1e-6), (epoch, step)
+    assert float(schedule(999)) == pytest.approx(1e-4 / 90, rel=1e-6)
+
+
 def test_gradient_clipping_matches_torch():
     rng = np.random.default_rng(0)
     grads = {
@@ -369,6 +379,7 @@ def test_config_is_locked_and_every_config_file_loads(tmp_path):
             assert config.is_locked, path
             if variant and "smoke" in variant:
                 train_lib.validate_config(config)
+            assert config.optim.decay_steps % config.optim.decay_every == 0, path
     paper = load_module(REPO / "configs" / "ade20k.py").get_config("smoke,paper_losses").loss
     assert (paper.style_mode, paper.tv_mode, paper.vgg_taps) == ("l1", "l1", "paper")
     assert paper.discriminator_scale == 1.0 and paper.vgg_layer_weights == (1.0,) * 5
@@ -391,9 +402,13 @@ def test_zero_frequencies_and_schedule_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="absl"):
         train_lib.validate_config(smoke_config())
         assert "gan_steps" not in caplog.text
+        with pytest.raises(ValueError, match="decay_every must be >= 1 and divide"):
+            train_lib.validate_config(smoke_config(**{"optim.decay_every": 0}))
+        with pytest.raises(ValueError, match="decay_every=2, decay_steps=1"):
+            train_lib.validate_config(smoke_config(**{"optim.decay_every": 2}))
         train_lib.validate_config(smoke_config(gan_steps=5))
     assert "= 1 + 1 = 2, but gan_steps = 5" in caplog.text
-    assert "reaches zero before the last GAN steps" in caplog.text
+    assert "ends its decay before the last GAN steps" in caplog.text
 
 
 def test_the_warmup_checkpoint_is_kept_beside_the_latest(tmp_path):

@@ -17,6 +17,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from deepgin_jax.models.attention import unscaled_attention, validate_implementation
 from deepgin_jax.models.layers import (
     EdgePaddedConv,
     edge_padded_conv_padding,
@@ -133,7 +134,8 @@ class SelfAttention(nn.Module):
     """The non-local (embedded Gaussian) self-attention block of spec 2.5.
 
     theta, phi, g: 1x1 convs C -> C/2; softmax(theta phi^T) over the keys with no 1/sqrt(d)
-    scale; a 1x1 output conv C/2 -> C; residual add with no learnable gamma.
+    scale; a 1x1 output conv C/2 -> C; residual add with no learnable gamma. `implementation`:
+    see `attention.unscaled_attention`.
     """
 
     features: int
@@ -148,14 +150,11 @@ class SelfAttention(nn.Module):
         def project(name: str, features: int, y: Array) -> Array:
             return self.settings.conv(features, 1, pad=0, name=name)(y)
 
-        def tokens(y: Array) -> Array:  # [N, H, W, D] -> [N, H*W, 1 head, D], row-major (h, w)
-            return y.reshape(n, h * w, 1, inner)
+        def tokens(name: str) -> Array:  # [N, H, W, C] -> [N, H*W, C/2], row-major (h, w)
+            return project(name, inner, x).reshape(n, h * w, inner)
 
-        query = tokens(project("theta", inner, x))
-        key = tokens(project("phi", inner, x))
-        value = tokens(project("g", inner, x))
-        attended = jax.nn.dot_product_attention(
-            query, key, value, scale=1.0, implementation=self.implementation
+        attended = unscaled_attention(
+            tokens("theta"), tokens("phi"), tokens("g"), self.implementation
         )
         return x + project("out", c, attended.reshape(n, h, w, inner))
 
@@ -307,6 +306,7 @@ class DeepGIN(nn.Module):
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {self.block_type!r}")
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        validate_implementation(self.attention_impl)
         settings = ConvSettings(self.dtype, self.crop_padding, self.init_scale)
         self.coarse = CoarseGenerator(
             self.base_features,

@@ -38,6 +38,7 @@ from absl import logging
 from deepgin_jax import checkpointing, losses, metric_writers, metrics, sharding
 from deepgin_jax.data import pipeline
 from deepgin_jax.models import SPECTRAL_COLLECTION, DeepGIN, MultiScaleDiscriminator
+from deepgin_jax.models.attention import validate_implementation
 from deepgin_jax.models.generator import DeepGINOutput
 
 Array = jax.Array
@@ -132,6 +133,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
     if unknown:
         raise ValueError(f"unknown config.model keys: {sorted(unknown)}")
+    validate_implementation(config.model.attention_impl or None, "model.attention_impl")
     losses.validate_loss_config(config.loss)
     pipeline.validate_data_config(config.data, jax.process_count())
     if config.loss.feature_matching:

@@ -104,6 +104,8 @@ def test_config_typos_and_bad_values_are_errors_naming_the_key(tmp_path):
         train_lib.validate_config(smoke_config(compute_dtype="float8"))
     with pytest.raises(ValueError, match="vgg_weights"):
         train_lib.validate_config(smoke_config(**{"loss.perceptual_weight": 0.05}))
+    with pytest.raises(ValueError, match=r"model\.attention_impl must be one of .*got 'cudn'"):
+        train_lib.validate_config(smoke_config(**{"model.attention_impl": "cudn"}))
     with pytest.raises(ValueError, match="unknown config variant 'smok'"):
         config_lib.apply_variant(config_lib.default_config(), "smok")
 

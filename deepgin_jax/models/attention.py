@@ -21,10 +21,13 @@ IMPLEMENTATIONS = ("xla", "cudnn", "chunked")
 CHUNK_LOGITS = 2**21
 
 
-def validate_implementation(implementation: str | None) -> None:
+def validate_implementation(
+    implementation: str | None, name: str = "attention implementation"
+) -> None:
+    """Raises ValueError naming `name` unless `implementation` is None or one of IMPLEMENTATIONS."""
     if implementation is not None and implementation not in IMPLEMENTATIONS:
         raise ValueError(
-            f"attention implementation must be one of {IMPLEMENTATIONS} or None (automatic), "
+            f"{name} must be one of {IMPLEMENTATIONS} or automatic (None; '' in a config), "
             f"got {implementation!r}"
         )
 

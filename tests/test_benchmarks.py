@@ -1,0 +1,53 @@
+"""The training-step benchmark: it runs, writes its tables, and counts every FLOP of the step."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from deepgin_jax import config as config_lib
+from deepgin_jax import train_lib
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTH, SIZE, BATCH = 8, 256, 2  # 256 px: the 1/4-scale attention has 4096 tokens (chunked)
+
+
+def warmup_step_flops(attention_impl: str, compiled: bool) -> float:
+    config = config_lib.default_config()
+    config.model.base_features = WIDTH
+    config.model.attention_impl = attention_impl
+    setup = train_lib.build_setup(config)
+    state = jax.eval_shape(
+        functools.partial(train_lib.init_train_state, setup, crop_size=SIZE), jax.random.key(0)
+    )
+    batch = {
+        "image": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8),
+        "mask": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 1), jnp.uint8),
+    }
+    lowered = jax.jit(functools.partial(train_lib.warmup_step, setup=setup)).lower(state, batch)
+    return (lowered.compile() if compiled else lowered).cost_analysis()["flops"]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the chunked attention is CPU-only")
+def test_train_step_benchmark_counts_the_chunked_attention_in_full(tmp_path):
+    command = [
+        sys.executable, "-m", "benchmarks.train_step", "--stage=warmup", f"--width={WIDTH}",
+        f"--size={SIZE}", f"--batches={BATCH}", "--repeats=1", "--novgg", f"--out={tmp_path}",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True)
+    results = tmp_path / "cpu-x1"
+    (row,) = json.loads((results / "train_step_warmup.json").read_text())["rows"]
+    assert (row["stage"], row["batch"], row["width"]) == ("warmup", BATCH, WIDTH)
+    assert row["step_ms"] > 0 and "| warmup |" in (results / "train_step_warmup.md").read_text()
+    # XLA's cost analysis of the compiled CPU step counts the chunked attention's loop body once.
+    loop_counted_once = warmup_step_flops("chunked", compiled=True)
+    every_flop = warmup_step_flops("xla", compiled=False)
+    assert row["tflop_per_step"] * 1e12 == pytest.approx(every_flop, rel=1e-6)
+    assert every_flop > 1.05 * loop_counted_once

@@ -34,6 +34,7 @@ class OpenCVInpainter(WholeImageInpainter):
             raise ValueError(f"method must be one of {sorted(OPENCV_METHODS)}, got {method!r}")
         if radius <= 0:
             raise ValueError(f"radius must be positive, got {radius}")
+        super().__init__()
         self.method = method
         self.radius = float(radius)
 

@@ -1,12 +1,14 @@
-"""Reading and writing photos and masks: every pixel format a user may hand us becomes RGB.
+"""Photos and masks in every pixel format a user may hand us, and their files.
 
-`load_image` accepts JPEG, PNG (8 and 16 bit), WebP and the other formats Pillow reads, in any
-mode (grayscale, grayscale+alpha, palette, RGBA, CMYK, 16-bit), applies the EXIF orientation,
-and returns the RGB pixels with the alpha channel, EXIF and ICC profile kept apart so that
-`save_image` can write them back. Pixels are uint8, or with `keep_16_bit=True` uint16 for a
-16-bit source (a 16-bit PNG of any colour type, or a 16-bit grayscale image of another format).
-Pillow reads 16-bit colour PNGs as 8 bit, so every 16-bit PNG is decoded with OpenCV (reduced
-to 8 bits by rounding v / 257 unless 16 bits are kept). Unreadable input raises
+This module owns pixel formats: Pillow modes, 16 bits, alpha, EXIF and the mask convention.
+
+Files. `load_image` accepts JPEG, PNG (8 and 16 bit), WebP and the other formats Pillow reads,
+in any mode (grayscale, grayscale+alpha, palette, RGBA, CMYK, 16-bit), applies the EXIF
+orientation, and returns the RGB pixels with the alpha channel, EXIF and ICC profile kept apart
+so that `save_image` can write them back. Pixels are uint8, or with `keep_16_bit=True` uint16
+for a 16-bit source (a 16-bit PNG of any colour type, or a 16-bit grayscale image of another
+format). Pillow reads 16-bit colour PNGs as 8 bit, so every 16-bit PNG is decoded with OpenCV
+(reduced to 8 bits by rounding v / 257 unless 16 bits are kept). Unreadable input raises
 `ImageReadError`, which names the file and the reason.
 
 `save_image` writes uint8 pixels as 8-bit and uint16 pixels as 16-bit PNG (with OpenCV; the ICC
@@ -14,8 +16,16 @@ profile and EXIF are added as PNG chunks). JPEG and WebP hold 8 bits only: 16-bi
 rounded to 8 bits for them, with a warning. WebP is written losslessly by default (every pixel
 kept, also the colour under transparent pixels); JPEG is always lossy.
 
-Masks on disk are 8-bit PNG with 255 = hole; `load_mask` also accepts RGB, 16-bit and painted
-alpha layers and binarises them (value > threshold = hole).
+Masks. White = hole. `mask_values` reads a mask of any form (a PIL image of any mode; an array
+[H, W] / [H, W, 1|2|3|4] of bool, uint8, uint16 or float in [0, 1]) as grey values on the 0-255
+scale: colour through its luminance, 16 bits divided by 257; a mask with alpha whose colour is
+constant is a painted layer and its alpha is the mask. `read_mask` decodes a mask file as
+`load_image` decodes a photo (EXIF orientation, 16-bit PNG); `load_mask` binarises it
+(value > threshold = hole). `save_mask` writes 8-bit PNG with 255 = hole.
+
+In memory. `as_rgb` turns an image as a caller may hold it (an array of gray, gray+alpha, RGB
+or RGBA, of uint8, uint16 or float; a PIL image of any mode) into RGB [H, W, 3] and gives back
+a function that returns processed RGB to the caller's type, shape, dtype and mode, alpha kept.
 """
 
 from __future__ import annotations
@@ -25,8 +35,9 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -37,10 +48,16 @@ from deepgin_jax.atomic import atomic_write
 
 ImageSource = str | os.PathLike | bytes | BinaryIO
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+MASK_SUFFIX = "_mask"  # "photo_mask.png" is the mask of "photo.png", not a photo
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_ARRAY_MODES = frozenset({"L", "LA", "RGB", "RGBA"})  # modes NumPy and Pillow exchange as is
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's RGB -> L
+
 # Extension -> Pillow format name for writing.
 _WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP"})
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IHDR_END = 33  # signature (8) + IHDR length, type, 13 data bytes and CRC (25)
 _PNG_COMPRESSION = 6  # zlib level, Pillow's default
@@ -48,6 +65,241 @@ _PNG_COMPRESSION = 6  # zlib level, Pillow's default
 
 class ImageReadError(ValueError):
     """An image or mask file that cannot be decoded; the message names the file and the reason."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel formats
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """16-bit levels rounded to the nearest 8-bit level, round(v / 257) (8-bit v * 257 comes
+    back exactly); uint8 unchanged. Values outside 0-65535 are clipped."""
+    if values.dtype == np.uint8:
+        return values
+    return np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+
+
+def to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 pixels scaled to float32 [0, 1]; float pixels clipped to [0, 1]."""
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) / np.float32(255.0)
+    if pixels.dtype == np.uint16:
+        return (pixels / 65535.0).astype(np.float32)
+    return np.clip(pixels, 0.0, 1.0)
+
+
+def convert_pixels(pixels: np.ndarray, dtype: Any) -> np.ndarray:
+    """Pixels as uint8, uint16 or float in [0, 1], rounding to the nearest integer level
+    (uint16 -> uint8 is round(v / 257), uint8 -> uint16 is v * 257, both exact inverses)."""
+    dtype = np.dtype(dtype)
+    if pixels.dtype == dtype and dtype in (np.uint8, np.uint16):
+        return pixels
+    if pixels.dtype == np.uint16 and dtype == np.uint8:
+        return to_uint8(pixels)
+    if pixels.dtype == np.uint8 and dtype == np.uint16:
+        return pixels.astype(np.uint16) * np.uint16(257)
+    if dtype == np.uint8:  # float -> uint8 in float32 arithmetic, as always
+        return np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if dtype == np.uint16:
+        unit = np.clip(pixels.astype(np.float64), 0.0, 1.0)
+        return np.rint(unit * 65535.0).astype(np.uint16)
+    return to_unit_float(pixels).astype(dtype)
+
+
+def full_scale(dtype: Any) -> int | float:
+    """The value of white: 255 for uint8, 65535 for uint16, 1.0 for float."""
+    return {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(np.dtype(dtype), 1.0)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """Gray [H, W] of RGB [H, W, 3] in rgb's dtype (PIL's RGB -> L for uint8)."""
+    if rgb.dtype == np.uint8:
+        return np.asarray(Image.fromarray(rgb).convert("L"))
+    if rgb.dtype == np.uint16:
+        gray = np.rint(rgb.astype(np.float64) @ LUMA_WEIGHTS)
+        return np.clip(gray, 0, 65535).astype(np.uint16)
+    return rgb @ LUMA_WEIGHTS.astype(rgb.dtype)
+
+
+def _colour_and_alpha(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gray [H, W, 1] or RGB [H, W, 3], and alpha [H, W, 0|1], of planes [H, W, 1|2|3|4]."""
+    colours = 1 if planes.shape[-1] <= 2 else 3
+    return planes[..., :colours], planes[..., colours:]
+
+
+def pil_planes(img: Image.Image, *, keep_16_bit: bool = False) -> np.ndarray:
+    """The pixels of a Pillow image of any mode: [H, W] gray, or [H, W, 2|3|4] gray + alpha,
+    RGB or RGBA; uint8, or with `keep_16_bit` uint16 for 16-bit gray holding 0-65535.
+
+    16-bit gray is otherwise rounded to 8 bits (v / 257), "F" rounded to 8-bit gray; palette,
+    CMYK and the other modes become RGB, or RGBA when they carry transparency; gray with a
+    transparent colour becomes gray + alpha.
+    """
+    mode = img.mode
+    if mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(img)
+        if keep_16_bit and values.size and values.min() >= 0 and values.max() <= 65535:
+            return values.astype(np.uint16)
+        return to_uint8(values)
+    if mode == "F":
+        return np.clip(np.rint(np.asarray(img, np.float64)), 0, 255).astype(np.uint8)
+    if mode == "L" and "transparency" in img.info:
+        img = img.convert("LA")
+    elif mode not in _ARRAY_MODES:
+        has_alpha = mode in ALPHA_MODES or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    return np.array(img)
+
+
+@dataclasses.dataclass(frozen=True)
+class RGBView:
+    """An image as RGB, and the way back to the caller's type (`as_rgb`).
+
+    rgb: [H, W, 3], uint8, uint16 or float32 in [0, 1].
+    restore(rgb_out, changed): rgb_out [H, W, 3] in rgb's dtype, changed bool [H, W] -> the
+      caller's type, shape, dtype (PIL: mode and info); outside `changed` the caller's own
+      pixels, alpha untouched.
+    """
+
+    rgb: np.ndarray
+    restore: Callable[[np.ndarray, np.ndarray], Any]
+
+
+def _array_rgb(image: np.ndarray) -> RGBView:
+    if image.dtype not in (np.uint8, np.uint16) and not np.issubdtype(image.dtype, np.floating):
+        raise TypeError(f"image must be uint8, uint16 or float in [0, 1], got dtype {image.dtype}")
+    if image.ndim == 2:
+        planes, squeeze = image[..., None], True
+    elif image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4):
+        planes, squeeze = image, False
+    else:
+        raise ValueError(f"image must be [H, W] or [H, W, 1|2|3|4], got shape {image.shape}")
+    colour, alpha = _colour_and_alpha(planes)
+    work = colour if image.dtype in (np.uint8, np.uint16) else colour.astype(np.float32)
+    if colour.shape[-1] == 1:
+        work = np.repeat(work, 3, axis=-1)
+
+    def restore(rgb: np.ndarray, changed: np.ndarray) -> np.ndarray:
+        new = rgb if colour.shape[-1] == 3 else _luma(rgb)[..., None]
+        out = np.where(changed[..., None], new.astype(image.dtype), colour)
+        if alpha.shape[-1]:
+            out = np.concatenate([out, alpha], axis=-1)
+        return out[..., 0] if squeeze else out
+
+    return RGBView(np.ascontiguousarray(work), restore)
+
+
+def _sixteen_bit_image(values: np.ndarray, mode: str) -> Image.Image:
+    """uint16 [H, W] as a PIL image of `mode` ("I;16", "I;16L", "I;16B", "I;16N", "I")."""
+    if mode == "I":
+        return Image.fromarray(values.astype(np.int32))
+    byte_order = {"I;16B": ">u2", "I;16N": "=u2"}.get(mode, "<u2")
+    height, width = values.shape
+    return Image.frombytes(mode, (width, height), values.astype(byte_order).tobytes())
+
+
+def _pil_rgb(image: Image.Image) -> RGBView:
+    mode, info = image.mode, dict(image.info)
+    if mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(
+                f"a mode {mode} image must hold 16-bit values (0-65535), got "
+                f"{values.min()}..{values.max()}"
+            )
+    planes = np.asarray(image) if mode in _ARRAY_MODES else pil_planes(image, keep_16_bit=True)
+    view = _array_rgb(planes)
+
+    def restore(rgb: np.ndarray, changed: np.ndarray) -> Image.Image:
+        pixels = view.restore(rgb, changed)
+        if mode in SIXTEEN_BIT_MODES:
+            out = _sixteen_bit_image(pixels, mode)
+        else:
+            out = Image.fromarray(pixels)  # L, LA, RGB or RGBA, as `planes`
+        out.info.update(info)
+        return out
+
+    return RGBView(view.rgb, restore)
+
+
+def as_rgb(image: Any) -> RGBView:
+    """RGB [H, W, 3] of a caller's image, and the way back to its type.
+
+    image: np.ndarray [H, W] / [H, W, 1|2|3|4] (gray, gray + alpha, RGB, RGBA) of uint8, uint16
+      or float in [0, 1] (float becomes float32), or a PIL image of any mode ("I;16" / "I"
+      kept at 16 bits, palette and other modes as RGB(A)).
+    """
+    if isinstance(image, Image.Image):
+        return _pil_rgb(image)
+    if isinstance(image, np.ndarray):
+        return _array_rgb(image)
+    raise TypeError(f"image must be a numpy array or a PIL image, got {type(image).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+
+
+def _array_mask_scale(mask: np.ndarray) -> np.ndarray:
+    if mask.dtype == np.bool_:
+        return mask.astype(np.float32) * 255.0
+    if mask.dtype == np.uint8:
+        return mask.astype(np.float32)
+    if mask.dtype == np.uint16:
+        return mask.astype(np.float32) / 257.0
+    if np.issubdtype(mask.dtype, np.floating):
+        return mask.astype(np.float32) * 255.0
+    raise TypeError(
+        f"mask dtype {mask.dtype} is ambiguous: pass bool (True = hole), uint8 (255 = hole), "
+        "uint16 or float in [0, 1]"
+    )
+
+
+def _array_mask_values(mask: np.ndarray) -> np.ndarray:
+    values = _array_mask_scale(mask)
+    if values.ndim == 3 and values.shape[-1] == 1:
+        values = values[..., 0]
+    if values.ndim == 2:
+        return values
+    if values.ndim != 3 or values.shape[-1] not in (2, 3, 4):
+        raise ValueError(f"mask must be [H, W] or [H, W, 1|2|3|4], got shape {mask.shape}")
+    colour, alpha = _colour_and_alpha(values)
+    if alpha.shape[-1] and (colour == colour.reshape(-1, colour.shape[-1])[0]).all():
+        return alpha[..., 0]  # a painted layer: constant colour, the strokes in the alpha
+    if colour.shape[-1] == 1:
+        return colour[..., 0]
+    if mask.dtype == np.uint8:
+        return np.asarray(Image.fromarray(mask[..., :3], "RGB").convert("L"), np.float32)
+    return (colour @ LUMA_WEIGHTS).astype(np.float32)
+
+
+def mask_values(mask: Any) -> np.ndarray:
+    """A mask's grey values on the 0-255 scale: float32 [H, W] (255 = hole).
+
+    mask: a PIL image (any mode) or an array [H, W] / [H, W, 1|2|3|4] of bool (True = 255),
+      uint8, uint16 (divided by 257) or float in [0, 1] (times 255). Colour counts through its
+      luminance; a mask with alpha whose colour is constant is a painted layer, and its alpha
+      channel is the mask.
+    """
+    if isinstance(mask, Image.Image):
+        if mask.mode == "P":
+            mask = mask.convert("RGBA" if "transparency" in mask.info else "L")
+        if mask.mode == "1":
+            return np.asarray(mask, np.float32) * 255.0
+        if mask.mode in SIXTEEN_BIT_MODES:
+            return np.asarray(mask).astype(np.float32) / 257.0
+        if mask.mode == "F":
+            return np.asarray(mask, np.float32)
+        if mask.mode in ALPHA_MODES:
+            return _array_mask_values(np.asarray(mask.convert("RGBA")))
+        return np.asarray(mask.convert("L"), np.float32)
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask must be a numpy array or a PIL image, got {type(mask).__name__}")
+    return _array_mask_values(mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +335,18 @@ class LoadedImage:
         return self.rgb.shape[1]
 
 
+def is_image_file(path: Path) -> bool:
+    """A file with one of IMAGE_EXTENSIONS."""
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name, without the `*_mask.*` files."""
+    return sorted(
+        p for p in Path(folder).iterdir() if is_image_file(p) and not p.stem.endswith(MASK_SUFFIX)
+    )
+
+
 def _describe(source: ImageSource, name: str | None) -> str:
     if name:
         return name
@@ -93,13 +357,9 @@ def _describe(source: ImageSource, name: str | None) -> str:
     return getattr(source, "name", "<stream>")
 
 
-def _open_decoded(source: ImageSource, label: str) -> Image.Image:
-    """Opens and fully decodes `source` (so truncation is caught here), as an upright image."""
-    return _open_oriented(source, label)[0]
-
-
-def _open_oriented(source: ImageSource, label: str) -> tuple[Image.Image, int]:
-    """`_open_decoded`, and the EXIF orientation (1-8) that was applied to make it upright."""
+def _open_oriented(source: str | os.PathLike | bytes, label: str) -> tuple[Image.Image, int]:
+    """The fully decoded image (so truncation is caught here), upright, and the EXIF
+    orientation (1-8) that was applied to make it so."""
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
@@ -133,23 +393,6 @@ def _exif_without_orientation(img: Image.Image) -> bytes | None:
     return exif.tobytes()
 
 
-def _sixteen_bit_to_uint8(img: Image.Image) -> np.ndarray:
-    values = np.asarray(img).astype(np.float64)
-    return np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
-
-
-def _uint16_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Rounds 16-bit levels to the nearest 8-bit level (v / 257; 8-bit v * 257 comes back)."""
-    return np.rint(values / 257.0).astype(np.uint8)
-
-
-def _png_bit_depth(data: bytes) -> int | None:
-    """The bit depth in a PNG's IHDR chunk, or None for data that is not a PNG."""
-    if len(data) < _PNG_IHDR_END or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return None
-    return data[24]
-
-
 def _source_bytes(source: str | os.PathLike | bytes, label: str, size: int = -1) -> bytes:
     """The encoded data of a path or bytes (the first `size` bytes if size >= 0)."""
     if isinstance(source, bytes):
@@ -161,8 +404,11 @@ def _source_bytes(source: str | os.PathLike | bytes, label: str, size: int = -1)
         raise ImageReadError(f"{label}: cannot read the file ({e})") from e
 
 
-def _png_header(source: str | os.PathLike | bytes, label: str) -> bytes:
-    return _source_bytes(source, label, _PNG_IHDR_END)
+def _is_16_bit_png(source: str | os.PathLike | bytes, label: str) -> bool:
+    """Whether the IHDR chunk of a PNG says 16 bits per sample."""
+    header = _source_bytes(source, label, _PNG_IHDR_END)
+    is_png = header.startswith(_PNG_SIGNATURE) and header[12:16] == b"IHDR"
+    return len(header) >= _PNG_IHDR_END and is_png and header[24] == 16
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -180,50 +426,33 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(upright(pixels))
 
 
-def _decode_16_bit_png(
-    data: bytes, orientation: int, label: str
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint16 RGB `[H, W, 3]` and alpha `[H, W]` (or None) of a 16-bit PNG, upright, through
-    OpenCV (Pillow reduces 16-bit colour to 8 bits)."""
+def _decode_16_bit_png(data: bytes, orientation: int, label: str) -> np.ndarray:
+    """uint16 planes of a 16-bit PNG, upright: gray [H, W], RGB [H, W, 3] or RGBA [H, W, 4];
+    through OpenCV (Pillow reduces 16-bit colour to 8 bits)."""
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.dtype != np.uint16:
         raise ImageReadError(f"{label}: OpenCV cannot decode this 16-bit PNG")
     pixels = _orient(pixels, orientation)
     if pixels.ndim == 2:
-        return np.repeat(pixels[..., None], 3, axis=-1), None
+        return pixels
     if pixels.shape[-1] == 4:
-        return np.ascontiguousarray(pixels[..., 2::-1]), np.ascontiguousarray(pixels[..., 3])
-    return np.ascontiguousarray(pixels[..., ::-1]), None  # BGR -> RGB
+        return np.ascontiguousarray(pixels[..., [2, 1, 0, 3]])  # BGRA -> RGBA
+    return np.ascontiguousarray(pixels[..., ::-1])  # BGR -> RGB
 
 
-def _split_rgb_alpha(
-    img: Image.Image, keep_16_bit: bool = False
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint8 `[H, W, 3]` colour and optional uint8 `[H, W]` alpha for any Pillow mode (uint16
-    colour for 16-bit grayscale when `keep_16_bit`)."""
-    mode = img.mode
-    if keep_16_bit and mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(img)
-        if values.size and values.min() >= 0 and values.max() <= 65535:
-            return np.repeat(values.astype(np.uint16)[..., None], 3, axis=-1), None
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        mode = img.mode
-    elif mode == "L" and "transparency" in img.info:
-        img = img.convert("LA")
-        mode = img.mode
-    if mode in _SIXTEEN_BIT_MODES:
-        gray = _sixteen_bit_to_uint8(img)
-        return np.repeat(gray[..., None], 3, axis=-1), None
-    if mode == "F":
-        gray = np.clip(np.rint(np.asarray(img, np.float64)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1), None
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
-        rgba = np.asarray(img.convert("RGBA"))
-        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
-    if mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, np.uint8).copy(), None
+def _decode(source: ImageSource, label: str, keep_16_bit: bool) -> tuple[np.ndarray, Image.Image]:
+    """The upright planes of an image file (`pil_planes`'s layout; uint16 only with
+    `keep_16_bit`) and the opened image, for its metadata."""
+    if not isinstance(source, (str, os.PathLike, bytes)):
+        source = source.read()  # a stream may have to be decoded twice (16-bit PNG)
+    img, orientation = _open_oriented(source, label)
+    if img.format == "PNG" and _is_16_bit_png(source, label):
+        planes = _decode_16_bit_png(_source_bytes(source, label), orientation, label)
+        return (planes if keep_16_bit else to_uint8(planes)), img
+    try:
+        return pil_planes(img, keep_16_bit=keep_16_bit), img
+    except (OSError, ValueError) as e:
+        raise ImageReadError(f"{label}: cannot convert mode {img.mode} to RGB ({e})") from e
 
 
 def load_image(
@@ -239,26 +468,15 @@ def load_image(
     Raises:
       ImageReadError: missing, truncated, corrupt or unrecognised data.
     """
-    label = _describe(source, name)
-    if not isinstance(source, (str, os.PathLike, bytes)):
-        source = source.read()  # a stream may have to be decoded twice (16-bit PNG)
-    img, orientation = _open_oriented(source, label)
-    if img.format == "PNG" and _png_bit_depth(_png_header(source, label)) == 16:
-        rgb, alpha = _decode_16_bit_png(_source_bytes(source, label), orientation, label)
-        if not keep_16_bit:
-            rgb = _uint16_to_uint8(rgb)
-            alpha = None if alpha is None else _uint16_to_uint8(alpha)
-    else:
-        try:
-            rgb, alpha = _split_rgb_alpha(img, keep_16_bit)
-        except (OSError, ValueError) as e:
-            raise ImageReadError(f"{label}: cannot convert mode {img.mode} to RGB ({e})") from e
-    icc_profile = None if img.mode == "CMYK" else img.info.get("icc_profile") or None
+    planes, img = _decode(source, _describe(source, name), keep_16_bit)
+    colour, alpha = _colour_and_alpha(planes if planes.ndim == 3 else planes[..., None])
     return LoadedImage(
-        rgb=rgb,
-        alpha=alpha,
+        rgb=np.repeat(colour, 3, axis=-1)
+        if colour.shape[-1] == 1
+        else np.ascontiguousarray(colour),
+        alpha=np.ascontiguousarray(alpha[..., 0]) if alpha.shape[-1] else None,
         exif=_exif_without_orientation(img),
-        icc_profile=icc_profile,
+        icc_profile=None if img.mode == "CMYK" else img.info.get("icc_profile") or None,
         format=img.format or "",
     )
 
@@ -268,26 +486,14 @@ def read_rgb(source: ImageSource, *, name: str | None = None) -> np.ndarray:
     return load_image(source, name=name).rgb
 
 
-def _mask_values(img: Image.Image) -> np.ndarray:
-    """The mask's grey values on a 0-255 scale, float `[H, W]`."""
-    mode = img.mode
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "L")
-        mode = img.mode
-    if mode == "1":
-        return np.asarray(img, np.float64) * 255.0
-    if mode in _SIXTEEN_BIT_MODES:
-        return np.asarray(img).astype(np.float64) / 257.0
-    if mode == "F":
-        return np.asarray(img, np.float64)
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
-        rgba = np.asarray(img.convert("RGBA"))
-        colour = rgba[..., :3]
-        if (colour == colour.reshape(-1, 3)[0]).all():
-            # A painted layer: constant colour, the strokes live in the alpha channel.
-            return rgba[..., 3].astype(np.float64)
-        return np.asarray(img.convert("RGB").convert("L"), np.float64)
-    return np.asarray(img.convert("L"), np.float64)
+def read_mask(source: ImageSource, *, name: str | None = None) -> np.ndarray:
+    """A mask file's pixels as decoded, upright: gray [H, W], or [H, W, 2|3|4] gray + alpha,
+    RGB or RGBA; uint8, or uint16 for a 16-bit file. `mask_values` reads them.
+
+    Raises:
+      ImageReadError: missing, truncated, corrupt or unrecognised data.
+    """
+    return _decode(source, _describe(source, name), keep_16_bit=True)[0]
 
 
 def load_mask(
@@ -295,30 +501,27 @@ def load_mask(
 ) -> np.ndarray:
     """Reads a mask file as bool `[H, W]`, True = hole.
 
-    Grayscale is used as is, colour through its luminance, 16-bit scaled to 0-255; for RGBA or
-    grayscale+alpha files whose colour channels are constant the alpha channel is the mask
-    (a painted layer). Pixels brighter than `threshold` (0-255 scale) are holes; `invert` swaps
+    Grey values by `mask_values` (luminance for colour, 16 bits scaled to 0-255, the alpha of
+    a painted layer); pixels brighter than `threshold` (0-255 scale) are holes; `invert` swaps
     the polarity for masks that mark the known region white.
 
     Raises:
       ImageReadError: missing, truncated, corrupt or unrecognised data.
     """
-    label = _describe(source, name)
-    values = _mask_values(_open_decoded(source, label))
-    hole = values > threshold
+    hole = mask_values(read_mask(source, name=name)) > threshold
     return ~hole if invert else hole
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing files
 
 
 def _as_uint8(array: np.ndarray, what: str) -> np.ndarray:
     array = np.asarray(array)
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.uint16:
-        return _uint16_to_uint8(array)
-    if np.issubdtype(array.dtype, np.floating):
-        return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
+    if array.dtype in (np.uint8, np.uint16) or np.issubdtype(array.dtype, np.floating):
+        return convert_pixels(array, np.uint8)
     raise ValueError(f"{what} must be uint8, uint16 or float in [0, 1], got dtype {array.dtype}.")
 
 
@@ -326,7 +529,7 @@ def _as_uint16(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype == np.uint16:
         return array
-    return _as_uint8(array, "alpha").astype(np.uint16) * np.uint16(257)
+    return convert_pixels(_as_uint8(array, "alpha"), np.uint16)
 
 
 def _write_format(path: Path) -> str:

@@ -1,20 +1,21 @@
 """Inpainting photos of any size with a trained DeepGIN: the one place that prepares masks, pads,
 splits into sub-images, batches, ensembles and composites (the CLIs and the web app use it).
 
-    inpainter = Inpainter("checkpoints/deepgin")        # or Inpainter.from_model(model, variables)
+    inpainter = Inpainter.from_checkpoint("checkpoints/deepgin")  # or .from_model(model, vars)
     result = inpainter.inpaint(photo, mask)             # PIL in -> PIL out, uint8 -> uint8
 
-Images: NumPy arrays [H, W] (gray), [H, W, 2] (gray + alpha), [H, W, 3] (RGB) or [H, W, 4]
-(RGBA) of uint8, uint16 or float in [0, 1], or PIL images of any mode (16-bit "I;16" / "I"
-included). The network sees every image as RGB scaled to [0, 1]; the result has the input's
-type, shape, dtype and PIL mode, with the alpha channel untouched. Any size from 1x1 up.
+Images: whatever `image_io.as_rgb` reads (NumPy gray, gray + alpha, RGB or RGBA of uint8, uint16
+or float in [0, 1]; PIL images of any mode, 16-bit "I;16" / "I" included). The pipeline works on
+RGB [H, W, 3] in the input's dtype, the network sees it scaled to [0, 1], and the result has the
+input's type, shape, dtype and PIL mode, with the alpha channel untouched. Any size from 1x1 up.
 
-Masks: white / 255 / 1.0 / True = hole (`invert_mask` for the other polarity), binarised at
-`threshold` on the 0-255 scale, optionally dilated by a disc of radius `dilate` pixels. Outside
-the (dilated) hole the output is bit-identical to the input: the prediction is pasted in with
-the binary mask, in the input's own dtype (16-bit input keeps all 16 bits).
+Masks: grey values by `image_io.mask_values` (white / 255 / 1.0 / True = hole; `invert_mask`
+for the other polarity), binarised at `threshold` on the 0-255 scale, optionally dilated by a
+disc of radius `dilate` pixels. Outside the (dilated) hole the output is bit-identical to the
+input: the prediction is pasted in with the binary mask, in the input's own dtype (16-bit input
+keeps all 16 bits).
 
-Modes:
+Modes (the mode picks a planner once, when the `Inpainter` is built):
 * "auto": an image whose long side is at most `max_direct_size` (256, the training crop size)
   goes through the network once, padded to a multiple of 8 and to at least 16 pixels a side
   (the generator's smallest input). A larger image is padded to a multiple of `tile_size`
@@ -66,7 +67,9 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from deepgin_jax import image_io
 from deepgin_jax.checkpointing import load_generator
+from deepgin_jax.image_io import convert_pixels, mask_values, to_unit_float
 from deepgin_jax.models.generator import DeepGIN
 
 MODES = ("auto", "reference")
@@ -79,82 +82,26 @@ DEFAULT_THRESHOLD = 127  # "auto" mode's mask threshold (0-255 scale) when none 
 # masks [B, H, W, 1] float32 (1 = hole) -> the reconstruction [B, H, W, 3] (reconst_img).
 ForwardFn = Callable[[np.ndarray, np.ndarray], Any]
 
-_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's RGB -> L
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-
 
 class MaskSizeError(ValueError):
     """The mask's size differs from the image's (and resizing it was not asked for)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskOptions:
+    """How a mask is read: `invert` (it marks the known region white), `threshold` (0-255, a
+    value above it is a hole; None = 127, and the only choice in reference mode), `dilate`
+    (grow the hole by a disc of this radius in pixels), `resize` (resize a mask of another size
+    to the image, nearest neighbour, instead of raising `MaskSizeError`)."""
+
+    invert: bool = False
+    threshold: int | None = None
+    dilate: int = 0
+    resize: bool = False
+
+
 # ----------------------------------------------------------------------------------------------
 # Masks
-
-
-def mask_values(mask: Any) -> np.ndarray:
-    """A mask's grey values on the 0-255 scale: float32 [H, W].
-
-    Accepts a PIL image (any mode) or an array [H, W] / [H, W, 1|3|4] of bool (True = 255),
-    uint8, uint16 (divided by 257) or float in [0, 1] (times 255). Colour masks count through
-    their luminance; an RGBA mask whose colour is constant is a painted layer and its alpha
-    channel is the mask (the same rules as `image_io.load_mask`).
-    """
-    if isinstance(mask, Image.Image):
-        return _pil_mask_values(mask)
-    if not isinstance(mask, np.ndarray):
-        raise TypeError(f"mask must be a numpy array or a PIL image, got {type(mask).__name__}")
-    values = _array_mask_scale(mask)
-    if values.ndim == 3 and values.shape[-1] == 1:
-        values = values[..., 0]
-    if values.ndim == 2:
-        return values
-    if values.ndim != 3 or values.shape[-1] not in (3, 4):
-        raise ValueError(f"mask must be [H, W] or [H, W, 1|3|4], got shape {mask.shape}")
-    colour = values[..., :3]
-    if values.shape[-1] == 4 and (colour == colour.reshape(-1, 3)[0]).all():
-        return values[..., 3]
-    if mask.dtype == np.uint8:
-        return np.asarray(Image.fromarray(mask[..., :3], "RGB").convert("L"), np.float32)
-    return (colour @ _LUMA_WEIGHTS).astype(np.float32)
-
-
-def _array_mask_scale(mask: np.ndarray) -> np.ndarray:
-    if mask.dtype == np.bool_:
-        return mask.astype(np.float32) * 255.0
-    if mask.dtype == np.uint8:
-        return mask.astype(np.float32)
-    if mask.dtype == np.uint16:
-        return mask.astype(np.float32) / 257.0
-    if np.issubdtype(mask.dtype, np.floating):
-        return mask.astype(np.float32) * 255.0
-    raise TypeError(
-        f"mask dtype {mask.dtype} is ambiguous: pass bool (True = hole), uint8 (255 = hole), "
-        "uint16 or float in [0, 1]"
-    )
-
-
-def _pil_mask_values(img: Image.Image) -> np.ndarray:
-    mode = img.mode
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "L")
-        mode = img.mode
-    if mode == "1":
-        return np.asarray(img, np.float32) * 255.0
-    if mode in _SIXTEEN_BIT_MODES:
-        return np.asarray(img).astype(np.float32) / 257.0
-    if mode == "F":
-        return np.asarray(img, np.float32)
-    if mode in _ALPHA_MODES:
-        return mask_values(np.asarray(img.convert("RGBA")))
-    return np.asarray(img.convert("L"), np.float32)
-
-
-def _resize_nearest(values: np.ndarray, height: int, width: int) -> np.ndarray:
-    resized = Image.fromarray(values.astype(np.float32), "F").resize(
-        (width, height), Image.Resampling.NEAREST
-    )
-    return np.asarray(resized, np.float32)
 
 
 def _match_size(values: np.ndarray, size: tuple[int, int], resize: bool) -> np.ndarray:
@@ -167,7 +114,10 @@ def _match_size(values: np.ndarray, size: tuple[int, int], resize: bool) -> np.n
             f"{width}x{height}; pass resize_mask=True (CLI: --resize-mask) to resize the mask "
             "with nearest-neighbour sampling"
         )
-    return _resize_nearest(values, height, width)
+    resized = Image.fromarray(values.astype(np.float32), "F").resize(
+        (width, height), Image.Resampling.NEAREST
+    )
+    return np.asarray(resized, np.float32)
 
 
 def disc(radius: int) -> np.ndarray:
@@ -190,13 +140,13 @@ def prepare_mask(
     size: tuple[int, int],
     *,
     invert: bool = False,
-    threshold: float = 127,
+    threshold: float = DEFAULT_THRESHOLD,
     dilate: int = 0,
     resize: bool = False,
 ) -> np.ndarray:
     """The binary hole mask the network sees: bool [H, W], True = hole.
 
-    Steps: grey values on the 0-255 scale (`mask_values`); nearest-neighbour resize to
+    Steps: grey values on the 0-255 scale (`image_io.mask_values`); nearest-neighbour resize to
     `size` = (H, W) if `resize`, else `MaskSizeError` on a mismatch; hole = value > threshold;
     `invert` swaps hole and known; `dilate` grows the hole by a disc of that radius.
     """
@@ -222,137 +172,31 @@ def prepare_soft_mask(
     return _dilate(soft, dilate)
 
 
-# ----------------------------------------------------------------------------------------------
-# Images: whatever the caller gives becomes RGB [H, W, 3], and goes back to the caller's type.
+def _binary_hole(mask: Any, size: tuple[int, int], options: MaskOptions) -> np.ndarray:
+    """`prepare_mask` with `options`: bool [H, W]."""
+    threshold = DEFAULT_THRESHOLD if options.threshold is None else options.threshold
+    return prepare_mask(
+        mask,
+        size,
+        invert=options.invert,
+        threshold=threshold,
+        dilate=options.dilate,
+        resize=options.resize,
+    )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Pixels:
-    """rgb: [H, W, 3], uint8, uint16 or float32 in [0, 1]. restore(rgb_out, changed) -> the
-    caller's type, with rgb_out [H, W, 3] in rgb's dtype and changed bool [H, W]."""
-
-    rgb: np.ndarray
-    restore: Callable[[np.ndarray, np.ndarray], Any]
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    """Gray [H, W] of RGB [H, W, 3] in rgb's dtype (PIL's RGB -> L for uint8)."""
-    if rgb.dtype == np.uint8:
-        return np.asarray(Image.fromarray(rgb).convert("L"))
-    if rgb.dtype == np.uint16:
-        gray = np.rint(rgb.astype(np.float64) @ _LUMA_WEIGHTS)
-        return np.clip(gray, 0, 65535).astype(np.uint16)
-    return rgb @ _LUMA_WEIGHTS.astype(rgb.dtype)
-
-
-def _full_scale(dtype: np.dtype) -> int | float:
-    """The value of white: 255 for uint8, 65535 for uint16, 1.0 for float."""
-    return {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(np.dtype(dtype), 1.0)
-
-
-def _convert(pixels: np.ndarray, dtype: Any) -> np.ndarray:
-    """Pixels as uint8, uint16 or float32 in [0, 1], rounding to the nearest integer level
-    (uint16 -> uint8 is round(v / 257), uint8 -> uint16 is v * 257, both exact inverses)."""
-    dtype = np.dtype(dtype)
-    if pixels.dtype == dtype and dtype in (np.uint8, np.uint16):
-        return pixels
-    if pixels.dtype == np.uint16 and dtype == np.uint8:
-        return np.rint(pixels / 257.0).astype(np.uint8)
-    if pixels.dtype == np.uint8 and dtype == np.uint16:
-        return pixels.astype(np.uint16) * np.uint16(257)
-    if dtype == np.uint8:  # float -> uint8 in float32 arithmetic, as always
-        return np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
-    if dtype == np.uint16:
-        unit = np.clip(pixels.astype(np.float64), 0.0, 1.0)
-        return np.rint(unit * 65535.0).astype(np.uint16)
-    return _unit_float(pixels).astype(dtype)
-
-
-def _array_pixels(image: np.ndarray) -> _Pixels:
-    if image.dtype not in (np.uint8, np.uint16) and not np.issubdtype(image.dtype, np.floating):
-        raise TypeError(f"image must be uint8, uint16 or float in [0, 1], got dtype {image.dtype}")
-    if image.ndim == 2:
-        planes, squeeze = image[..., None], True
-    elif image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4):
-        planes, squeeze = image, False
-    else:
-        raise ValueError(f"image must be [H, W] or [H, W, 1|2|3|4], got shape {image.shape}")
-    colours = 1 if planes.shape[-1] <= 2 else 3  # gray (+ alpha) or RGB (+ alpha)
-    colour, alpha = planes[..., :colours], planes[..., colours:]
-    work = colour if image.dtype in (np.uint8, np.uint16) else colour.astype(np.float32)
-    if colours == 1:
-        work = np.repeat(work, 3, axis=-1)
-
-    def restore(rgb: np.ndarray, changed: np.ndarray) -> np.ndarray:
-        new = rgb if colours == 3 else _luma(rgb)[..., None]
-        out = np.where(changed[..., None], new.astype(image.dtype), colour)
-        if alpha.shape[-1]:
-            out = np.concatenate([out, alpha], axis=-1)
-        return out[..., 0] if squeeze else out
-
-    return _Pixels(np.ascontiguousarray(work), restore)
-
-
-def _sixteen_bit_array(image: Image.Image) -> np.ndarray:
-    """A 16-bit PIL image ("I;16*", or "I" holding 0-65535) as native uint16 [H, W]."""
-    values = np.asarray(image)
-    if values.size and (values.min() < 0 or values.max() > 65535):
+def _soft_hole(mask: Any, size: tuple[int, int], options: MaskOptions) -> np.ndarray:
+    """`prepare_soft_mask` with `options`: uint8 [H, W]; a threshold is refused."""
+    if options.threshold is not None:
         raise ValueError(
-            f"a mode {image.mode} image must hold 16-bit values (0-65535), got "
-            f"{values.min()}..{values.max()}"
+            f"threshold={options.threshold} (CLI: --mask-threshold) cannot apply in reference "
+            "mode: the reference does not threshold the mask (any value above 0 after its "
+            "bilinear resize is a hole, and the result is blended by the soft mask); "
+            "leave it unset, or use mode='auto'"
         )
-    return values.astype(np.uint16)
-
-
-def _sixteen_bit_image(values: np.ndarray, mode: str) -> Image.Image:
-    """uint16 [H, W] back to a PIL image of `mode` ("I;16", "I;16L", "I;16B", "I;16N", "I")."""
-    if mode == "I":
-        return Image.fromarray(values.astype(np.int32))
-    byte_order = {"I;16B": ">u2", "I;16N": "=u2"}.get(mode, "<u2")
-    height, width = values.shape
-    return Image.frombytes(mode, (width, height), values.astype(byte_order).tobytes())
-
-
-def _pil_pixels(image: Image.Image) -> _Pixels:
-    mode = image.mode
-    info = dict(image.info)
-    if mode in _SIXTEEN_BIT_MODES:
-        pixels = _array_pixels(_sixteen_bit_array(image))
-
-        def restore_sixteen(rgb: np.ndarray, changed: np.ndarray) -> Image.Image:
-            out = _sixteen_bit_image(pixels.restore(rgb, changed), mode)
-            out.info.update(info)
-            return out
-
-        return _Pixels(pixels.rgb, restore_sixteen)
-    if mode == "F":
-        values = np.asarray(image).astype(np.float64)
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
-        mode = "L"
-    elif mode not in ("RGB", "RGBA", "L", "LA"):
-        has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
-        image = image.convert("RGBA" if has_alpha else "RGB")
-        mode = image.mode
-    pixels = _array_pixels(np.asarray(image))
-
-    def restore(rgb: np.ndarray, changed: np.ndarray) -> Image.Image:
-        out = Image.fromarray(pixels.restore(rgb, changed))  # same mode: L, LA, RGB or RGBA
-        out.info.update(info)
-        return out
-
-    return _Pixels(pixels.rgb, restore)
-
-
-def _as_pixels(image: Any) -> _Pixels:
-    if isinstance(image, Image.Image):
-        return _pil_pixels(image)
-    if isinstance(image, np.ndarray):
-        return _array_pixels(image)
-    raise TypeError(f"image must be a numpy array or a PIL image, got {type(image).__name__}")
-
-
-def _copy(image: Any) -> Any:
-    return image.copy()
+    return prepare_soft_mask(
+        mask, size, invert=options.invert, dilate=options.dilate, resize=options.resize
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,6 +338,10 @@ def forward_cache_size() -> int:
     return _reconstruct._cache_size()
 
 
+# ----------------------------------------------------------------------------------------------
+# The generator as a network function
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _reconstruct(model: DeepGIN, variables: Any, masked: jax.Array, mask: jax.Array) -> jax.Array:
     return model.apply(variables, masked, mask).reconstructed
@@ -510,14 +358,150 @@ def _hashable(model: DeepGIN) -> DeepGIN:
     return model.clone(**lists) if lists else model
 
 
-def _model_forward(model: DeepGIN, variables: Any) -> ForwardFn:
-    model = _hashable(model)
-    variables = jax.tree.map(jnp.asarray, variables)
+class GeneratorForward:
+    """A DeepGIN generator as a `ForwardFn` (its reconstruction), compiled once per model
+    configuration and input shape for every instance.
 
-    def forward(masked: np.ndarray, mask: np.ndarray) -> jax.Array:
-        return _reconstruct(model, variables, masked, mask)
+    Args:
+      model, variables: the generator and its variables.
+      dtype: the computation dtype (e.g. jnp.bfloat16 on GPU), None for the model's; the
+        parameters stay float32.
+    """
 
-    return forward
+    def __init__(self, model: DeepGIN, variables: Any, *, dtype: Any = None):
+        if dtype is not None and dtype != model.dtype:
+            model = model.clone(dtype=dtype)
+        self.model = _hashable(model)
+        self._variables = jax.tree.map(jnp.asarray, variables)
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | os.PathLike, *, dtype: Any = jnp.float32
+    ) -> GeneratorForward:
+        """The generator of a converted model, a training checkpoint step, a `checkpoints/`
+        folder or a training workdir (`deepgin_jax.checkpointing.load_generator`)."""
+        model, variables = load_generator(checkpoint, dtype=dtype)
+        return cls(model, variables)
+
+    def __call__(self, masked: np.ndarray, mask: np.ndarray) -> jax.Array:
+        return _reconstruct(self.model, self._variables, masked, mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Planners: one image and its mask -> network work items and the step that finishes the image.
+# `prepare` turns the caller's mask into the planner's mask (nonzero = hole); `plan` returns
+# a _Job whose finish() gives (result [H, W, 3] in rgb's dtype, changed bool [H, W]).
+
+
+def _composite(
+    rgb: np.ndarray, hole: np.ndarray, prediction: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pastes prediction [H, W, 3] (float in [0, 1], or uint8) into the hole of rgb, in rgb's
+    dtype (a float prediction is rounded to the nearest level for uint8 / uint16 input)."""
+    return np.where(hole[..., None], convert_pixels(prediction, rgb.dtype), rgb), hole
+
+
+@dataclasses.dataclass(frozen=True)
+class _AutoPlanner:
+    """The "auto" mode: a small image whole, a large one as polyphase sub-images."""
+
+    tile_size: int
+    max_direct_size: int
+    transforms: tuple[tuple[Callable, Callable], ...]
+    prepare = staticmethod(_binary_hole)
+
+    def plan(self, rgb: np.ndarray, hole: np.ndarray) -> _Job:
+        height, width = hole.shape
+        direct = max(height, width) <= self.max_direct_size
+        multiple = SIZE_MULTIPLE if direct else self.tile_size
+        padded_h = round_up(height, multiple, MIN_SIZE)
+        padded_w = round_up(width, multiple, MIN_SIZE)
+        rgb_p = mirror_pad(rgb, padded_h, padded_w)
+        hole_p = mirror_pad(hole, padded_h, padded_w)
+        white = np.array(image_io.full_scale(rgb.dtype), rgb.dtype)
+        masked = np.where(hole_p[..., None], white, rgb_p)
+        if direct:
+            factors = (1, 1)
+            masked_subs, hole_subs = masked[None], hole_p[None]
+        else:
+            factors = (padded_h // self.tile_size, padded_w // self.tile_size)
+            masked_subs = split_subimages(masked, self.tile_size)
+            hole_subs = split_subimages(hole_p, self.tile_size)
+        accumulator = _SubImageSum(masked_subs.shape[0], masked_subs.shape[1:3], quantize=False)
+        items = accumulator.items(masked_subs, hole_subs, self.transforms)
+
+        def finish() -> tuple[np.ndarray, np.ndarray]:
+            prediction = merge_subimages(accumulator.mean(), factors)[:height, :width]
+            return _composite(rgb, hole, prediction)
+
+        return _Job(items, finish)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReferencePlanner:
+    """The "reference" mode: spec 7 steps 1-7 on uint8 pixels, with the soft mask."""
+
+    tile_size: int
+    transforms: tuple[tuple[Callable, Callable], ...]
+    prepare = staticmethod(_soft_hole)
+
+    def plan(self, rgb: np.ndarray, soft: np.ndarray) -> _Job:
+        original = convert_pixels(rgb, np.uint8)
+        height, width = soft.shape
+        tile = self.tile_size
+        # Step 1: nearest multiple of 256 (Python's round: halves go to even), at least 256.
+        resized_w = max(tile, round(width / tile) * tile)
+        resized_h = max(tile, round(height / tile) * tile)
+        big = _pil_resize(original, resized_w, resized_h, Image.Resampling.BICUBIC)
+        big_mask = _pil_resize(soft, resized_w, resized_h, Image.Resampling.BILINEAR)
+        # Step 2: binarise (> 0) and paint the holes white.
+        hole = big_mask > 0
+        big = np.where(hole[..., None], np.uint8(255), big)
+        # Step 3: transposed sub-images.
+        factors = (resized_h // tile, resized_w // tile)
+        masked_subs = split_subimages(big, tile, transpose=True)
+        hole_subs = split_subimages(hole, tile, transpose=True)
+        # Step 4: ensemble with the uint8 truncation of every variant.
+        accumulator = _SubImageSum(masked_subs.shape[0], (tile, tile), quantize=True)
+        items = accumulator.items(masked_subs, hole_subs, self.transforms)
+
+        def finish() -> tuple[np.ndarray, np.ndarray]:
+            # Step 5: re-assemble; step 6: resize back and the 1/2 down-up low-pass.
+            prediction = merge_subimages(accumulator.mean(), factors, transpose=True)
+            prediction = _pil_resize(prediction, width, height, Image.Resampling.BICUBIC)
+            half_w, half_h = max(1, int(width * 0.5)), max(1, int(height * 0.5))
+            prediction = _pil_resize(prediction, half_w, half_h, Image.Resampling.BICUBIC)
+            prediction = _pil_resize(prediction, width, height, Image.Resampling.BICUBIC)
+            # Step 7: composite with the soft mask, truncated to uint8.
+            weight = soft[..., None] / 255.0
+            blended = prediction * weight + ((255.0 - soft[..., None]) / 255.0) * original
+            result = blended.astype(np.uint8)
+            changed = soft > 0
+            if rgb.dtype == np.uint16:
+                result = np.where(changed[..., None], convert_pixels(result, np.uint16), rgb)
+            elif rgb.dtype != np.uint8:
+                result = np.where(changed[..., None], result / 255.0, rgb)
+            return result, changed
+
+        return _Job(items, finish)
+
+
+@dataclasses.dataclass(frozen=True)
+class _WholeImagePlanner:
+    """A method that fills a whole uint8 image in one call, without a network."""
+
+    fill: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    prepare = staticmethod(_binary_hole)
+
+    def plan(self, rgb: np.ndarray, hole: np.ndarray) -> _Job:
+        def finish() -> tuple[np.ndarray, np.ndarray]:
+            filled = self.fill(np.ascontiguousarray(convert_pixels(rgb, np.uint8)), hole)
+            return _composite(rgb, hole, filled)
+
+        return _Job([], finish)
+
+
+_Planner = _AutoPlanner | _ReferencePlanner | _WholeImagePlanner
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,13 +510,15 @@ def _model_forward(model: DeepGIN, variables: Any) -> ForwardFn:
 
 class InpainterBase:
     """The call shape every inpainting method shares (the DeepGIN `Inpainter` and the classical
-    baselines): input conversion, mask preparation, the empty-mask shortcut, batching across
-    images and the type-preserving output. Subclasses plan the work of one image."""
+    baselines): the caller's images become RGB (`image_io.as_rgb`), the planner prepares each
+    mask and plans each image, `_run` runs the work items of all images together, and the
+    results go back to the caller's types. An empty mask returns a copy of the image."""
 
     mode = "auto"
     ensemble = False
 
-    # -- public API ----------------------------------------------------------------------------
+    def __init__(self, planner: _Planner):
+        self._planner = planner
 
     def inpaint(
         self,
@@ -549,8 +535,8 @@ class InpainterBase:
         Args:
           image: np.ndarray [H, W] / [H, W, 1|2|3|4] (gray, gray + alpha, RGB, RGBA) of uint8,
             uint16 or float in [0, 1], or a PIL image of any mode; any size from 1x1.
-          mask: np.ndarray (bool / uint8 / uint16 / float; [H, W] or [H, W, 1|3|4]) or a PIL
-            image; white / 255 / 1.0 / True = hole.
+          mask: np.ndarray (bool / uint8 / uint16 / float; [H, W] or [H, W, 1|2|3|4]) or a PIL
+            image; white / 255 / 1.0 / True = hole (`image_io.mask_values`).
           invert_mask: the mask marks the known region instead.
           threshold: a value above it (0-255 scale) is a hole; None = 127. "auto" mode only:
             "reference" mode binarises at > 0 after its resize, like the reference, and
@@ -591,42 +577,22 @@ class InpainterBase:
         """`inpaint` for several images at once; their network inputs share batches."""
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
-        if self.mode == "reference" and threshold is not None:
-            raise ValueError(
-                f"threshold={threshold} (CLI: --mask-threshold) cannot apply in reference mode: "
-                "the reference does not threshold the mask (any value above 0 after its "
-                "bilinear resize is a hole, and the result is blended by the soft mask); "
-                "leave it unset, or use mode='auto'"
-            )
-        if threshold is None:
-            threshold = DEFAULT_THRESHOLD
-        jobs = []
-        for image, mask in zip(images, masks, strict=True):
-            pixels = _as_pixels(image)
-            size = pixels.rgb.shape[:2]
-            if self.mode == "reference":
-                soft = prepare_soft_mask(
-                    mask, size, invert=invert_mask, dilate=dilate, resize=resize_mask
-                )
-                jobs.append(self._plan(image, pixels, soft > 0, soft))
-            else:
-                hole = prepare_mask(
-                    mask,
-                    size,
-                    invert=invert_mask,
-                    threshold=threshold,
-                    dilate=dilate,
-                    resize=resize_mask,
-                )
-                jobs.append(self._plan(image, pixels, hole, None))
+        options = MaskOptions(invert_mask, threshold, dilate, resize_mask)
+        views = [image_io.as_rgb(image) for image in images]
+        jobs = [self._job(view.rgb, mask, options) for view, mask in zip(views, masks, strict=True)]
         self._run([item for job in jobs for item in job.items])
-        return [job.finish() for job in jobs]
+        results = []
+        for image, view, job in zip(images, views, jobs, strict=True):
+            rgb, changed = job.finish()
+            results.append(view.restore(rgb, changed) if changed.any() else image.copy())
+        return results
 
-    # -- planning ------------------------------------------------------------------------------
-
-    def _plan(self, image: Any, pixels: _Pixels, hole: np.ndarray, soft: np.ndarray | None) -> _Job:
+    def _job(self, rgb: np.ndarray, mask: Any, options: MaskOptions) -> _Job:
+        """The plan for RGB [H, W, 3] and its mask; nothing to run for an empty hole."""
+        prepared = self._planner.prepare(mask, rgb.shape[:2], options)
+        hole = prepared > 0
         if not hole.any():
-            return _Job([], functools.partial(_copy, image))
+            return _Job([], lambda: (rgb, hole))
         if hole.all():
             logging.warning(
                 "The mask covers the whole %dx%d image: nothing is known, the result is the "
@@ -634,132 +600,60 @@ class InpainterBase:
                 hole.shape[1],
                 hole.shape[0],
             )
-        if self.mode == "reference":
-            return self._plan_reference(pixels, soft)
-        return self._plan_auto(pixels, hole)
-
-    def _plan_auto(self, pixels: _Pixels, hole: np.ndarray) -> _Job:
-        raise NotImplementedError
-
-    def _plan_reference(self, pixels: _Pixels, soft: np.ndarray) -> _Job:
-        raise NotImplementedError(f"{type(self).__name__} has no reference mode")
+        return self._planner.plan(rgb, prepared)
 
     def _run(self, items: list[_WorkItem]) -> None:
         if items:
             raise NotImplementedError(f"{type(self).__name__} runs no network")
 
 
-def _composite(pixels: _Pixels, hole: np.ndarray, prediction: np.ndarray) -> Any:
-    """Pastes prediction [H, W, 3] (float in [0, 1], or uint8) into the hole, in the input's
-    dtype (a float prediction is rounded to the nearest level for uint8 / uint16 input)."""
-    rgb = pixels.rgb
-    composite = np.where(hole[..., None], _convert(prediction, rgb.dtype), rgb)
-    return pixels.restore(composite, hole)
-
-
 class WholeImageInpainter(InpainterBase):
     """A method that fills a whole image in one call, without a network batch (the classical
     baselines): subclasses implement `fill`."""
+
+    def __init__(self) -> None:
+        super().__init__(_WholeImagePlanner(self.fill))
 
     def fill(self, rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """rgb uint8 [H, W, 3], hole bool [H, W] -> the filled image, uint8 [H, W, 3]."""
         raise NotImplementedError
 
-    def _plan_auto(self, pixels: _Pixels, hole: np.ndarray) -> _Job:
-        def finish() -> Any:
-            rgb = _convert(pixels.rgb, np.uint8)
-            return _composite(pixels, hole, self.fill(np.ascontiguousarray(rgb), hole))
-
-        return _Job([], finish)
-
 
 class Inpainter(InpainterBase):
     """Inpaints images of any size with a DeepGIN generator (see the module docstring).
 
+    `from_checkpoint` and `from_model` build one around a generator; the constructor takes any
+    network function with the generator's signature (an exported model, a stand-in network).
+
     Args:
-      checkpoint: a converted model, a training checkpoint step, a `checkpoints/` folder or a
-        training workdir (`deepgin_jax.checkpointing.load_generator`).
+      forward: forward(masked [B, H, W, 3] float32 in [0, 1], holes white; mask [B, H, W, 1]
+        float32, 1 = hole) -> the reconstruction [B, H, W, 3] (array-like). A checkpoint path
+        is read as `from_checkpoint` does (the older `Inpainter(checkpoint)`).
       mode: "auto" or "reference".
       ensemble: the x5 self-ensemble; None = on in "reference" mode, off in "auto" mode.
-      dtype: computation dtype of the network (e.g. jnp.bfloat16 on GPU); params stay float32.
       max_batch: the most network inputs per call.
       tile_size: sub-image size (the training crop size, 256); smaller only for tests (a
         multiple of 8, at least 16).
       max_direct_size: "auto" runs images up to this long side in one piece (default
         `tile_size`).
+      dtype: with a checkpoint path only: the computation dtype (default float32).
     """
 
     def __init__(
         self,
-        checkpoint: str | os.PathLike,
+        forward: ForwardFn | str | os.PathLike,
         *,
         mode: str = "auto",
         ensemble: bool | None = None,
-        dtype: Any = jnp.float32,
         max_batch: int = 16,
         tile_size: int = TILE_SIZE,
         max_direct_size: int | None = None,
+        dtype: Any = None,
     ):
-        model, variables = load_generator(checkpoint, dtype=dtype)
-        self._configure(
-            _model_forward(model, variables),
-            mode=mode,
-            ensemble=ensemble,
-            max_batch=max_batch,
-            tile_size=tile_size,
-            max_direct_size=max_direct_size,
-        )
-        self.model = model
-
-    @classmethod
-    def from_model(cls, model: DeepGIN, variables: dict, **kwargs: Any) -> Inpainter:
-        """An Inpainter for an in-memory generator; `dtype` (if given) overrides the model's."""
-        dtype = kwargs.pop("dtype", None)
-        if dtype is not None and dtype != model.dtype:
-            model = model.clone(dtype=dtype)
-        inpainter = cls.from_function(_model_forward(model, variables), **kwargs)
-        inpainter.model = model
-        return inpainter
-
-    @classmethod
-    def from_function(
-        cls,
-        forward: ForwardFn,
-        *,
-        mode: str = "auto",
-        ensemble: bool | None = None,
-        max_batch: int = 16,
-        tile_size: int = TILE_SIZE,
-        max_direct_size: int | None = None,
-    ) -> Inpainter:
-        """An Inpainter around any network function with the generator's signature:
-
-        forward(masked [B, H, W, 3] float32 in [0, 1], holes white; mask [B, H, W, 1] float32,
-        1 = hole) -> the reconstruction [B, H, W, 3] (array-like). Used for exported models
-        and for testing the pipeline with a stand-in network.
-        """
-        inpainter = cls.__new__(cls)
-        inpainter._configure(
-            forward,
-            mode=mode,
-            ensemble=ensemble,
-            max_batch=max_batch,
-            tile_size=tile_size,
-            max_direct_size=max_direct_size,
-        )
-        inpainter.model = None
-        return inpainter
-
-    def _configure(
-        self,
-        forward: ForwardFn,
-        *,
-        mode: str,
-        ensemble: bool | None,
-        max_batch: int,
-        tile_size: int,
-        max_direct_size: int | None,
-    ) -> None:
+        if isinstance(forward, (str, os.PathLike)):
+            forward = GeneratorForward.from_checkpoint(forward, dtype=dtype or jnp.float32)
+        elif dtype is not None:
+            raise TypeError("dtype applies to a checkpoint; use from_model(..., dtype=...)")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if max_batch < 1:
@@ -770,89 +664,39 @@ class Inpainter(InpainterBase):
                 f"got {tile_size}"
             )
         self._forward = forward
+        self.model: DeepGIN | None = getattr(forward, "model", None)
         self.mode = mode
         self.ensemble = (mode == "reference") if ensemble is None else bool(ensemble)
         self.max_batch = max_batch
         self.tile_size = tile_size
         self.max_direct_size = tile_size if max_direct_size is None else max_direct_size
         self.batch_shapes: set[tuple[int, int, int]] = set()  # (B, H, W) sent to the network
-
-    def _transforms(self) -> tuple[tuple[Callable, Callable], ...]:
-        return ENSEMBLE_TRANSFORMS if self.ensemble else ENSEMBLE_TRANSFORMS[:1]
-
-    def _plan_auto(self, pixels: _Pixels, hole: np.ndarray) -> _Job:
-        rgb = pixels.rgb
-        height, width = hole.shape
-        direct = max(height, width) <= self.max_direct_size
-        multiple = SIZE_MULTIPLE if direct else self.tile_size
-        padded_h = round_up(height, multiple, MIN_SIZE)
-        padded_w = round_up(width, multiple, MIN_SIZE)
-        rgb_p = mirror_pad(rgb, padded_h, padded_w)
-        hole_p = mirror_pad(hole, padded_h, padded_w)
-        white = np.array(_full_scale(rgb.dtype), rgb.dtype)
-        masked = np.where(hole_p[..., None], white, rgb_p)
-        if direct:
-            factors = (1, 1)
-            masked_subs, hole_subs = masked[None], hole_p[None]
+        transforms = ENSEMBLE_TRANSFORMS if self.ensemble else ENSEMBLE_TRANSFORMS[:1]
+        if mode == "reference":
+            super().__init__(_ReferencePlanner(tile_size, transforms))
         else:
-            factors = (padded_h // self.tile_size, padded_w // self.tile_size)
-            masked_subs = split_subimages(masked, self.tile_size)
-            hole_subs = split_subimages(hole_p, self.tile_size)
-        accumulator = _SubImageSum(masked_subs.shape[0], masked_subs.shape[1:3], quantize=False)
-        items = accumulator.items(masked_subs, hole_subs, self._transforms())
+            super().__init__(_AutoPlanner(tile_size, self.max_direct_size, transforms))
 
-        def finish() -> Any:
-            prediction = merge_subimages(accumulator.mean(), factors)[:height, :width]
-            return _composite(pixels, hole, prediction)
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | os.PathLike, *, dtype: Any = jnp.float32, **options: Any
+    ) -> Inpainter:
+        """An Inpainter for the generator of a converted model, a training checkpoint step, a
+        `checkpoints/` folder or a training workdir (`checkpointing.load_generator`), computing
+        in `dtype` (e.g. jnp.bfloat16 on GPU; the parameters stay float32)."""
+        return cls(GeneratorForward.from_checkpoint(checkpoint, dtype=dtype), **options)
 
-        return _Job(items, finish)
+    @classmethod
+    def from_model(
+        cls, model: DeepGIN, variables: dict, *, dtype: Any = None, **options: Any
+    ) -> Inpainter:
+        """An Inpainter for an in-memory generator; `dtype` (if given) overrides the model's."""
+        return cls(GeneratorForward(model, variables, dtype=dtype), **options)
 
-    def _plan_reference(self, pixels: _Pixels, soft: np.ndarray) -> _Job:
-        """Spec 7 steps 1-7 on uint8 pixels, with the original soft mask `soft` uint8 [H, W]."""
-        original = pixels.rgb
-        if original.dtype == np.uint16:
-            original = _convert(original, np.uint8)
-        elif original.dtype != np.uint8:
-            original = np.clip(np.rint(original * 255.0), 0, 255).astype(np.uint8)
-        height, width = soft.shape
-        tile = self.tile_size
-        # Step 1: nearest multiple of 256 (Python's round: halves go to even), at least 256.
-        resized_w = max(tile, round(width / tile) * tile)
-        resized_h = max(tile, round(height / tile) * tile)
-        big = _pil_resize(original, resized_w, resized_h, Image.Resampling.BICUBIC)
-        big_mask = _pil_resize(soft, resized_w, resized_h, Image.Resampling.BILINEAR)
-        # Step 2: binarise (> 0) and paint the holes white.
-        hole = big_mask > 0
-        big = np.where(hole[..., None], np.uint8(255), big)
-        # Step 3: transposed sub-images.
-        factors = (resized_h // tile, resized_w // tile)
-        masked_subs = split_subimages(big, tile, transpose=True)
-        hole_subs = split_subimages(hole, tile, transpose=True)
-        # Step 4: ensemble with the uint8 truncation of every variant.
-        accumulator = _SubImageSum(masked_subs.shape[0], (tile, tile), quantize=True)
-        items = accumulator.items(masked_subs, hole_subs, self._transforms())
-
-        def finish() -> Any:
-            # Step 5: re-assemble; step 6: resize back and the 1/2 down-up low-pass.
-            prediction = merge_subimages(accumulator.mean(), factors, transpose=True)
-            prediction = _pil_resize(prediction, width, height, Image.Resampling.BICUBIC)
-            half_w, half_h = max(1, int(width * 0.5)), max(1, int(height * 0.5))
-            prediction = _pil_resize(prediction, half_w, half_h, Image.Resampling.BICUBIC)
-            prediction = _pil_resize(prediction, width, height, Image.Resampling.BICUBIC)
-            # Step 7: composite with the soft mask, truncated to uint8.
-            weight = soft[..., None] / 255.0
-            blended = prediction * weight + ((255.0 - soft[..., None]) / 255.0) * original
-            result = blended.astype(np.uint8)
-            changed = soft > 0
-            if pixels.rgb.dtype == np.uint16:
-                result = np.where(changed[..., None], _convert(result, np.uint16), pixels.rgb)
-            elif pixels.rgb.dtype != np.uint8:
-                result = np.where(changed[..., None], result / 255.0, pixels.rgb)
-            return pixels.restore(result, changed)
-
-        return _Job(items, finish)
-
-    # -- running the network -------------------------------------------------------------------
+    @classmethod
+    def from_function(cls, forward: ForwardFn, **options: Any) -> Inpainter:
+        """The constructor under its older name: an Inpainter around a network function."""
+        return cls(forward, **options)
 
     def _run(self, items: list[_WorkItem]) -> None:
         """Runs every item through the network, batched by shape, and delivers the results."""
@@ -867,21 +711,12 @@ class Inpainter(InpainterBase):
                 masked = np.zeros((batch, height, width, 3), np.float32)
                 mask = np.zeros((batch, height, width, 1), np.float32)
                 for row, item in enumerate(chunk):
-                    masked[row] = _unit_float(item.masked)
+                    masked[row] = to_unit_float(item.masked)
                     mask[row, ..., 0] = item.hole
                 self.batch_shapes.add((batch, height, width))
                 prediction = np.asarray(self._forward(masked, mask), np.float32)
                 for row, item in enumerate(chunk):
                     item.deliver(prediction[row])
-
-
-def _unit_float(pixels: np.ndarray) -> np.ndarray:
-    """uint8 / uint16 pixels scaled to float32 [0, 1]; float pixels clipped to [0, 1]."""
-    if pixels.dtype == np.uint8:
-        return pixels.astype(np.float32) / np.float32(255.0)
-    if pixels.dtype == np.uint16:
-        return (pixels / 65535.0).astype(np.float32)
-    return np.clip(pixels, 0.0, 1.0)
 
 
 def _pil_resize(array: np.ndarray, width: int, height: int, method: Image.Resampling) -> np.ndarray:

@@ -15,45 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
 from deepgin_jax.atomic import atomic_write
 
 _META_KEY = "__meta__"
-
-
-def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': x}} -> {'a/b': x} (leaves are kept as they are)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_tree(value, prefix=f"{name}/"))
-        else:
-            flat[name] = value
-    return flat
-
-
-def unflatten_tree(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """{'a/b': x} -> {'a': {'b': x}}."""
-    tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        node = tree
-        *parents, leaf = name.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
+FORMAT_VERSION = 1  # recorded as meta["format_version"] by the LPIPS and FID converters
 
 
 def save_weights(
     path: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[str, Any]
 ) -> None:
     """Writes `params` and `meta` to `path` (.npz) atomically."""
-    flat = {k: np.asarray(v) for k, v in flatten_tree(params).items()}
+    flat = traverse_util.flatten_dict(params, sep="/")
     if _META_KEY in flat:
         raise ValueError(f"parameter name {_META_KEY!r} is reserved")
     buffer = io.BytesIO()
-    np.savez(buffer, **flat, **{_META_KEY: np.asarray(json.dumps(dict(meta)))})
+    arrays = {name: np.asarray(value) for name, value in flat.items()}
+    np.savez(buffer, **arrays, **{_META_KEY: np.asarray(json.dumps(dict(meta)))})
     with atomic_write(path) as f:
         f.write(buffer.getvalue())
 
@@ -71,4 +50,4 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any
     if _META_KEY not in flat:
         raise ValueError(f"{path} has no {_META_KEY!r} entry; was it written by save_weights?")
     meta = json.loads(str(flat.pop(_META_KEY)))
-    return unflatten_tree(flat), meta
+    return traverse_util.unflatten_dict(flat, sep="/"), meta

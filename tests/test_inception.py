@@ -15,8 +15,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 nn = torch.nn
 
+from deepgin_jax.convert.fid_inception import convert_fid_inception, expected_param_shapes  # noqa: E402
 from deepgin_jax.models import inception  # noqa: E402
-from deepgin_jax.pretrained import convert_fid_inception  # noqa: E402
 from deepgin_jax.weights_io import load_weights, save_weights  # noqa: E402
 
 
@@ -210,7 +210,7 @@ def converted(scripted_file):
 def test_conversion_maps_every_tensor_with_the_right_layout(torch_model, converted):
     params, meta = converted
     named = dict(torch_model.named_parameters())
-    expected = inception.expected_param_shapes()
+    expected = expected_param_shapes()
     flat = {
         "/".join(k.key for k in path): leaf
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deepgin_jax.convert import convert_lpips, load_array_pickle
 from deepgin_jax.models import lpips
-from deepgin_jax.pretrained import convert_lpips, load_array_pickle
 from deepgin_jax.weights_io import save_weights
 
 torch = pytest.importorskip("torch")
@@ -141,7 +141,10 @@ def test_conversion_names_missing_extra_and_misshapen_arrays(tmp_path):
     message = str(error.value)
     assert "lin4/kernel" in message
     assert "AlexNet_0/Conv_2/scale" in message
-    assert "NetLinLayer_1/Conv_0/kernel: (1, 1, 15, 1), expected (1, 1, 16, 1)" in message
+    assert (
+        "NetLinLayer_1/Conv_0/kernel -> lin1/kernel: expected (1, 1, 16, 1), got (1, 1, 15, 1)"
+        in message
+    )
 
 
 def test_conversion_rejects_the_other_backbone(tmp_path):

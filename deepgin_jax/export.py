@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from deepgin_jax import cli
 from deepgin_jax.atomic import atomic_write
 from deepgin_jax.checkpointing import CheckpointNotFoundError, load_generator
 from deepgin_jax.models.generator import DeepGIN
@@ -330,52 +331,54 @@ def export_checkpoint(
     )
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    """The command-line flags (defined only when run as a program, so importing is free)."""
-    flags.DEFINE_string("checkpoint", None, "Generator checkpoint (converted or trained).")
-    flags.DEFINE_enum("format", None, FORMATS, "Export format.")
-    flags.DEFINE_string("output", None, "File to write (e.g. model.onnx, model.stablehlo).")
-    flags.DEFINE_integer("height", None, "Input height: a multiple of 8, at least 16.")
-    flags.DEFINE_integer("width", None, "Input width: a multiple of 8, at least 16.")
-    flags.DEFINE_integer("batch", 1, "Fixed batch size (ignored with --dynamic).", lower_bound=1)
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The command-line flags (defined only when run as a program, or on `flag_values`)."""
+    fv = {"flag_values": flag_values}
+    cli.define_checkpoint_flag(flag_values)
+    flags.DEFINE_enum("format", None, FORMATS, "Export format.", **fv)
+    flags.DEFINE_string("output", None, "File to write (e.g. model.onnx, model.stablehlo).", **fv)
+    flags.DEFINE_integer("height", None, "Input height: a multiple of 8, at least 16.", **fv)
+    flags.DEFINE_integer("width", None, "Input width: a multiple of 8, at least 16.", **fv)
+    flags.DEFINE_integer(
+        "batch", 1, "Fixed batch size (ignored with --dynamic).", lower_bound=1, **fv
+    )
     flags.DEFINE_bool(
         "dynamic",
         False,
         "Symbolic dimensions: the batch, and for StableHLO also the height and width unless "
         "--height/--width fix them (a symbolic height is 8*h with h >= 2).",
+        **fv,
     )
     flags.DEFINE_list(
         "platforms",
         list(STABLEHLO_PLATFORMS),
         "StableHLO only: the backends the artifact runs on (cpu, cuda, rocm, tpu).",
+        **fv,
     )
-    flags.DEFINE_integer("opset", ONNX_OPSET, "ONNX only: the opset version.")
-    flags.mark_flags_as_required(["checkpoint", "format", "output"])
+    flags.DEFINE_integer("opset", ONNX_OPSET, "ONNX only: the opset version.", **fv)
+    flags.adopt_module_key_flags(cli, flag_values=flag_values)  # --help lists them here
+    flags.mark_flags_as_required(["checkpoint", "format", "output"], flag_values=flag_values)
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.dynamic and (FLAGS.height is None or FLAGS.width is None):
+    cli.reject_arguments(argv)
+    f = flags.FLAGS
+    if not f.dynamic and (f.height is None or f.width is None):
         raise app.UsageError("give --height and --width, or --dynamic")
     try:
         export_checkpoint(
-            FLAGS.checkpoint,
-            FLAGS.output,
-            fmt=FLAGS.format,
-            height=FLAGS.height,
-            width=FLAGS.width,
-            batch=None if FLAGS.dynamic else FLAGS.batch,
-            platforms=FLAGS.platforms,
-            opset=FLAGS.opset,
+            f.checkpoint,
+            f.output,
+            fmt=f.format,
+            height=f.height,
+            width=f.width,
+            batch=None if f.dynamic else f.batch,
+            platforms=f.platforms,
+            opset=f.opset,
         )
     except (ExportError, CheckpointNotFoundError) as e:
-        logging.error("%s", e)
-        return 2
-    return 0
+        return cli.usage_failure("%s", e)
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -4,14 +4,15 @@ r"""Inpaint photos with a trained DeepGIN: one file, or every image in a folder.
       --output photo_filled.jpg
   python -m deepgin_jax.inpaint --checkpoint CKPT --image photos/ --mask masks/ --output out/
 
-Masks: white (255) = hole, black = keep; --invert-mask for the other polarity. Gray, RGB(A)
-and 16-bit masks are accepted; a pixel brighter than --mask-threshold (default 127) is a hole;
+Masks: white (255) = hole, black = keep; --invert_mask for the other polarity. Gray, RGB(A)
+and 16-bit masks are accepted; a pixel brighter than --mask_threshold (default 127) is a hole;
 an RGBA mask of one colour uses its alpha (a painted layer). --dilate N grows the holes by a
 disc of radius N pixels. A mask of another size than its image is an error unless
---resize-mask. --mode reference follows the original test script, which does not threshold the
+--resize_mask. --mode reference follows the original test script, which does not threshold the
 mask (any value above 0 is a hole, and the result is blended with the mask's grey levels):
---mask-threshold is refused there, while --invert-mask (255 - m) and --dilate (a grey
-dilation) apply to the mask before that pipeline.
+--mask_threshold is refused there, while --invert_mask (255 - m) and --dilate (a grey
+dilation) apply to the mask before that pipeline. Flags written with hyphens (--invert-mask,
+--mask-threshold, ...) work too.
 
 Matching images to masks (--image a folder: every .png/.jpg/.jpeg/.webp/.bmp/.tif/.tiff in
 it, not recursive, except files named *_mask.*):
@@ -29,7 +30,7 @@ folder, is refused before anything is done. Every output is the input's size; al
 the ICC profile are kept where the format allows. Outside the (dilated) hole the pixels of a
 PNG or WebP output are the input's own, bit for bit: a 16-bit PNG gives a 16-bit PNG (any
 16-bit input is kept at 16 bits in PNG; JPEG and WebP hold 8 bits, so a 16-bit image written
-to them is rounded to 8 bits, with a warning). WebP is written losslessly (--nolossless-webp
+to them is rounded to 8 bits, with a warning). WebP is written losslessly (--nolossless_webp
 for lossy WebP at --quality); JPEG is always lossy (at --quality), so a run writing JPEG warns
 once that the known pixels will not be identical.
 
@@ -43,26 +44,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
-import numpy as np
 import tqdm
 from absl import app, flags, logging
 
-from deepgin_jax import image_io
+from deepgin_jax import cli, image_io
 from deepgin_jax.checkpointing import CheckpointNotFoundError, resolve_checkpoint
-from deepgin_jax.inference import MODES, Inpainter, InpainterBase, default_max_batch
+from deepgin_jax.image_io import IMAGE_EXTENSIONS, MASK_SUFFIX, is_image_file, list_images
+from deepgin_jax.inference import Inpainter, InpainterBase, MaskOptions
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 OUTPUT_EXTENSIONS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
 OUTPUT_FORMATS = ("png", "jpg", "webp")
-MASK_SUFFIX = "_mask"
 HOLES_SUFFIX = "_with_holes"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,17 +73,6 @@ class Task:
     error: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class MaskOptions:
-    """How mask files are read: polarity, threshold (0-255; None = the inpainter's default,
-    127, and the only choice in reference mode), dilation radius, resizing."""
-
-    invert: bool = False
-    threshold: int | None = None
-    dilate: int = 0
-    resize: bool = False
-
-
 @dataclasses.dataclass
 class Summary:
     """What a run did, image by image."""
@@ -96,22 +83,13 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+        return cli.EXIT_FAILED if self.failed else cli.EXIT_OK
 
 
 def output_stem(image: Path) -> str:
     """The image's stem without a trailing "_with_holes" (the AIM 2020 naming)."""
     stem = image.stem
     return stem[: -len(HOLES_SUFFIX)] if stem.endswith(HOLES_SUFFIX) else stem
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name, without the `*_mask.*` files."""
-    return sorted(p for p in folder.iterdir() if _is_image(p) and not p.stem.endswith(MASK_SUFFIX))
 
 
 def find_mask(image: Path, mask_dir: Path) -> Path:
@@ -125,7 +103,7 @@ def find_mask(image: Path, mask_dir: Path) -> Path:
     if image.stem.endswith(HOLES_SUFFIX):
         stems.append(output_stem(image) + MASK_SUFFIX)
     for stem in stems:
-        found = sorted(p for p in mask_dir.glob(f"{_glob_escape(stem)}.*") if _is_image(p))
+        found = sorted(p for p in mask_dir.glob(f"{glob.escape(stem)}.*") if is_image_file(p))
         found = [p for p in found if p.stem == stem and p.resolve() != image.resolve()]
         if len(found) > 1:
             names = ", ".join(p.name for p in found)
@@ -134,10 +112,6 @@ def find_mask(image: Path, mask_dir: Path) -> Path:
             return found[0]
     wanted = " or ".join(f"{s}.*" for s in stems)
     raise LookupError(f"no mask for {image.name}: looked for {wanted} in {mask_dir}")
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def plan_tasks(
@@ -238,15 +212,6 @@ def _deduplicate(tasks: list[Task]) -> list[Task]:
     return result
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A mask file as [H, W, 3] (or [H, W, 4] with its alpha), uint8 or uint16 as the file,
-    upright (EXIF)."""
-    loaded = image_io.load_image(path, keep_16_bit=True)
-    if loaded.alpha is None:
-        return loaded.rgb
-    return np.dstack([loaded.rgb, loaded.alpha])
-
-
 def inpaint_file(
     inpainter: InpainterBase,
     task: Task,
@@ -254,17 +219,17 @@ def inpaint_file(
     quality: int = 95,
     lossless_webp: bool = True,
 ) -> None:
-    """Reads, inpaints and writes (atomically) one task's image, at the input's bit depth.
+    """Reads, inpaints and writes (atomically) one task's image, at the input's bit depth: the
+    RGB goes through the inpainter, the alpha channel and metadata straight to the output.
 
     Raises:
       image_io.ImageReadError, inference.MaskSizeError (both ValueError), OSError, and
       whatever the network raises (e.g. a runtime error when out of memory).
     """
     loaded = image_io.load_image(task.image, keep_16_bit=True)
-    pixels = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
     result = inpainter.inpaint(
-        pixels,
-        read_mask(task.mask),
+        loaded.rgb,
+        image_io.read_mask(task.mask),
         invert_mask=mask_options.invert,
         threshold=mask_options.threshold,
         dilate=mask_options.dilate,
@@ -272,8 +237,8 @@ def inpaint_file(
     )
     image_io.save_image(
         task.output,
-        result[..., :3],
-        alpha=result[..., 3] if loaded.alpha is not None else None,
+        result,
+        alpha=loaded.alpha,
         exif=loaded.exif,
         icc_profile=loaded.icc_profile,
         quality=quality,
@@ -351,13 +316,7 @@ def _failure_message(image: Path, error: Exception) -> str:
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The command-line flags (defined only when run as a program, or on `flag_values`)."""
     fv = {"flag_values": flag_values}
-    flags.DEFINE_string(
-        "checkpoint",
-        None,
-        "Generator checkpoint (converted model, training checkpoint step, checkpoints/ folder "
-        "or training workdir).",
-        **fv,
-    )
+    cli.define_checkpoint_flag(flag_values)
     flags.DEFINE_string("image", None, "An image file, or a folder of images.", **fv)
     flags.DEFINE_string(
         "mask",
@@ -367,9 +326,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_string("output", None, "Output file (format from its extension) or folder.", **fv)
-    flags.DEFINE_bool("invert-mask", False, "Masks mark the known region white.", **fv)
+    flags.DEFINE_bool("invert_mask", False, "Masks mark the known region white.", **fv)
     flags.DEFINE_integer(
-        "mask-threshold",
+        "mask_threshold",
         None,
         "Mask values above this (0-255) are holes; default 127. Not with --mode reference "
         "(any value above 0 is a hole there).",
@@ -381,86 +340,56 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "dilate", 0, "Grow holes by a disc of this radius (pixels).", lower_bound=0, **fv
     )
     flags.DEFINE_bool(
-        "resize-mask",
+        "resize_mask",
         False,
         "Resize masks of another size to their image (nearest neighbour) instead of failing.",
-        **fv,
-    )
-    flags.DEFINE_enum(
-        "mode",
-        "auto",
-        list(MODES),
-        "auto: an image up to 256 px whole, a larger one as 256x256 sub-images, nothing "
-        "resampled; reference: the original test script, exactly.",
-        **fv,
-    )
-    flags.DEFINE_bool(
-        "ensemble",
-        None,
-        "x5 rotation/flip self-ensemble (5x slower); default: on in reference mode, off in "
-        "auto mode.",
         **fv,
     )
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs.", **fv)
     flags.DEFINE_integer(
         "quality",
         95,
-        "JPEG quality (and WebP quality with --nolossless-webp).",
+        "JPEG quality (and WebP quality with --nolossless_webp).",
         lower_bound=1,
         upper_bound=100,
         **fv,
     )
     flags.DEFINE_bool(
-        "lossless-webp",
+        "lossless_webp",
         True,
-        "Write WebP losslessly (known pixels bit-identical); --nolossless-webp: lossy WebP.",
+        "Write WebP losslessly (known pixels bit-identical); --nolossless_webp: lossy WebP.",
         **fv,
     )
     flags.DEFINE_enum(
         "format", "png", list(OUTPUT_FORMATS), "Format of outputs written into a folder.", **fv
     )
-    flags.DEFINE_integer(
-        "max-batch",
-        None,
-        "Most network inputs per call (default: 4 on CPU, 16 on GPU/TPU).",
-        lower_bound=1,
-        **fv,
+    cli.define_inpainter_flags(flag_values)
+    cli.define_hyphenated_aliases(
+        flag_values, ["invert_mask", "mask_threshold", "resize_mask", "lossless_webp"]
     )
-    flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Computation dtype of the network.", **fv)
+    flags.adopt_module_key_flags(cli, flag_values=flag_values)  # --help lists them here
 
 
 def run(flag_values: flags.FlagValues) -> int:
     """Runs the command for parsed `flag_values`; returns the exit status (module docstring)."""
     f = flag_values
-    for name in ("checkpoint", "image", "output"):
-        if f[name].value is None:
-            raise app.UsageError(f"--{name} is required")
-    if f.mode == "reference" and f["mask-threshold"].value is not None:
-        logging.error(
+    cli.require_flags(f, ["checkpoint", "image", "output"])
+    if f.mode == "reference" and f.mask_threshold is not None:
+        return cli.usage_failure(
             "--mask-threshold cannot apply with --mode reference: the reference does not "
             "threshold the mask (any value above 0 is a hole, and the result is blended with "
             "the mask's grey levels); drop --mask-threshold or use --mode auto"
         )
-        return 2
     try:
         resolve_checkpoint(f.checkpoint)
         tasks = plan_tasks(f.image, f.mask, f.output, f.format)
     except (CheckpointNotFoundError, ValueError) as e:
-        logging.error("%s", e)
-        return 2
+        return cli.usage_failure("%s", e)
     inpainter = functools.partial(
-        Inpainter,
-        f.checkpoint,
-        mode=f.mode,
-        ensemble=f.ensemble,
-        dtype=DTYPES[f.dtype],
-        max_batch=f["max-batch"].value or default_max_batch(),
+        Inpainter.from_checkpoint, f.checkpoint, **cli.inpainter_options(f)
     )
     mask_options = MaskOptions(
-        invert=f["invert-mask"].value,
-        threshold=f["mask-threshold"].value,
-        dilate=f.dilate,
-        resize=f["resize-mask"].value,
+        invert=f.invert_mask, threshold=f.mask_threshold, dilate=f.dilate, resize=f.resize_mask
     )
     try:
         summary = inpaint_tasks(
@@ -469,17 +398,15 @@ def run(flag_values: flags.FlagValues) -> int:
             mask_options,
             overwrite=f.overwrite,
             quality=f.quality,
-            lossless_webp=f["lossless-webp"].value,
+            lossless_webp=f.lossless_webp,
         )
     except CheckpointNotFoundError as e:
-        logging.error("cannot load --checkpoint %s: %s", f.checkpoint, e)
-        return 2
+        return cli.usage_failure("cannot load --checkpoint %s: %s", f.checkpoint, e)
     return summary.exit_code
 
 
 def main(argv: Sequence[str]) -> Any:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments(argv)
     return run(flags.FLAGS)
 
 

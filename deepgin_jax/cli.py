@@ -1,0 +1,108 @@
+"""What the command lines share: the generator's flags, exit codes and error reporting.
+
+Flags are spelled as absl spells them, with underscores (`--max_batch`); every command also
+accepts the hyphenated spellings of earlier versions (`--max-batch`) as aliases.
+
+Exit codes: `EXIT_OK` (0) everything done; `EXIT_FAILED` (1) some inputs failed and the rest
+was done; `EXIT_USAGE` (2) nothing could start (bad arguments, no checkpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+from absl import app, flags, logging
+
+from deepgin_jax.inference import MODES, default_max_batch
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+CHECKPOINT_HELP = (
+    "Generator checkpoint (converted model, training checkpoint step, checkpoints/ folder or "
+    "training workdir)."
+)
+
+
+def define_hyphenated_aliases(flag_values: flags.FlagValues, names: Sequence[str]) -> None:
+    """Accepts `--a-b` for each flag `--a_b` in `names` (their spellings in earlier versions)."""
+    for name in names:
+        flags.DEFINE_alias(name.replace("_", "-"), name, flag_values=flag_values)
+
+
+def define_checkpoint_flag(flag_values: flags.FlagValues, *, repeatable: bool = False) -> None:
+    """`--checkpoint`: one generator, or with `repeatable` NAME=DIR (or DIR) any number of
+    times."""
+    if repeatable:
+        flags.DEFINE_multi_string(
+            "checkpoint",
+            [],
+            "NAME=DIR (or DIR, named after the folder); repeatable. DIR: a converted model, a "
+            "training checkpoint step, a checkpoints/ folder or a training workdir.",
+            flag_values=flag_values,
+        )
+    else:
+        flags.DEFINE_string("checkpoint", None, CHECKPOINT_HELP, flag_values=flag_values)
+
+
+def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
+    """`--max_batch`, `--dtype`, `--mode` and `--ensemble`: how an `Inpainter` runs the
+    generator (read them back with `inpainter_options`)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_integer(
+        "max_batch",
+        None,
+        "Most network inputs per call (default: 4 on CPU, 16 on GPU/TPU).",
+        lower_bound=1,
+        **fv,
+    )
+    flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Computation dtype of the network.", **fv)
+    flags.DEFINE_enum(
+        "mode",
+        "auto",
+        list(MODES),
+        "auto: an image up to 256 px whole, a larger one as 256x256 sub-images, nothing "
+        "resampled; reference: the original test script, exactly.",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "ensemble",
+        None,
+        "x5 rotation/flip self-ensemble (5x slower); default: on in reference mode, off in "
+        "auto mode.",
+        **fv,
+    )
+    define_hyphenated_aliases(flag_values, ["max_batch"])
+
+
+def inpainter_options(flag_values: flags.FlagValues) -> dict[str, Any]:
+    """Keyword arguments of `Inpainter.from_checkpoint` from `define_inpainter_flags`'s flags."""
+    return {
+        "mode": flag_values.mode,
+        "ensemble": flag_values.ensemble,
+        "dtype": DTYPES[flag_values.dtype],
+        "max_batch": flag_values.max_batch or default_max_batch(),
+    }
+
+
+def require_flags(flag_values: flags.FlagValues, names: Sequence[str]) -> None:
+    """app.UsageError naming the first flag of `names` that was not given."""
+    for name in names:
+        if flag_values[name].value is None:
+            raise app.UsageError(f"--{name} is required")
+
+
+def reject_arguments(argv: Sequence[str]) -> None:
+    """app.UsageError for positional arguments (every command takes flags only)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+
+def usage_failure(message: str, *args: Any) -> int:
+    """Logs why nothing could start (no traceback: the user's to fix) and returns EXIT_USAGE."""
+    logging.error(message, *args)
+    return EXIT_USAGE

@@ -295,6 +295,21 @@ def test_load_mask_16_bit(tmp_path):
     np.testing.assert_array_equal(image_io.load_mask(path), [[False, False, True, True]])
 
 
+def test_load_mask_16_bit_colour_keeps_every_bit_and_gray_alpha_layer(tmp_path):
+    # 32700 / 257 = 127.2 is a hole; Pillow's 8-bit view of this PNG (127) would not be.
+    values = np.array([[0, 32639, 32700, 65535]], np.uint16)
+    cv2.imwrite(str(tmp_path / "m16.png"), np.repeat(values[..., None], 3, axis=-1))
+    np.testing.assert_array_equal(
+        image_io.load_mask(tmp_path / "m16.png"), [[False, False, True, True]]
+    )
+    assert image_io.read_mask(tmp_path / "m16.png").dtype == np.uint16
+    alpha = np.zeros((4, 5), np.uint8)
+    alpha[1:3, 2:4] = 255
+    layer = np.dstack([np.full((4, 5), 90, np.uint8), alpha])
+    path = _write(tmp_path / "layer.png", Image.fromarray(layer, "LA"))
+    np.testing.assert_array_equal(image_io.load_mask(path), alpha > 0)
+
+
 def test_load_mask_unreadable(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     with pytest.raises(image_io.ImageReadError, match=r"bad\.png"):

@@ -290,7 +290,7 @@ def test_tiny_images_are_padded_to_the_generators_smallest_input(size, ensemble)
     mask = np.zeros(size, bool)
     mask[height // 2, width // 2] = True
     network = RecordingNetwork()  # refuses inputs under 16 pixels a side, as the generator
-    out = Inpainter.from_function(network, ensemble=ensemble).inpaint(image, mask)
+    out = Inpainter(network, ensemble=ensemble).inpaint(image, mask)
     assert out.shape == image.shape and out.dtype == np.uint8
     np.testing.assert_array_equal(out[~mask], image[~mask])
     assert (out[mask] != image[mask]).any()
@@ -384,6 +384,8 @@ def test_rejects_bad_arguments():
         Inpainter.from_function(ramp_network, mode="fast")
     with pytest.raises(ValueError, match="max_batch"):
         Inpainter.from_function(ramp_network, max_batch=0)
+    with pytest.raises(TypeError, match="dtype"):
+        Inpainter(ramp_network, dtype=np.float16)  # a network function sets its own
     inpainter = Inpainter.from_function(ramp_network)
     with pytest.raises(TypeError, match="dtype int32"):
         inpainter.inpaint(np.zeros((8, 8, 3), np.int32), np.ones((8, 8), bool))
@@ -524,7 +526,7 @@ def test_reference_mode_with_float_and_pil_input_keeps_known_pixels():
 
 @pytest.fixture(scope="module")
 def tiny_inpainter() -> Inpainter:
-    return Inpainter(tiny_checkpoint(), max_batch=4, tile_size=64)
+    return Inpainter.from_checkpoint(tiny_checkpoint(), max_batch=4, tile_size=64)
 
 
 def test_tiny_generator_on_odd_sizes_compiles_once_per_shape(tiny_inpainter):
@@ -549,8 +551,10 @@ def test_checkpoint_path_and_in_memory_model_agree(tiny_inpainter):
     in_memory = Inpainter.from_model(model, variables, max_batch=4, tile_size=64)
     image = random_image(37, 53, seed=9)
     mask = block_mask(37, 53)
+    # The constructor still takes a checkpoint path, as it did before from_checkpoint.
+    from_path = Inpainter(tiny_checkpoint(), max_batch=4, tile_size=64)
     before = inference.forward_cache_size()
-    np.testing.assert_array_equal(
-        in_memory.inpaint(image, mask), tiny_inpainter.inpaint(image, mask)
-    )
+    expected = tiny_inpainter.inpaint(image, mask)
+    np.testing.assert_array_equal(in_memory.inpaint(image, mask), expected)
+    np.testing.assert_array_equal(from_path.inpaint(image, mask), expected)
     assert inference.forward_cache_size() == before  # same configuration, shared executable

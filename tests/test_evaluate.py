@@ -100,7 +100,7 @@ def command_run(dataset):
             "--baselines=telea,ns",
             f"--weights={dataset / 'weights'}",
             "--batch-size=4",
-            "--max-batch=4",
+            "--max_batch=4",  # and --batch-size: both spellings are accepted
             "--grid=2",
             "--save-images",
         ]

@@ -183,7 +183,7 @@ def test_mask_options(inputs, tmp_path):
 
     plain = result("plain", "m.png")
     assert not changed(plain)[mask <= 127].any() and changed(plain)[mask == 255].mean() > 0.5
-    low = result("low", "m.png", "--mask-threshold=50")
+    low = result("low", "m.png", "--mask_threshold=50")  # absl's spelling; hyphens work too
     assert changed(low)[mask == 100].any() and not changed(low)[mask == 0].any()
     inverted = result("inverted", "inverted.png", "--invert-mask")
     np.testing.assert_array_equal(inverted, plain)  # hole: not (255 - m > 127), i.e. m > 127

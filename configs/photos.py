@@ -25,7 +25,6 @@ def get_config(variant: str | None = None):
     config.optim.constant_steps = 4_000
     config.optim.decay_steps = 4_000
     config.optim.decay_every = 1
-    config.optim.g_clip_norm = 3.0
     config.log_every_steps = 50
     config.sample_every_steps = 500
     config.checkpoint_every_steps = 1_000

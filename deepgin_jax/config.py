@@ -37,7 +37,11 @@ def default_config() -> ml_collections.ConfigDict:
     # "xla", "cudnn" (the fused kernel on NVIDIA GPUs) or "chunked" (see models/attention.py).
     config.model.attention_impl = ""
     config.model.remat = False  # rematerialise the residual blocks to save memory
-    # Initial kernels: Kaiming-normal times this (0.1 = the reference, spec 5.6).
+    # Initial kernels (models.generator.INIT_SCHEMES): "residual" = Kaiming-normal, times
+    # init_scale on the convolutions that close a residual branch (trains from scratch);
+    # "reference" = every convolution times init_scale (spec 5.6; with 0.1 it does not learn
+    # from scratch: README, "Training"). Biases start at zero.
+    config.model.init_scheme = "residual"
     config.model.init_scale = 0.1
 
     # float32 or bfloat16 activations; parameters, optimizer state and losses stay float32.
@@ -67,8 +71,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.optim.constant_steps = 10 * ADE20K_STEPS_PER_EPOCH
     config.optim.decay_steps = 90 * ADE20K_STEPS_PER_EPOCH
     config.optim.decay_every = ADE20K_STEPS_PER_EPOCH
-    # 0 = no clipping (the challenge-time code); 3.0 = the reference after 2020-09-11.
-    config.optim.g_clip_norm = 0.0
+    # The generator's gradient is clipped to this global norm in both stages, as the reference
+    # after 2020-09-11 (spec 5.3); 0 = no clipping (the challenge-time code).
+    config.optim.g_clip_norm = 3.0
     # The reference's norm also counts the discriminator gradients that L_G produces.
     config.optim.clip_includes_discriminator = True
 

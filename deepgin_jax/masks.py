@@ -47,6 +47,8 @@ _FF_MAX_SEGMENTS = 5  # 1 + integers(0, 5) -> 1..5 segments per stroke
 _FF_MIN_LENGTH, _FF_EXTRA_LENGTH = 10, 60  # 10..69 px
 _FF_MIN_BRUSH, _FF_EXTRA_BRUSH = 10, 15  # 10..24 px
 _FF_TWO_PI = 2 * 3.1415926  # the reference's truncated value of 2*pi
+# The size the reference's stroke lengths and widths are drawn for (its training crops).
+_FF_REFERENCE_SIZE = 256
 _CA_SCALES = (1, 2, 4, 8)
 _CA_MIN_ITERATIONS, _CA_MAX_ITERATIONS = 2, 6
 _CROSS_3X3 = ndimage.generate_binary_structure(2, 1)
@@ -79,7 +81,12 @@ def rectangular_mask(rng: np.random.Generator, height: int, width: int) -> np.nd
 
 
 def free_form_mask(
-    rng: np.random.Generator, height: int, width: int, *, num_strokes: int | None = None
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    num_strokes: int | None = None,
+    scale_strokes: bool = False,
 ) -> np.ndarray:
     """Free-form brush strokes, the AIM-2020 variant of the DeepFill generator (spec 6.2).
 
@@ -90,10 +97,15 @@ def free_form_mask(
     samples the start row in [0, W) and the start column in [0, H); here the row is sampled in
     [0, H) and the column in [0, W), which is the same for square masks.
 
+    The lengths and widths are pixels at 256x256, so at 64x64 the strokes cover most of the
+    image. `scale_strokes` scales both by min(H, W) / 256 (widths at least 1 px), keeping the
+    hole ratio of 256x256 at any size; the random draws are the same, and at 256 so is the mask.
+
     Returns:
       float32 `[height, width]`, 1 on the strokes (hole), 0 elsewhere.
     """
     _check_size(height, width)
+    scale = min(height, width) / _FF_REFERENCE_SIZE if scale_strokes else 1.0
     if num_strokes is None:
         num_strokes = _FF_MIN_STROKES + int(rng.integers(0, _FF_EXTRA_STROKES))
     mask = np.zeros((height, width), np.float32)
@@ -103,8 +115,10 @@ def free_form_mask(
             angle = 0.01 + int(rng.integers(0, 4))
             if stroke % 2 == 0:
                 angle = _FF_TWO_PI - angle
-            length = _FF_MIN_LENGTH + int(rng.integers(0, _FF_EXTRA_LENGTH))
+            length = (_FF_MIN_LENGTH + int(rng.integers(0, _FF_EXTRA_LENGTH))) * scale
             brush_width = _FF_MIN_BRUSH + int(rng.integers(0, _FF_EXTRA_BRUSH))
+            if scale != 1.0:
+                brush_width = max(1, round(brush_width * scale))
             end_row = int(np.int32(row + length * math.sin(angle)))
             end_col = int(np.int32(col + length * math.cos(angle)))
             cv2.line(mask, (col, row), (end_col, end_row), 1.0, brush_width)
@@ -175,9 +189,22 @@ def resolve_mask_kind(kind: str, rng: np.random.Generator) -> str:
     return kind
 
 
-def generate_mask(kind: str, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A mask of type `kind` ("rect", "freeform", "ca" or "mixed"): float32 `[H, W]`, 1 = hole."""
-    return _GENERATORS[resolve_mask_kind(kind, rng)](rng, height, width)
+def generate_mask(
+    kind: str, rng: np.random.Generator, height: int, width: int, *, scale_strokes: bool = False
+) -> np.ndarray:
+    """A mask of type `kind` ("rect", "freeform", "ca" or "mixed"): float32 `[H, W]`, 1 = hole.
+
+    scale_strokes: free-form strokes scaled to the mask size (`free_form_mask`).
+    """
+    return _generate(resolve_mask_kind(kind, rng), rng, height, width, scale_strokes)
+
+
+def _generate(
+    kind: str, rng: np.random.Generator, height: int, width: int, scale_strokes: bool
+) -> np.ndarray:
+    if kind == "freeform":
+        return free_form_mask(rng, height, width, scale_strokes=scale_strokes)
+    return _GENERATORS[kind](rng, height, width)
 
 
 def mask_rng(seed: int, index: int) -> np.random.Generator:
@@ -193,6 +220,7 @@ def write_mask_set(
     height: int,
     width: int,
     seed: int,
+    scale_strokes: bool = False,
     progress: Callable[[range], Any] | None = None,
 ) -> dict[str, Any]:
     """Writes `count` masks as `<type>_<index:05d>.png` (0 = known, 255 = hole) plus `masks.json`.
@@ -205,6 +233,7 @@ def write_mask_set(
       output_dir: folder to write into (created if missing).
       kind: "rect", "freeform", "ca", "mixed" (the type of each mask is then drawn per mask) or
         "balanced" (mask i has type MASK_TYPES[i % 3]).
+      scale_strokes: free-form strokes scaled to the mask size (`free_form_mask`).
       progress: optional wrapper for the index range, e.g. `tqdm.tqdm`.
 
     Returns:
@@ -225,7 +254,7 @@ def write_mask_set(
             actual_kind = MASK_TYPES[index % len(MASK_TYPES)]
         else:
             actual_kind = resolve_mask_kind(kind, rng)
-        mask = _GENERATORS[actual_kind](rng, height, width)
+        mask = _generate(actual_kind, rng, height, width, scale_strokes)
         file_name = f"{actual_kind}_{index:05d}.png"
         image_io.save_mask(output_dir / file_name, mask > 0.5)
         entries.append(
@@ -236,6 +265,7 @@ def write_mask_set(
         "type": kind,
         "height": height,
         "width": width,
+        "scale_strokes": scale_strokes,
         "count": count,
         "masks": entries,
     }
@@ -278,6 +308,7 @@ def _main(argv: list[str]) -> None:
         height=height,
         width=width,
         seed=f.seed,
+        scale_strokes=f.scale_strokes,
         progress=lambda r: tqdm.tqdm(r, desc=f"{f.type} masks", unit="mask"),
     )
     ratios = [m["hole_ratio"] for m in manifest["masks"]]
@@ -307,6 +338,12 @@ def _define_flags() -> None:
     flags.DEFINE_integer("width", None, "Width (overrides --size).", lower_bound=1)
     flags.DEFINE_integer(
         "seed", 0, "Seed; the same seed gives byte-identical files.", lower_bound=0
+    )
+    flags.DEFINE_bool(
+        "scale_strokes",
+        False,
+        "Scale free-form stroke lengths and widths by min(height, width) / 256 (their hole "
+        "ratio at 256x256 at any size); off = the reference's pixel sizes.",
     )
     flags.DEFINE_string("output", None, "Output folder.", required=True)
 

@@ -39,7 +39,7 @@ from deepgin_jax import checkpointing, losses, metric_writers, metrics, sharding
 from deepgin_jax.data import pipeline
 from deepgin_jax.models import SPECTRAL_COLLECTION, DeepGIN, MultiScaleDiscriminator
 from deepgin_jax.models.attention import validate_implementation
-from deepgin_jax.models.generator import DeepGINOutput
+from deepgin_jax.models.generator import INIT_SCHEMES, DeepGINOutput
 
 Array = jax.Array
 PyTree = Any
@@ -129,11 +129,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if config[name] < 0:
             raise ValueError(f"{name} must be >= 0, got {config[name]} (0 = {zero})")
     unknown = (
-        set(config.model) - set(ARCHITECTURE_FIELDS) - {"attention_impl", "remat", "init_scale"}
+        set(config.model)
+        - set(ARCHITECTURE_FIELDS)
+        - {"attention_impl", "remat", "init_scheme", "init_scale"}
     )
     if unknown:
         raise ValueError(f"unknown config.model keys: {sorted(unknown)}")
     validate_implementation(config.model.attention_impl or None, "model.attention_impl")
+    if config.model.init_scheme not in INIT_SCHEMES:
+        raise ValueError(
+            f"model.init_scheme={config.model.init_scheme!r}; expected one of {INIT_SCHEMES}"
+        )
     losses.validate_loss_config(config.loss)
     pipeline.validate_data_config(config.data, jax.process_count())
     if config.loss.feature_matching:
@@ -269,9 +275,10 @@ def _select_finite(finite: Array, new: PyTree, old: PyTree) -> PyTree:
 
 
 def warmup_step(
-    state: TrainState, batch: Mapping[str, Array], *, setup: Setup
+    state: TrainState, batch: Mapping[str, Array], *, setup: Setup, clip_norm: float = 0.0
 ) -> tuple[TrainState, dict]:
-    """One L1-only generator step (the warm-up stage)."""
+    """One L1-only generator step (the warm-up stage); the gradient is clipped to a global
+    norm of `clip_norm` when it is > 0."""
     target, mask, masked = prepare_batch(batch)
 
     def loss_fn(g_params: PyTree) -> tuple[Array, dict]:
@@ -279,8 +286,10 @@ def warmup_step(
         return losses.generator_loss(outputs, target, mask, None, None, setup.warmup_loss_config)
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
-    updates, g_opt_state = setup.g_warmup_tx.update(grads, state.g_opt_state, state.g_params)
     grad_norm = optax.tree.norm(grads)
+    if clip_norm > 0:
+        grads = clip_gradients(grads, clip_norm, grad_norm)
+    updates, g_opt_state = setup.g_warmup_tx.update(grads, state.g_opt_state, state.g_params)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.replace(
         step=state.step + 1,
@@ -411,7 +420,7 @@ def train_step(
     used by the GAN stage; `stage_start` is the step the GAN stage starts at.
     """
     if stage == WARMUP:
-        return warmup_step(state, batch, setup=setup)
+        return warmup_step(state, batch, setup=setup, clip_norm=clip_norm)
     if stage == GAN:
         return gan_step(
             state,

@@ -38,6 +38,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     config.augmentation = "reference"
     config.crop_scale = (0.5, 1.0)
     config.mask_types = ("rect", "ca", "freeform")  # one sample per type per item, this order
+    # Free-form strokes in pixels at 256x256 (the reference; at 64x64 they cover ~97 % of the
+    # image) or scaled by crop_size / 256, keeping their 256x256 hole ratio at any crop size.
+    config.scale_strokes = False
     config.items_per_batch = 4  # images per step across all processes
     config.num_workers = 0  # Grain worker processes (0 = decode in the training process)
     config.num_threads = 4  # reader threads per process/worker
@@ -143,6 +146,7 @@ def create_train_dataset(
         crop_size=config.crop_size,
         mask_types=tuple(config.mask_types),
         crop_scale=tuple(config.crop_scale),
+        scale_strokes=config.scale_strokes,
     )
     start = process_index * per_process
     dataset = (

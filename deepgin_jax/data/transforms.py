@@ -92,10 +92,16 @@ def random_crop_augment(
 
 
 def generate_item_masks(
-    rng: np.random.Generator, mask_types: Sequence[str], size: int
+    rng: np.random.Generator, mask_types: Sequence[str], size: int, scale_strokes: bool = False
 ) -> np.ndarray:
-    """One mask per entry of `mask_types`, in that order: uint8 `[K, size, size, 1]`, 1 = hole."""
-    stack = [masks_lib.generate_mask(kind, rng, size, size) for kind in mask_types]
+    """One mask per entry of `mask_types`, in that order: uint8 `[K, size, size, 1]`, 1 = hole.
+
+    scale_strokes: free-form strokes scaled to `size` (`masks.free_form_mask`).
+    """
+    stack = [
+        masks_lib.generate_mask(kind, rng, size, size, scale_strokes=scale_strokes)
+        for kind in mask_types
+    ]
     return np.stack(stack).astype(np.uint8)[..., None]
 
 
@@ -122,6 +128,7 @@ class InpaintingItemTransform(grain.transforms.RandomMap):
         crop_size: int,
         mask_types: Sequence[str],
         crop_scale: tuple[float, float] = (0.5, 1.0),
+        scale_strokes: bool = False,
     ):
         if augmentation not in AUGMENTATIONS:
             raise ValueError(
@@ -141,6 +148,7 @@ class InpaintingItemTransform(grain.transforms.RandomMap):
         self.crop_size = crop_size
         self.mask_types = tuple(mask_types)
         self.crop_scale = tuple(crop_scale)
+        self.scale_strokes = scale_strokes
 
     def random_map(self, element: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if self.augmentation == "reference":
@@ -151,7 +159,7 @@ class InpaintingItemTransform(grain.transforms.RandomMap):
             image = random_crop_augment(
                 element, rng, crop_size=self.crop_size, crop_scale=self.crop_scale
             )
-        item_masks = generate_item_masks(rng, self.mask_types, self.crop_size)
+        item_masks = generate_item_masks(rng, self.mask_types, self.crop_size, self.scale_strokes)
         image, item_masks = shared_horizontal_flip(rng, image, item_masks)
         return {"image": image, "mask": item_masks}
 

@@ -33,6 +33,12 @@ COARSE_RATES = (2, 3, 4, 5, 6, 8, 10, 1)  # spec 1.1, in the reference's concate
 REFINE_RATES = (2, 3, 4, 5)
 BLOCK_TYPES = ("spd", "dilated", "standard")
 ATTENTION_MODES = ("multiscale", "single", "none")
+# "residual": Kaiming-normal everywhere, times `init_scale` only on the convolutions that close
+# a residual branch (ESRGAN's "smaller initialization", which the paper cites); trains from
+# scratch. "reference": every convolution times `init_scale` (spec 5.6); with 0.1 each layer
+# shrinks its signal tenfold, so at step 0 most kernel gradients sit below Adam's eps and the
+# first updates leave the ReLU branches dead or constant (README, "Training").
+INIT_SCHEMES = ("residual", "reference")
 
 
 def leaky_relu(x: Array) -> Array:
@@ -62,19 +68,33 @@ class ConvSettings:
 
     dtype: the activations' dtype (parameters stay float32).
     crop_padding: see `layers.edge_padded_conv_padding` (the same values; off for ONNX).
-    init_scale: kernels start as Kaiming-normal (fan_in, gain sqrt(2)) times this; 0.1 is the
-        reference's initialiser (spec 5.6), biases start at zero.
+    init_scheme: one of `INIT_SCHEMES`, which kernels start as Kaiming-normal (fan_in, gain sqrt(2))
+        times `init_scale`: those closing a residual branch ("residual") or all ("reference",
+        spec 5.6 with 0.1). The others start as plain Kaiming-normal; biases start at zero.
     """
 
     dtype: Dtype = jnp.float32
     crop_padding: bool = True
     init_scale: float = 0.1
+    init_scheme: str = "residual"
 
     def conv(
-        self, features: int, kernel: int, *, pad: int, name: str, stride: int = 1, dilation: int = 1
+        self,
+        features: int,
+        kernel: int,
+        *,
+        pad: int,
+        name: str,
+        stride: int = 1,
+        dilation: int = 1,
+        closes_residual: bool = False,
     ) -> EdgePaddedConv:
-        """A kernel x kernel convolution after `pad` pixels of replication padding."""
+        """A kernel x kernel convolution after `pad` pixels of replication padding.
+
+        closes_residual: its output is added to a residual stream (x + conv(...)).
+        """
         edge_padding, padding = edge_padded_conv_padding(pad, self.crop_padding)
+        scaled = self.init_scheme == "reference" or closes_residual
         return EdgePaddedConv(
             features,
             (kernel, kernel),
@@ -83,7 +103,7 @@ class ConvSettings:
             edge_padding=edge_padding,
             padding=padding,
             dtype=self.dtype,
-            kernel_init=scaled_kaiming_init(self.init_scale),
+            kernel_init=scaled_kaiming_init(self.init_scale if scaled else 1.0),
             bias_init=nn.initializers.zeros,
             name=name,
         )
@@ -105,8 +125,12 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        def block_conv(features: int, rate: int, name: str) -> EdgePaddedConv:
-            return self.settings.conv(features, 3, pad=rate, dilation=rate, name=name)
+        def block_conv(
+            features: int, rate: int, name: str, closes_residual: bool = False
+        ) -> EdgePaddedConv:
+            return self.settings.conv(
+                features, 3, pad=rate, dilation=rate, name=name, closes_residual=closes_residual
+            )
 
         if self.block_type == "spd":
             width = self.features // len(self.rates)
@@ -118,7 +142,7 @@ class ResidualBlock(nn.Module):
         else:
             rate = 2 if self.block_type == "dilated" else 1
             y = nn.relu(block_conv(self.features, rate, "conv1")(x))
-        return x + block_conv(self.features, 1, "fusion")(y)
+        return x + block_conv(self.features, 1, "fusion", closes_residual=True)(y)
 
 
 def residual_block(
@@ -148,7 +172,9 @@ class SelfAttention(nn.Module):
         inner = self.features // 2
 
         def project(name: str, features: int, y: Array) -> Array:
-            return self.settings.conv(features, 1, pad=0, name=name)(y)
+            return self.settings.conv(features, 1, pad=0, name=name, closes_residual=name == "out")(
+                y
+            )
 
         def tokens(name: str) -> Array:  # [N, H, W, C] -> [N, H*W, C/2], row-major (h, w)
             return project(name, inner, x).reshape(n, h * w, inner)
@@ -282,8 +308,8 @@ class DeepGIN(nn.Module):
 
     Execution only (the same parameters and values): `dtype` of the activations, the
     self-attention `attention_impl`, `remat` of the residual blocks, and `crop_padding` (see
-    `layers.edge_padded_conv_padding`; off for ONNX). `init_scale` sets the initial weights
-    (`ConvSettings`).
+    `layers.edge_padded_conv_padding`; off for ONNX). `init_scheme` and `init_scale` set the initial
+    weights (`ConvSettings`, `INIT_SCHEMES`).
     """
 
     base_features: int = 64
@@ -300,14 +326,17 @@ class DeepGIN(nn.Module):
     remat: bool = False
     crop_padding: bool = True
     init_scale: float = 0.1
+    init_scheme: str = "residual"
 
     def setup(self) -> None:
         if self.block_type not in BLOCK_TYPES:
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {self.block_type!r}")
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.init_scheme not in INIT_SCHEMES:
+            raise ValueError(f"init_scheme must be one of {INIT_SCHEMES}, got {self.init_scheme!r}")
         validate_implementation(self.attention_impl)
-        settings = ConvSettings(self.dtype, self.crop_padding, self.init_scale)
+        settings = ConvSettings(self.dtype, self.crop_padding, self.init_scale, self.init_scheme)
         self.coarse = CoarseGenerator(
             self.base_features,
             self.num_coarse_blocks,

@@ -247,6 +247,18 @@ def _load_batch(
     return np.stack(originals), np.stack(holes)
 
 
+def _read_mask_set(mask_dir: str | os.PathLike, size: int) -> tuple[dict[str, Any], list[Path]]:
+    """`masks.read_mask_set`, or ValueError if the set's masks are not size x size."""
+    manifest, mask_paths = masks.read_mask_set(mask_dir)
+    if (manifest["height"], manifest["width"]) != (size, size):
+        raise ValueError(
+            f"the mask set is {manifest['width']}x{manifest['height']} but the evaluation size "
+            f"(--size) is {size}; "
+            f"write a set with `python -m deepgin_jax.masks --size {size}`"
+        )
+    return manifest, mask_paths
+
+
 def _output_name(pair: EvalPair) -> str:
     return f"{Path(pair.image).stem}__{Path(pair.mask).stem}.png"
 
@@ -286,13 +298,7 @@ def evaluate(
     image_paths = image_io.list_images(Path(image_dir))[:max_images]
     if not image_paths:
         raise ValueError(f"no images in {image_dir}")
-    manifest, mask_paths = masks.read_mask_set(mask_dir)
-    if (manifest["height"], manifest["width"]) != (size, size):
-        raise ValueError(
-            f"the mask set is {manifest['width']}x{manifest['height']} but the evaluation size "
-            f"(--size) is {size}; "
-            f"write a set with `python -m deepgin_jax.masks --size {size}`"
-        )
+    manifest, mask_paths = _read_mask_set(mask_dir, size)
     pairs = make_pairs([p.name for p in image_paths], manifest, masks_per_image)
     if feature_networks is None:
         feature_networks = FeatureNetworks.from_dir(weights_dir, lpips_net)
@@ -332,13 +338,23 @@ def evaluate(
         "size": size,
         "mask_set": {k: manifest[k] for k in ("seed", "type", "count") if k in manifest},
     }
+    _write_reports(output_dir, summary, records, grid_rows)
+    return summary
+
+
+def _write_reports(
+    output_dir: Path,
+    summary: Mapping[str, Any],
+    records: Mapping[str, _MethodRecord],
+    grid_rows: Sequence[Sequence[np.ndarray]],
+) -> None:
+    """per_image.csv, summary.json, results.md and (with grid rows) grid.png in output_dir."""
     output_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(output_dir / "per_image.csv", [r for rec in records.values() for r in rec.rows])
     _write_text(output_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     _write_text(output_dir / "results.md", results_markdown(summary))
     if grid_rows:
-        _write_grid(output_dir / "grid.png", grid_rows, ["masked", *methods, "original"])
-    return summary
+        _write_grid(output_dir / "grid.png", grid_rows, ["masked", *records, "original"])
 
 
 def _score(

@@ -514,9 +514,6 @@ class InpainterBase:
     mask and plans each image, `_run` runs the work items of all images together, and the
     results go back to the caller's types. An empty mask returns a copy of the image."""
 
-    mode = "auto"
-    ensemble = False
-
     def __init__(self, planner: _Planner):
         self._planner = planner
 

@@ -1,6 +1,8 @@
 r"""A web page for inpainting: upload a photo, paint the hole with a brush, download the result.
 
-  python -m deepgin_jax.app --checkpoint CKPT [--host 127.0.0.1] [--port 7860]
+  python -m deepgin_jax.app [--checkpoint CKPT] [--host 127.0.0.1] [--port 7860]
+
+Without --checkpoint the page uses the DeepGIN-compact shipped with the package.
 
 The page (Gradio) has three steps:
 1. Photo: any format Pillow reads (16-bit PNG too), any size up to --max_megapixels (16 by
@@ -285,16 +287,17 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     cli.define_inpainter_flags(flag_values)
     cli.define_hyphenated_aliases(flag_values, ["max_megapixels"])
     flags.adopt_module_key_flags(cli, flag_values=flag_values)  # --help lists them here
-    flags.mark_flag_as_required("checkpoint", flag_values=flag_values)
 
 
 def main(argv: Sequence[str]) -> int:
     cli.reject_arguments(argv)
     f = flags.FLAGS
+    if (problem := cli.inpainter_flags_problem(f)) is not None:
+        return cli.usage_failure("%s", problem)
     try:
         inpainter = Inpainter.from_checkpoint(f.checkpoint, **cli.inpainter_options(f))
     except CheckpointNotFoundError as e:
-        return cli.usage_failure("cannot load --checkpoint %s: %s", f.checkpoint, e)
+        return cli.generator_failure(f.checkpoint, e)
     blocks = build_app(inpainter, max_megapixels=f.max_megapixels)
     blocks.queue().launch(**launch_kwargs(f.host, f.port))
     return cli.EXIT_OK

@@ -15,7 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from deepgin_jax.inference import MODES, default_max_batch
+from deepgin_jax.inference import MODES, STRATEGIES, default_max_batch
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,8 +23,9 @@ EXIT_USAGE = 2
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CHECKPOINT_HELP = (
-    "Generator checkpoint (converted model, training checkpoint step, checkpoints/ folder or "
-    "training workdir)."
+    "Generator: a converted model, training checkpoint step, checkpoints/ folder, training "
+    "workdir or shipped-model folder. Default: the DeepGIN-compact shipped with the package "
+    "(deepgin_jax/weights/compact, or the folder $DEEPGIN_SHIPPED_WEIGHTS names)."
 )
 
 
@@ -42,7 +43,8 @@ def define_checkpoint_flag(flag_values: flags.FlagValues, *, repeatable: bool = 
             "checkpoint",
             [],
             "NAME=DIR (or DIR, named after the folder); repeatable. DIR: a converted model, a "
-            "training checkpoint step, a checkpoints/ folder or a training workdir.",
+            "training checkpoint step, a checkpoints/ folder, a training workdir or a "
+            "shipped-model folder. Default: the DeepGIN-compact shipped with the package.",
             flag_values=flag_values,
         )
     else:
@@ -50,8 +52,8 @@ def define_checkpoint_flag(flag_values: flags.FlagValues, *, repeatable: bool = 
 
 
 def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
-    """`--max_batch`, `--dtype`, `--mode` and `--ensemble`: how an `Inpainter` runs the
-    generator (read them back with `inpainter_options`)."""
+    """`--max_batch`, `--dtype`, `--mode`, `--strategy` and `--ensemble`: how an `Inpainter`
+    runs the generator (read them back with `inpainter_options`)."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_integer(
         "max_batch",
@@ -69,6 +71,16 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
         "resampled; reference: the original test script, exactly.",
         **fv,
     )
+    flags.DEFINE_enum(
+        "strategy",
+        "auto",
+        list(STRATEGIES),
+        "How much of a photo the network sees (--mode auto): crop: only a box around the holes "
+        "(their bounding box grown 2x, at least 256 px a side), pasted back, the rest of the "
+        "photo untouched; whole: all of it; auto: crop when that box is at most half the "
+        "photo.",
+        **fv,
+    )
     flags.DEFINE_bool(
         "ensemble",
         None,
@@ -83,10 +95,29 @@ def inpainter_options(flag_values: flags.FlagValues) -> dict[str, Any]:
     """Keyword arguments of `Inpainter.from_checkpoint` from `define_inpainter_flags`'s flags."""
     return {
         "mode": flag_values.mode,
+        "strategy": flag_values.strategy,
         "ensemble": flag_values.ensemble,
         "dtype": DTYPES[flag_values.dtype],
         "max_batch": flag_values.max_batch or default_max_batch(),
     }
+
+
+def inpainter_flags_problem(flag_values: flags.FlagValues) -> str | None:
+    """Why `define_inpainter_flags`'s flags cannot work together, or None."""
+    if flag_values.mode == "reference" and flag_values.strategy == "crop":
+        return (
+            "--strategy crop cannot apply with --mode reference, which resamples the whole "
+            "photo as the original test script does; drop --strategy or use --mode auto"
+        )
+    return None
+
+
+def generator_failure(checkpoint: str | None, error: Exception) -> int:
+    """Logs why the generator of `checkpoint` (None: the shipped one) cannot be loaded (no
+    traceback) and returns EXIT_USAGE."""
+    if checkpoint is None:
+        return usage_failure("%s", error)
+    return usage_failure("cannot load --checkpoint %s: %s", checkpoint, error)
 
 
 def require_flags(flag_values: flags.FlagValues, names: Sequence[str]) -> None:

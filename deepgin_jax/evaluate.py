@@ -2,14 +2,18 @@ r"""Evaluate DeepGIN checkpoints and classical baselines on an image folder and 
 
   python -m deepgin_jax.masks --type mixed --count 1000 --size 256 --seed 0 --output masks256/
   python -m deepgin_jax.evaluate --images photos/ --masks masks256/ \
-      --checkpoint deepgin=checkpoints/deepgin --baselines telea,ns \
+      --checkpoint deepgin=checkpoints/deepgin --baselines telea,ns,patchmatch \
       --weights weights/ --output eval/
+  python -m deepgin_jax.evaluate --images photos/ --masks masks256/ --baselines telea \
+      --output eval/              # no --checkpoint: the shipped DeepGIN-compact beside Telea
 
 Every image (sorted by name) is cropped to its central square and resized to --size; image a
 is paired with the masks (a*K + k) mod M of the set, k < K = --masks_per_image (K = 1: image
-i with mask i, cycling). Every method sees the same pairs. PSNR, SSIM and L1 (%) are always
-computed on the whole composited image; LPIPS when --weights holds lpips_vgg.npz (or
-lpips_alex.npz with --lpips_net alex), FID when it holds fid_inception.npz (write them with
+i with mask i, cycling). Every method sees the same pairs. Without --checkpoint the model
+shipped with the package is evaluated (beside any --baselines). PSNR, SSIM and L1 (%) are
+always computed on the whole composited image, and PSNR and L1 (%) on the hole's pixels
+alone; LPIPS when --weights holds lpips_vgg.npz (or lpips_alex.npz with --lpips_net alex), FID
+when it holds fid_inception.npz (write them with
 `python -m deepgin_jax.pretrained --output weights/`). Means per mask type and per hole-ratio
 bucket (0-10%, ..., 50-60%, >60%).
 
@@ -35,8 +39,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("masks", None, "Mask set folder (python -m deepgin_jax.masks).", **fv)
     flags.DEFINE_string("output", None, "Folder for the reports.", **fv)
     cli.define_checkpoint_flag(flag_values, repeatable=True)
-    flags.DEFINE_list("baselines", [], "Classical baselines: telea, ns.", **fv)
-    flags.DEFINE_float("inpaint_radius", 3.0, "Neighbourhood radius of the baselines (px).", **fv)
+    flags.DEFINE_list("baselines", [], "Classical baselines: telea, ns, patchmatch.", **fv)
+    flags.DEFINE_float("inpaint_radius", 3.0, "Neighbourhood radius of telea and ns (px).", **fv)
     flags.DEFINE_integer("size", 256, "Evaluation image size (square).", lower_bound=16, **fv)
     flags.DEFINE_integer("masks_per_image", 1, "Masks per image.", lower_bound=1, **fv)
     flags.DEFINE_integer("max_images", None, "Use only the first N images.", lower_bound=1, **fv)
@@ -72,8 +76,8 @@ def run(flag_values: flags.FlagValues) -> dict[str, Any]:
     """Runs the evaluation for parsed `flag_values`; returns the summary."""
     f = flag_values
     cli.require_flags(f, ["images", "masks", "output"])
-    if not f.checkpoint and not f.baselines:
-        raise app.UsageError("give at least one --checkpoint or --baselines")
+    if (problem := cli.inpainter_flags_problem(f)) is not None:
+        raise app.UsageError(problem)
     try:
         methods = evaluation.build_methods(
             f.checkpoint, f.baselines, radius=f.inpaint_radius, **cli.inpainter_options(f)

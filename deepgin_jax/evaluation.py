@@ -8,9 +8,11 @@ Protocol (the same pairs for every method):
 * pairing: image a gets the masks (a*K + k) mod M for k < K (K = masks_per_image, M = the
   set's size): with K = 1, image i meets mask i, cycling through the set;
 * metrics, on the whole composited image against the original: PSNR (dB), SSIM, L1 error (%)
-  and LPIPS per pair; FID per method between its outputs and the originals of all pairs, and
-  per mask type when the type has at least `fid_min_count` pairs (the count is reported;
-  FID is strongly biased below a few thousand images);
+  and LPIPS per pair; on the hole's pixels alone (every channel of every hole pixel, nothing
+  else): hole PSNR (dB) and hole L1 error (%), which the known pixels (identical in every
+  method's output) cannot dilute; FID per method between its outputs and the originals of
+  all pairs, and per mask type when the type has at least `fid_min_count` pairs (the count
+  is reported; FID is strongly biased below a few thousand images);
 * summaries per mask type and per hole-ratio bucket (0-10%, 10-20%, ..., 50-60%, >60%; a
   ratio on an edge goes to the lower bucket: (0, 10], (10, 20], ...).
 
@@ -51,6 +53,8 @@ METRIC_INFO = {
     "ssim": ("SSIM ↑", True, 4),
     "l1_percent": ("L1 error (%) ↓", False, 3),
     "lpips": ("LPIPS ↓", False, 4),
+    "hole_psnr": ("hole PSNR (dB) ↑", True, 2),
+    "hole_l1_percent": ("hole L1 error (%) ↓", False, 3),
 }
 ALL = "all"
 
@@ -197,16 +201,25 @@ def build_methods(
     **inpainter_options: Any,
 ) -> dict[str, InpainterBase]:
     """Methods by name, in order: each checkpoint spec "name=DIR" (or "DIR", named after its
-    folder) becomes an `Inpainter.from_checkpoint(DIR, **inpainter_options)`; each baseline
-    ("telea", "ns") an `OpenCVInpainter` with `radius`.
+    folder) becomes an `Inpainter.from_checkpoint(DIR, **inpainter_options)`; with no
+    checkpoint, the shipped model (named as its card names it, e.g. "DeepGIN-compact"); each
+    baseline ("telea", "ns", "patchmatch") a `baselines.make_baseline(name, radius)`.
 
     Raises:
       ValueError: a duplicate name or an unknown baseline.
+      shipped.ShippedWeightsError: no checkpoint, and the shipped weights are missing.
     """
-    from deepgin_jax.baselines import OPENCV_METHODS, OpenCVInpainter
+    from deepgin_jax import shipped
+    from deepgin_jax.baselines import BASELINES, make_baseline
     from deepgin_jax.inference import Inpainter
 
     specs: list[tuple[str, Callable[[], InpainterBase]]] = []
+    if not checkpoints:
+        try:
+            name = shipped.read_card().get("name", shipped.MODEL_NAME)
+        except shipped.ShippedWeightsError:
+            name = shipped.MODEL_NAME  # loading it below says what is missing
+        specs.append((name, functools.partial(Inpainter.default, **inpainter_options)))
     for spec in checkpoints:
         name, sep, directory = spec.partition("=")
         if not sep:
@@ -216,14 +229,17 @@ def build_methods(
         make = functools.partial(Inpainter.from_checkpoint, directory, **inpainter_options)
         specs.append((name, make))
     for baseline in baselines:
-        if baseline not in OPENCV_METHODS:
-            raise ValueError(f"unknown baseline {baseline!r}; known: {sorted(OPENCV_METHODS)}")
-        specs.append((baseline, functools.partial(OpenCVInpainter, baseline, radius)))
+        if baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
+        specs.append((baseline, functools.partial(make_baseline, baseline, radius)))
     names = [name for name, _ in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"method names must be unique; repeated: {', '.join(duplicates)}")
-    return {name: make() for name, make in specs}
+    # The baselines first: a bad option of theirs is reported before a slow model load.
+    models = len(specs) - len(baselines)
+    built = {name: make() for name, make in [*specs[models:], *specs[:models]]}
+    return {name: built[name] for name, _ in specs}
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -318,7 +334,9 @@ def evaluate(
         outputs = {}
         for name, method in methods.items():
             outputs[name] = np.stack(method.inpaint_many(list(originals), list(holes)))
-            _record(records[name], name, batch, outputs[name], originals, networks, batch_size)
+            _record(
+                records[name], name, batch, outputs[name], originals, holes, networks, batch_size
+            )
             if save_images:
                 for row, pair in enumerate(batch):
                     path = output_dir / "images" / name / _output_name(pair)
@@ -357,8 +375,33 @@ def _write_reports(
         _write_grid(output_dir / "grid.png", grid_rows, ["masked", *records, "original"])
 
 
+def hole_metrics(
+    outputs: np.ndarray, originals: np.ndarray, holes: np.ndarray
+) -> dict[str, np.ndarray]:
+    """PSNR (dB, data range 1) and L1 error (%) over the hole's pixels alone (all channels):
+    {'hole_psnr': [N], 'hole_l1_percent': [N]} for images [N, H, W, 3] (uint8 or [0, 1]) and
+    holes bool [N, H, W]. inf PSNR for an exact fill; NaN for an empty hole."""
+    outputs = image_io.to_unit_float(outputs).astype(np.float64)
+    originals = image_io.to_unit_float(originals).astype(np.float64)
+    weight = holes[..., None].astype(np.float64)
+    count = weight.sum(axis=(1, 2, 3)) * outputs.shape[-1]
+    difference = (outputs - originals) * weight
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mse = np.square(difference).sum(axis=(1, 2, 3)) / count
+        mae = np.abs(difference).sum(axis=(1, 2, 3)) / count
+        psnr = np.where(mse > 0, 10.0 * np.log10(1.0 / mse), np.inf)
+    return {
+        "hole_psnr": np.where(count > 0, psnr, np.nan),
+        "hole_l1_percent": 100.0 * mae,
+    }
+
+
 def _score(
-    outputs: np.ndarray, originals: np.ndarray, networks: FeatureNetworks, batch_size: int
+    outputs: np.ndarray,
+    originals: np.ndarray,
+    holes: np.ndarray,
+    networks: FeatureNetworks,
+    batch_size: int,
 ) -> dict[str, np.ndarray]:
     scores = {
         name: _padded_call(fn, batch_size, outputs, originals)
@@ -370,6 +413,7 @@ def _score(
     }
     if networks.lpips is not None:
         scores["lpips"] = _padded_call(networks.lpips, batch_size, outputs, originals)
+    scores.update(hole_metrics(outputs, originals, holes))
     return scores
 
 
@@ -379,11 +423,12 @@ def _record(
     pairs: Sequence[EvalPair],
     outputs: np.ndarray,
     originals: np.ndarray,
+    holes: np.ndarray,
     networks: FeatureNetworks,
     batch_size: int,
 ) -> None:
     """Adds one batch of a method's outputs: a CSV row per pair, and FID features."""
-    scores = _score(outputs, originals, networks, batch_size)
+    scores = _score(outputs, originals, holes, networks, batch_size)
     record.rows.extend(_row(method, pair, scores, row) for row, pair in enumerate(pairs))
     if networks.fid is not None:
         if record.fid is None:
@@ -415,7 +460,7 @@ def _fid(a: metrics.FeatureStatistics, b: metrics.FeatureStatistics) -> float | 
 
 
 def _mean(rows: Sequence[Mapping[str, Any]], metric: str) -> float | None:
-    values = [r[metric] for r in rows if metric in r]
+    values = [r[metric] for r in rows if metric in r and not math.isnan(r[metric])]
     finite = [v for v in values if math.isfinite(v)]
     if len(finite) != len(values):
         logging.warning(
@@ -490,7 +535,8 @@ def results_markdown(summary: Mapping[str, Any]) -> str:
             f"{protocol['pairs']} image-mask pairs: {protocol['images']} images "
             f"(central square, {protocol['size']}x{protocol['size']}) x "
             f"{protocol['masks_per_image']} mask(s) each from a set of {protocol['masks']}; "
-            "metrics on the whole composited image.",
+            "PSNR, SSIM, L1 and LPIPS on the whole composited image; hole PSNR and hole L1 "
+            "on the hole's pixels alone.",
             "",
         ]
     for metric in summary["metrics"]:

@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from deepgin_jax import cli
+from deepgin_jax import cli, shipped
 from deepgin_jax.atomic import atomic_write
-from deepgin_jax.checkpointing import CheckpointNotFoundError, load_generator
+from deepgin_jax.checkpointing import CheckpointNotFoundError
 from deepgin_jax.models.generator import DeepGIN
 
 FORMATS = ("onnx", "stablehlo")
@@ -293,7 +293,7 @@ def load_stablehlo(path: str | os.PathLike) -> jax.export.Exported:
 
 
 def export_checkpoint(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
     output: str | os.PathLike,
     *,
     fmt: str,
@@ -304,6 +304,8 @@ def export_checkpoint(
     opset: int = ONNX_OPSET,
 ) -> Path:
     """Loads a generator checkpoint and exports it as `fmt` ("onnx" or "stablehlo").
+
+    `checkpoint`: anything `shipped.load_generator` reads; None = the shipped model.
 
     `height`, `width` and `batch` set the input shape; None makes a dimension symbolic (ONNX:
     the batch only).
@@ -320,8 +322,9 @@ def export_checkpoint(
     if width is not None:
         validate_size("width", width)
     _validate_batch(batch)
-    model, variables = load_generator(checkpoint)
-    logging.info("Loaded %s; exporting %s.", checkpoint, fmt)
+    model, variables = shipped.load_generator(checkpoint)
+    if checkpoint is not None:
+        logging.info("Loaded %s; exporting %s.", checkpoint, fmt)
     if fmt == "onnx":
         return export_onnx(
             model, variables, output, height=height, width=width, batch=batch, opset=opset
@@ -357,7 +360,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_integer("opset", ONNX_OPSET, "ONNX only: the opset version.", **fv)
     flags.adopt_module_key_flags(cli, flag_values=flag_values)  # --help lists them here
-    flags.mark_flags_as_required(["checkpoint", "format", "output"], flag_values=flag_values)
+    flags.mark_flags_as_required(["format", "output"], flag_values=flag_values)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -376,7 +379,9 @@ def main(argv: Sequence[str]) -> int:
             platforms=f.platforms,
             opset=f.opset,
         )
-    except (ExportError, CheckpointNotFoundError) as e:
+    except CheckpointNotFoundError as e:
+        return cli.generator_failure(f.checkpoint, e)
+    except ExportError as e:
         return cli.usage_failure("%s", e)
     return cli.EXIT_OK
 

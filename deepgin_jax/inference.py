@@ -1,6 +1,7 @@
 """Inpainting photos of any size with a trained DeepGIN: the one place that prepares masks, pads,
 splits into sub-images, batches, ensembles and composites (the CLIs and the web app use it).
 
+    inpainter = Inpainter()                             # the shipped DeepGIN-compact
     inpainter = Inpainter.from_checkpoint("checkpoints/deepgin")  # or .from_model(model, vars)
     result = inpainter.inpaint(photo, mask)             # PIL in -> PIL out, uint8 -> uint8
 
@@ -35,6 +36,19 @@ Modes (the mode picks a planner once, when the `Inpainter` is built):
   composite weighs by the soft mask), so `threshold` is refused with a ValueError; `invert_mask`
   (255 - m) and `dilate` (a grey max filter) apply to the soft mask before the pipeline.
 
+Strategies ("auto" mode; IOPaint's "crop" HD strategy): the network may see only the part of
+a large photo that the holes need.
+* "crop": `crop_box` is the bounding box of all the holes, each side grown `crop_factor` (2)
+  times and to at least `crop_min_size` (256), rounded up to the size the planner would pad it
+  to, centred on the holes and kept inside the photo; the "auto" mode above runs on that crop
+  alone and the result is pasted back. Outside the box the photo is not read by the network
+  and is returned exactly.
+* "whole": the network sees the whole photo, as described above.
+* "auto" (the default): "crop" when the box covers at most `crop_max_fraction` (half) of the
+  photo, else "whole". A photo up to 256 px a side is always whole (the box would be all of
+  it); an object-sized hole in a 2560x1600 photo runs on a 1024x1024 crop (16 sub-images
+  instead of 70).
+
 `ensemble` adds the x5 self-ensemble (identity, rot90, rot180, rot270, left-right flip; spec 7
 step 4), inverse-transformed and averaged; it defaults to on in "reference" mode, off in "auto".
 
@@ -67,12 +81,14 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from deepgin_jax import image_io
-from deepgin_jax.checkpointing import load_generator
+from deepgin_jax import image_io, shipped
 from deepgin_jax.image_io import convert_pixels, mask_values, to_unit_float
 from deepgin_jax.models.generator import DeepGIN
 
 MODES = ("auto", "reference")
+STRATEGIES = ("auto", "crop", "whole")  # how much of the photo the network sees ("auto" mode)
+CROP_FACTOR = 2.0  # "crop": the holes' box grown by this factor per side (at least tile_size)
+CROP_MAX_FRACTION = 0.5  # "auto" strategy: crop when the crop box is at most this of the image
 TILE_SIZE = 256  # the training crop size, and the reference's sub-image size
 SIZE_MULTIPLE = 8  # the generator needs H and W divisible by 8
 MIN_SIZE = 16  # and at least 16: its refinement encoder halves the input four times
@@ -376,11 +392,12 @@ class GeneratorForward:
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str | os.PathLike, *, dtype: Any = jnp.float32
+        cls, checkpoint: str | os.PathLike | None, *, dtype: Any = jnp.float32
     ) -> GeneratorForward:
         """The generator of a converted model, a training checkpoint step, a `checkpoints/`
-        folder or a training workdir (`deepgin_jax.checkpointing.load_generator`)."""
-        model, variables = load_generator(checkpoint, dtype=dtype)
+        folder, a training workdir or a shipped-model folder; None = the shipped model
+        (`deepgin_jax.shipped.load_generator`)."""
+        model, variables = shipped.load_generator(checkpoint, dtype=dtype)
         return cls(model, variables)
 
     def __call__(self, masked: np.ndarray, mask: np.ndarray) -> jax.Array:
@@ -435,6 +452,85 @@ class _AutoPlanner:
             return _composite(rgb, hole, prediction)
 
         return _Job(items, finish)
+
+
+def crop_box(
+    hole: np.ndarray,
+    *,
+    factor: float = CROP_FACTOR,
+    min_size: int = TILE_SIZE,
+    max_direct_size: int = TILE_SIZE,
+    tile_size: int = TILE_SIZE,
+) -> tuple[int, int, int, int]:
+    """The region the "crop" strategy runs the network on: (top, left, bottom, right).
+
+    Per axis: the bounding box of every hole pixel of bool [H, W], its side times `factor`
+    and at least `min_size`, then rounded up to the size "auto" mode would pad that crop to
+    (a multiple of 8 up to `max_direct_size`, else of `tile_size`) so that real pixels fill
+    what would otherwise be mirror padding; centred on the holes, shifted to lie inside the
+    image, and cut to the image's side. It always contains every hole pixel.
+    """
+    rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+    if rows.size == 0:
+        return 0, 0, hole.shape[0], hole.shape[1]
+    spans = [(int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)]
+    sides = [max(min_size, math.ceil((end - start) * factor)) for start, end in spans]
+    multiple = SIZE_MULTIPLE if max(sides) <= max_direct_size else tile_size
+    box = []
+    for (start, end), side, limit in zip(spans, sides, hole.shape, strict=True):
+        side = min(limit, round_up(side, multiple, MIN_SIZE))
+        first = math.floor((start + end - side) / 2)
+        first = min(max(first, end - side), start)  # keeps [start, end) inside
+        first = min(max(first, 0), limit - side)
+        box.append((first, first + side))
+    (top, bottom), (left, right) = box
+    return top, left, bottom, right
+
+
+@dataclasses.dataclass(frozen=True)
+class _CropPlanner:
+    """The "crop" strategy around an "auto" planner: the network sees only `crop_box` of the
+    photo, and the result is pasted back; with `automatic` only when that box covers at most
+    `max_fraction` of the image (else the whole image, as "whole")."""
+
+    inner: _AutoPlanner
+    factor: float
+    min_size: int
+    max_fraction: float
+    automatic: bool
+    prepare = staticmethod(_binary_hole)
+
+    def box(self, hole: np.ndarray) -> tuple[int, int, int, int] | None:
+        """`crop_box` of bool [H, W] `hole`, or None when the network is to see it whole."""
+        top, left, bottom, right = crop_box(
+            hole,
+            factor=self.factor,
+            min_size=self.min_size,
+            max_direct_size=self.inner.max_direct_size,
+            tile_size=self.inner.tile_size,
+        )
+        area = (bottom - top) * (right - left)
+        if area == hole.size or (self.automatic and area > self.max_fraction * hole.size):
+            return None
+        return top, left, bottom, right
+
+    def plan(self, rgb: np.ndarray, hole: np.ndarray) -> _Job:
+        box = self.box(hole)
+        if box is None:
+            return self.inner.plan(rgb, hole)
+        top, left, bottom, right = box
+        window = (slice(top, bottom), slice(left, right))
+        job = self.inner.plan(rgb[window], hole[window])
+
+        def finish() -> tuple[np.ndarray, np.ndarray]:
+            filled, changed_crop = job.finish()
+            result = rgb.copy()
+            result[window] = filled
+            changed = np.zeros(hole.shape, bool)
+            changed[window] = changed_crop
+            return result, changed
+
+        return _Job(job.items, finish)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -501,7 +597,7 @@ class _WholeImagePlanner:
         return _Job([], finish)
 
 
-_Planner = _AutoPlanner | _ReferencePlanner | _WholeImagePlanner
+_Planner = _AutoPlanner | _CropPlanner | _ReferencePlanner | _WholeImagePlanner
 
 
 # ----------------------------------------------------------------------------------------------
@@ -619,40 +715,60 @@ class WholeImageInpainter(InpainterBase):
 class Inpainter(InpainterBase):
     """Inpaints images of any size with a DeepGIN generator (see the module docstring).
 
-    `from_checkpoint` and `from_model` build one around a generator; the constructor takes any
-    network function with the generator's signature (an exported model, a stand-in network).
+    `Inpainter()` (or `Inpainter.default()`) uses the model shipped with the package
+    (`deepgin_jax.shipped`); `from_checkpoint` and `from_model` build one around another
+    generator; the constructor also takes any network function with the generator's signature
+    (an exported model, a stand-in network).
 
     Args:
       forward: forward(masked [B, H, W, 3] float32 in [0, 1], holes white; mask [B, H, W, 1]
-        float32, 1 = hole) -> the reconstruction [B, H, W, 3] (array-like). A checkpoint path
-        is read as `from_checkpoint` does (the older `Inpainter(checkpoint)`).
+        float32, 1 = hole) -> the reconstruction [B, H, W, 3] (array-like). A path is read as
+        `from_checkpoint` reads it; None (the default) loads the shipped model.
       mode: "auto" or "reference".
+      strategy: how much of the photo the network sees in "auto" mode: "whole" (all of it),
+        "crop" (only `crop_box`: the holes' bounding box grown `crop_factor` times and at least
+        `crop_min_size` a side; the rest of the photo is never touched), or "auto" (crop when
+        that box covers at most `crop_max_fraction` of the photo, else whole). "reference"
+        mode always works on the whole photo ("crop" is refused there).
       ensemble: the x5 self-ensemble; None = on in "reference" mode, off in "auto" mode.
       max_batch: the most network inputs per call.
       tile_size: sub-image size (the training crop size, 256); smaller only for tests (a
         multiple of 8, at least 16).
       max_direct_size: "auto" runs images up to this long side in one piece (default
         `tile_size`).
-      dtype: with a checkpoint path only: the computation dtype (default float32).
+      crop_factor, crop_min_size, crop_max_fraction: the "crop" strategy's box (defaults 2.0,
+        `tile_size`, 0.5).
+      dtype: with a path (or None) only: the computation dtype (default float32).
     """
 
     def __init__(
         self,
-        forward: ForwardFn | str | os.PathLike,
+        forward: ForwardFn | str | os.PathLike | None = None,
         *,
         mode: str = "auto",
+        strategy: str = "auto",
         ensemble: bool | None = None,
         max_batch: int = 16,
         tile_size: int = TILE_SIZE,
         max_direct_size: int | None = None,
+        crop_factor: float = CROP_FACTOR,
+        crop_min_size: int | None = None,
+        crop_max_fraction: float = CROP_MAX_FRACTION,
         dtype: Any = None,
     ):
-        if isinstance(forward, (str, os.PathLike)):
+        if forward is None or isinstance(forward, (str, os.PathLike)):
             forward = GeneratorForward.from_checkpoint(forward, dtype=dtype or jnp.float32)
         elif dtype is not None:
             raise TypeError("dtype applies to a checkpoint; use from_model(..., dtype=...)")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if mode == "reference" and strategy == "crop":
+            raise ValueError(
+                "strategy='crop' (CLI: --strategy crop) cannot apply in reference mode, which "
+                "resamples the whole photo as the original test script does; use mode='auto'"
+            )
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if tile_size < MIN_SIZE or tile_size % SIZE_MULTIPLE:
@@ -660,9 +776,15 @@ class Inpainter(InpainterBase):
                 f"tile_size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE}, "
                 f"got {tile_size}"
             )
+        if crop_factor < 1 or not 0 < crop_max_fraction <= 1:
+            raise ValueError(
+                f"need crop_factor >= 1 and 0 < crop_max_fraction <= 1, got {crop_factor} and "
+                f"{crop_max_fraction}"
+            )
         self._forward = forward
         self.model: DeepGIN | None = getattr(forward, "model", None)
         self.mode = mode
+        self.strategy = "whole" if mode == "reference" else strategy
         self.ensemble = (mode == "reference") if ensemble is None else bool(ensemble)
         self.max_batch = max_batch
         self.tile_size = tile_size
@@ -671,16 +793,43 @@ class Inpainter(InpainterBase):
         transforms = ENSEMBLE_TRANSFORMS if self.ensemble else ENSEMBLE_TRANSFORMS[:1]
         if mode == "reference":
             super().__init__(_ReferencePlanner(tile_size, transforms))
-        else:
-            super().__init__(_AutoPlanner(tile_size, self.max_direct_size, transforms))
+            return
+        planner = _AutoPlanner(tile_size, self.max_direct_size, transforms)
+        if self.strategy != "whole":
+            planner = _CropPlanner(
+                planner,
+                factor=float(crop_factor),
+                min_size=tile_size if crop_min_size is None else int(crop_min_size),
+                max_fraction=float(crop_max_fraction),
+                automatic=self.strategy == "auto",
+            )
+        super().__init__(planner)
+
+    def crop_box(self, hole: np.ndarray) -> tuple[int, int, int, int] | None:
+        """(top, left, bottom, right) of the region the network sees for bool [H, W] `hole`
+        (the prepared mask) under this Inpainter's strategy, or None for the whole image."""
+        if not isinstance(self._planner, _CropPlanner) or not hole.any():
+            return None
+        return self._planner.box(hole)
+
+    @classmethod
+    def default(cls, **options: Any) -> Inpainter:
+        """An Inpainter for the model shipped with the package (`deepgin_jax.shipped`; the
+        environment variable DEEPGIN_SHIPPED_WEIGHTS names another shipped folder)."""
+        return cls(None, **options)
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str | os.PathLike, *, dtype: Any = jnp.float32, **options: Any
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        *,
+        dtype: Any = jnp.float32,
+        **options: Any,
     ) -> Inpainter:
         """An Inpainter for the generator of a converted model, a training checkpoint step, a
-        `checkpoints/` folder or a training workdir (`checkpointing.load_generator`), computing
-        in `dtype` (e.g. jnp.bfloat16 on GPU; the parameters stay float32)."""
+        `checkpoints/` folder, a training workdir or a shipped-model folder (None: the shipped
+        model; `deepgin_jax.shipped.load_generator`), computing in `dtype` (e.g. jnp.bfloat16
+        on GPU; the parameters stay float32)."""
         return cls(GeneratorForward.from_checkpoint(checkpoint, dtype=dtype), **options)
 
     @classmethod

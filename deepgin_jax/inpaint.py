@@ -1,8 +1,14 @@
 r"""Inpaint photos with a trained DeepGIN: one file, or every image in a folder.
 
-  python -m deepgin_jax.inpaint --checkpoint CKPT --image photo.jpg --mask photo_mask.png \
+  python -m deepgin_jax.inpaint --image photo.jpg --mask photo_mask.png \
       --output photo_filled.jpg
   python -m deepgin_jax.inpaint --checkpoint CKPT --image photos/ --mask masks/ --output out/
+
+Without --checkpoint the DeepGIN-compact shipped with the package is used (the log says so
+once); --checkpoint names any other generator (a converted model, a training workdir or
+checkpoint, a shipped-model folder). On a large photo only a box around the holes goes through
+the network (--strategy, default auto: see `deepgin_jax.inference`); the rest of the photo is
+kept as it is.
 
 Masks: white (255) = hole, black = keep; --invert_mask for the other polarity. Gray, RGB(A)
 and 16-bit masks are accepted; a pixel brighter than --mask_threshold (default 127) is a hole;
@@ -37,7 +43,7 @@ once that the known pixels will not be identical.
 A file that cannot be read or inpainted, for whatever reason (a corrupt file, a mask of the
 wrong size, the accelerator running out of memory), is reported with its error and skipped;
 the exit status is 0 when every image was inpainted or skipped, 1 when some failed, 2 when
-nothing could be started (bad arguments, no checkpoint).
+nothing could be started (bad arguments, no checkpoint, no shipped weights).
 """
 
 from __future__ import annotations
@@ -53,8 +59,8 @@ from typing import Any
 import tqdm
 from absl import app, flags, logging
 
-from deepgin_jax import cli, image_io
-from deepgin_jax.checkpointing import CheckpointNotFoundError, resolve_checkpoint
+from deepgin_jax import cli, image_io, shipped
+from deepgin_jax.checkpointing import CheckpointNotFoundError
 from deepgin_jax.image_io import IMAGE_EXTENSIONS, MASK_SUFFIX, is_image_file, list_images
 from deepgin_jax.inference import Inpainter, InpainterBase, MaskOptions
 
@@ -373,17 +379,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def run(flag_values: flags.FlagValues) -> int:
     """Runs the command for parsed `flag_values`; returns the exit status (module docstring)."""
     f = flag_values
-    cli.require_flags(f, ["checkpoint", "image", "output"])
+    cli.require_flags(f, ["image", "output"])
     if f.mode == "reference" and f.mask_threshold is not None:
         return cli.usage_failure(
             "--mask-threshold cannot apply with --mode reference: the reference does not "
             "threshold the mask (any value above 0 is a hole, and the result is blended with "
             "the mask's grey levels); drop --mask-threshold or use --mode auto"
         )
+    if (problem := cli.inpainter_flags_problem(f)) is not None:
+        return cli.usage_failure("%s", problem)
     try:
-        resolve_checkpoint(f.checkpoint)
+        shipped.check_generator_path(f.checkpoint)
+    except CheckpointNotFoundError as e:
+        return cli.generator_failure(f.checkpoint, e)
+    try:
         tasks = plan_tasks(f.image, f.mask, f.output, f.format)
-    except (CheckpointNotFoundError, ValueError) as e:
+    except ValueError as e:
         return cli.usage_failure("%s", e)
     inpainter = functools.partial(
         Inpainter.from_checkpoint, f.checkpoint, **cli.inpainter_options(f)
@@ -401,7 +412,7 @@ def run(flag_values: flags.FlagValues) -> int:
             lossless_webp=f.lossless_webp,
         )
     except CheckpointNotFoundError as e:
-        return cli.usage_failure("cannot load --checkpoint %s: %s", f.checkpoint, e)
+        return cli.generator_failure(f.checkpoint, e)
     return summary.exit_code
 
 

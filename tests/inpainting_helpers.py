@@ -81,3 +81,16 @@ class RecordingNetwork:
         self.calls.append(masked.shape[:3])
         self.inputs.append((masked.copy(), mask.copy()))
         return self.network(masked, mask)
+
+
+@functools.cache
+def tiny_shipped() -> Path:
+    """`tiny_checkpoint()` written as a shipped-model folder (float16), once per process."""
+    from deepgin_jax import shipped
+
+    root = Path(tempfile.mkdtemp(prefix="deepgin-shipped-"))
+    atexit.register(shutil.rmtree, root, True)
+    shipped.write_shipped_weights(
+        tiny_checkpoint(), root / "tiny", card={"name": "DeepGIN-tiny", "note": "test weights"}
+    )
+    return root / "tiny"

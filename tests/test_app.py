@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from absl import flags
 from PIL import Image
 
 gr = pytest.importorskip("gradio")
@@ -19,10 +21,12 @@ gr = pytest.importorskip("gradio")
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
 from deepgin_jax import app as webapp  # noqa: E402
+from deepgin_jax import shipped  # noqa: E402
 from deepgin_jax.checkpointing import save_generator  # noqa: E402
 from deepgin_jax.image_io import load_image  # noqa: E402
 from deepgin_jax.inference import Inpainter  # noqa: E402
 from tests.conftest import TINY_WIDTH  # noqa: E402
+from tests.inpainting_helpers import tiny_shipped  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTO = REPO / "deepgin_jax" / "data" / "samples" / "chelsea.jpg"  # 451 x 300: not square, odd
@@ -183,6 +187,56 @@ def test_cli_reports_a_missing_checkpoint(tmp_path):
     assert result.returncode == 2
     assert "checkpoint path does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_missing_shipped_weights_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "deepgin_jax.app"],
+        cwd=REPO,
+        env={**os.environ, shipped.ENV_VAR: str(tmp_path / "no-weights")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "shipped DeepGIN-compact weights are missing" in result.stderr
+    assert "--checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+class FakeBlocks:
+    """Stands in for the page: records the launch instead of serving."""
+
+    def __init__(self) -> None:
+        self.launched: dict | None = None
+
+    def queue(self) -> FakeBlocks:
+        return self
+
+    def launch(self, **kwargs) -> None:
+        self.launched = kwargs
+
+
+def test_cli_without_checkpoint_serves_the_shipped_model(monkeypatch, caplog):
+    monkeypatch.setenv(shipped.ENV_VAR, str(tiny_shipped()))
+    flag_values = flags.FlagValues()
+    webapp.define_flags(flag_values)
+    flag_values(["app", "--port=7999", "--strategy=crop"])
+    monkeypatch.setattr(webapp.flags, "FLAGS", flag_values)
+    built: list[tuple[Inpainter, FakeBlocks]] = []
+
+    def build_app(inpainter, **kwargs):
+        built.append((inpainter, FakeBlocks()))
+        return built[-1][1]
+
+    monkeypatch.setattr(webapp, "build_app", build_app)
+    with caplog.at_level(logging.INFO):
+        assert webapp.main(["app"]) == 0
+    [(inpainter, blocks)] = built
+    assert inpainter.model.base_features == TINY_WIDTH and inpainter.strategy == "crop"
+    assert blocks.launched["server_port"] == 7999
+    notes = [r.getMessage() for r in caplog.records if "using the shipped" in r.getMessage()]
+    assert len(notes) == 1 and "DeepGIN-tiny" in notes[0]
 
 
 # ----------------------------------------------------------------------------------------------

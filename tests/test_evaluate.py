@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import logging
 import math
 import re
 
@@ -13,14 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
-from deepgin_jax import evaluate, evaluation, image_io, masks, metrics
-from deepgin_jax.baselines import OpenCVInpainter
+from deepgin_jax import evaluate, evaluation, image_io, masks, metrics, shipped
+from deepgin_jax.baselines import OpenCVInpainter, PatchMatchInpainter
 from deepgin_jax.models import lpips
 from deepgin_jax.weights_io import save_weights
-from tests.inpainting_helpers import tiny_checkpoint
+from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped
 
 SIZE = 64
 SMALL_VGG_WIDTHS = (8, 8, 12, 12, 16, 16, 16, 20, 20, 20, 24, 24, 24)
@@ -153,6 +154,34 @@ def test_baselines_match_opencv_and_keep_known_pixels(method):
     np.testing.assert_array_equal(np.asarray(pil), out)
 
 
+def test_patchmatch_baseline_is_seeded_and_keeps_known_pixels():
+    import patchmatch_cython
+
+    image = smooth_image(37, 53, 4)
+    hole = np.zeros((37, 53), bool)
+    hole[10:20, 5:30] = True
+    baseline = PatchMatchInpainter()
+    out = baseline.inpaint(image, hole)
+    expected = patchmatch_cython.inpaint_pyramid(image, hole, patch_size=5, seed=0)
+    np.testing.assert_array_equal(out[hole], expected[hole])
+    np.testing.assert_array_equal(out[~hole], image[~hole])
+    np.testing.assert_array_equal(PatchMatchInpainter().inpaint(image, hole), out)
+    assert (out[hole].astype(int) - image[hole]).std() > 0  # it filled something
+    # A hole in every other column leaves no known pixel at the pyramid's coarsest level:
+    # single-scale PatchMatch.
+    stripes = np.zeros((37, 53), bool)
+    stripes[:, ::2] = True
+    striped = baseline.inpaint(image, stripes)
+    expected = patchmatch_cython.inpaint_single(image, stripes, iterations=7, seed=0)
+    np.testing.assert_array_equal(striped[stripes], expected[stripes])
+    np.testing.assert_array_equal(striped[~stripes], image[~stripes])
+    # Smaller than a patch: mirror-padded, still filled, known pixels kept.
+    tiny_hole = np.zeros((3, 4), bool)
+    tiny_hole[1, 1] = True
+    tiny = baseline.inpaint(image[:3, :4], tiny_hole)
+    np.testing.assert_array_equal(tiny[~tiny_hole], image[:3, :4][~tiny_hole])
+
+
 def test_build_methods_rejects_bad_specs():
     with pytest.raises(ValueError, match="unknown baseline 'lama'"):
         evaluation.build_methods([], ["lama"])
@@ -176,12 +205,55 @@ def test_mask_set_of_another_size_is_rejected(dataset, tmp_path):
         )
 
 
-def test_command_requires_a_method(dataset, tmp_path):
+def test_without_checkpoint_the_shipped_model_is_scored_beside_the_baselines(
+    command_run, dataset, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv(shipped.ENV_VAR, str(tiny_shipped()))
     flag_values = flags.FlagValues()
     evaluate.define_flags(flag_values)
-    flag_values(["evaluate", f"--images={dataset}", f"--masks={dataset}", f"--output={tmp_path}"])
-    with pytest.raises(app.UsageError, match="at least one"):
+    flag_values(
+        [
+            "evaluate",
+            f"--images={dataset / 'images'}",
+            f"--masks={dataset / 'masks'}",
+            f"--output={tmp_path}",
+            f"--size={SIZE}",
+            "--baselines=telea,patchmatch",
+            "--batch_size=4",
+            "--max_batch=4",
+        ]
+    )
+    with caplog.at_level(logging.INFO):
+        summary = evaluate.run(flag_values)
+    assert list(summary["methods"]) == ["DeepGIN-tiny", "telea", "patchmatch"]
+    notes = [r.getMessage() for r in caplog.records if "using the shipped" in r.getMessage()]
+    assert len(notes) == 1
+    # The shipped (float16) tiny generator scores as its float32 checkpoint does.
+    _, _, rows = command_run
+    with open(tmp_path / "per_image.csv") as f:
+        shipped_rows = [r for r in csv.DictReader(f) if r["method"] == "DeepGIN-tiny"]
+    tiny_rows = [r for r in rows if r["method"] == "tiny"]
+    assert len(shipped_rows) == len(tiny_rows) == 4
+    for mine, theirs in zip(shipped_rows, tiny_rows, strict=True):
+        assert float(mine["hole_psnr"]) == pytest.approx(float(theirs["hole_psnr"]), abs=0.05)
+
+
+def test_missing_shipped_weights_stop_the_command_with_the_reason(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv(shipped.ENV_VAR, str(tmp_path / "empty"))
+    flag_values = flags.FlagValues()
+    evaluate.define_flags(flag_values)
+    flag_values(
+        [
+            "evaluate",
+            f"--images={dataset}",
+            f"--masks={dataset}",
+            f"--output={tmp_path}",
+            "--baselines=telea",
+        ]
+    )
+    with pytest.raises(shipped.ShippedWeightsError, match="weights are missing"):
         evaluate.run(flag_values)
+    assert issubclass(shipped.ShippedWeightsError, OSError)  # main() exits 2 without traceback
 
 
 def test_per_image_csv_holds_direct_computations(command_run, dataset):
@@ -207,6 +279,15 @@ def test_per_image_csv_holds_direct_computations(command_run, dataset):
     assert float(telea[0]["l1_percent"]) == pytest.approx(100 * np.abs(error).mean(), rel=1e-5)
     ssim = metrics.ssim(result[None], original[None])[0]
     assert float(telea[0]["ssim"]) == pytest.approx(float(ssim), rel=1e-5)
+    # Inside the hole alone: every channel of the hole's pixels, nothing else.
+    inside = error[hole]
+    assert inside.size < error.size and np.abs(inside).max() > 0
+    hole_psnr = -10 * math.log10(np.mean(inside**2))
+    assert float(telea[0]["hole_psnr"]) == pytest.approx(hole_psnr, rel=1e-5)
+    assert float(telea[0]["hole_l1_percent"]) == pytest.approx(
+        100 * np.abs(inside).mean(), rel=1e-5
+    )
+    assert float(telea[0]["hole_psnr"]) < float(telea[0]["psnr"])
     # LPIPS against the same network applied directly to the saved outputs.
     saved = saved_outputs(output, "telea", telea)
     assert np.array_equal(saved[0], result)
@@ -253,6 +334,20 @@ def test_markdown_summary_and_grid(command_run, dataset):
         assert cells[2] == f"{np.mean(first_type):.2f}"
         lpips_cells = _markdown_row(text, "LPIPS ↓ by hole ratio", method)
         assert len(lpips_cells) == 1 + len(summary["buckets"])
+        for metric, heading, decimals in (
+            ("hole_psnr", "hole PSNR (dB) ↑ by mask type", 2),
+            ("hole_l1_percent", "hole L1 error (%) ↓ by mask type", 3),
+        ):
+            cells = _markdown_row(text, heading, method)
+            for column, group in enumerate([None, *types], start=1):
+                values = [
+                    float(r[metric])
+                    for r in rows
+                    if r["method"] == method and group in (None, r["mask_type"])
+                ]
+                assert cells[column] == f"{np.mean(values):.{decimals}f}"
+                by_type = summary["methods"][method]["by_type"][group or "all"][metric]
+                assert by_type == pytest.approx(np.mean(values))
     assert "## FID" not in text  # no FID file in the weights folder
     grid = np.asarray(Image.open(output / "grid.png"))
     step = SIZE + 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,10 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from deepgin_jax import export
+from deepgin_jax import export, shipped
 from deepgin_jax.checkpointing import CheckpointNotFoundError, load_generator, save_generator
 from deepgin_jax.inference import Inpainter
 from tests.conftest import TINY_WIDTH, masked_inputs
+from tests.inpainting_helpers import tiny_shipped
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("jax2onnx")
@@ -159,6 +161,28 @@ def test_missing_checkpoint_is_reported(tmp_path):
         export.export_checkpoint(
             tmp_path / "nowhere", tmp_path / "out", fmt="stablehlo", height=16, width=16
         )
+
+
+def test_without_checkpoint_the_shipped_model_is_exported(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv(shipped.ENV_VAR, str(tiny_shipped()))
+    output = tmp_path / "shipped.stablehlo"
+    with caplog.at_level(logging.INFO):
+        export.export_checkpoint(None, output, fmt="stablehlo", height=HEIGHT, width=WIDTH)
+    assert sum("using the shipped" in r.getMessage() for r in caplog.records) == 1
+    masked, mask = masked_inputs(1, HEIGHT, WIDTH, seed=2)
+    completed = np.asarray(export.load_stablehlo(output).call(masked, mask))
+    model, variables = shipped.load_shipped_generator(tiny_shipped())
+    expected = np.asarray(jax.jit(export.completion_fn(model, variables))(masked, mask))
+    np.testing.assert_allclose(completed, expected, atol=TOLERANCE)
+
+
+def test_cli_reports_missing_shipped_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv(shipped.ENV_VAR, str(tmp_path / "no-weights"))
+    result = _run_cli("--format=stablehlo", f"--output={tmp_path / 'out'}", "--dynamic")
+    assert result.returncode == 2
+    assert "shipped DeepGIN-compact weights are missing" in result.stderr
+    assert "--checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_unreadable_stablehlo_file_is_reported(tmp_path):

@@ -5,6 +5,7 @@ compiled shape, shared with test_inference)."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -14,9 +15,9 @@ import pytest
 from absl import flags
 from PIL import Image, ImageCms
 
-from deepgin_jax import image_io, inpaint
+from deepgin_jax import cli, image_io, inpaint, shipped
 from deepgin_jax.inference import Inpainter
-from tests.inpainting_helpers import tiny_checkpoint
+from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped
 
 HEIGHT, WIDTH = 37, 53
 MAKE = 0x010F
@@ -425,3 +426,77 @@ def test_reference_mode_and_ensemble_end_to_end(inputs, tmp_path, caplog):
     assert (ensemble[hole] != source[hole]).any()
     plain = result("plain", "m.png")
     assert (ensemble[hole] != plain[hole]).any()
+
+
+# ----------------------------------------------------------------------------------------------
+# The shipped model when no --checkpoint is given; the strategy flag
+
+
+def run_cli_without_checkpoint(*args: str) -> int:
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    flag_values(["inpaint", *args])
+    return inpaint.run(flag_values)
+
+
+def test_without_checkpoint_the_shipped_model_is_used_and_named_once(
+    inputs, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv(shipped.ENV_VAR, str(tiny_shipped()))
+    image, mask = inputs / "images" / "a.png", inputs / "masks" / "a.png"
+    with caplog.at_level(logging.INFO):
+        code = run_cli_without_checkpoint(
+            f"--image={image}", f"--mask={mask}", f"--output={tmp_path / 'shipped.png'}"
+        )
+    assert code == 0
+    notes = [r.getMessage() for r in caplog.records if "using the shipped" in r.getMessage()]
+    assert len(notes) == 1 and "DeepGIN-tiny" in notes[0] and "sha256" in notes[0]
+    assert run_cli(f"--image={image}", f"--mask={mask}", f"--output={tmp_path / 'f32.png'}") == 0
+    by_shipped = np.asarray(Image.open(tmp_path / "shipped.png"), np.int32)
+    by_checkpoint = np.asarray(Image.open(tmp_path / "f32.png"), np.int32)
+    hole = hole_mask(0) > 0
+    assert np.abs(by_shipped - by_checkpoint).max() <= 1  # float16 storage
+    assert (by_shipped[hole] != photo(0)[hole]).any()
+    np.testing.assert_array_equal(by_shipped[~hole], photo(0)[~hole])
+
+
+def test_missing_shipped_weights_exit_2_with_the_reason_and_no_traceback(inputs, tmp_path):
+    image, mask = inputs / "images" / "a.png", inputs / "masks" / "a.png"
+    output = tmp_path / "out.png"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepgin_jax.inpaint",
+            f"--image={image}",
+            f"--mask={mask}",
+            f"--output={output}",
+        ],
+        env={**os.environ, shipped.ENV_VAR: str(tmp_path / "no-weights")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "shipped DeepGIN-compact weights are missing" in result.stderr
+    assert "--checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert not output.exists()
+
+
+def test_strategy_flag_reaches_the_inpainter_and_crop_is_refused_in_reference_mode(
+    inputs, tmp_path
+):
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    flag_values(["inpaint", "--strategy=crop", "--image=x", "--output=y"])
+    assert cli.inpainter_options(flag_values)["strategy"] == "crop"
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    flag_values(["inpaint", "--image=x", "--output=y"])
+    assert cli.inpainter_options(flag_values)["strategy"] == "auto"
+    image, mask = inputs / "images" / "a.png", inputs / "masks" / "a.png"
+    output = tmp_path / "out.png"
+    args = (f"--image={image}", f"--mask={mask}", f"--output={output}")
+    assert run_cli(*args, "--mode=reference", "--strategy=crop") == 2
+    assert not output.exists()

@@ -1,0 +1,143 @@
+"""The shipped-model format: round trip, checksum, missing files, and the default model.
+
+The tiny generator runs on the (1, 40, 56) shape only, which the inference and CLI tests share.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from deepgin_jax import checkpointing, shipped
+from deepgin_jax.inference import GeneratorForward, Inpainter
+from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped
+
+# Largest |shipped model - float32 model| of the reconstruction, on [0, 1] pixels, for the tiny
+# test generator (measured: 8.7e-6 from float16 storage, 5.0e-5 from bfloat16). On the trained
+# DeepGIN-compact (its step-750 checkpoint) float16 gave 7.8e-4 and bfloat16 5.3e-3.
+FLOAT16_TOLERANCE = 1e-4
+BFLOAT16_TOLERANCE = 5e-4
+
+
+def inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A masked image [1, 40, 56, 3] with white holes and its mask [1, 40, 56, 1]."""
+    rng = np.random.default_rng(seed)
+    image = rng.random((1, 40, 56, 3), dtype=np.float32)
+    mask = np.zeros((1, 40, 56, 1), np.float32)
+    mask[:, 8:28, 10:40] = 1
+    return np.where(mask > 0, np.float32(1), image), mask
+
+
+@pytest.fixture(scope="module")
+def float32_output() -> np.ndarray:
+    model, variables = checkpointing.load_generator(tiny_checkpoint())
+    return np.asarray(GeneratorForward(model, variables)(*inputs()))
+
+
+@pytest.fixture
+def use_shipped(monkeypatch):
+    """Makes the tiny shipped folder the default model."""
+    monkeypatch.setenv(shipped.ENV_VAR, str(tiny_shipped()))
+    return tiny_shipped()
+
+
+def test_float16_round_trip_stays_within_tolerance(float32_output):
+    directory = tiny_shipped()
+    card = json.loads((directory / shipped.CARD_FILE).read_text())
+    assert card["storage_dtype"] == "float16"
+    assert card["architecture"]["base_features"] == 16
+    assert card["name"] == "DeepGIN-tiny" and card["note"] == "test weights"
+    assert card["sha256"] == shipped.file_sha256(directory / shipped.WEIGHTS_FILE)
+    with np.load(directory / shipped.WEIGHTS_FILE) as data:
+        stored = [data[k].dtype for k in data.files if k != "__meta__"]
+    assert stored and all(dtype == np.float16 for dtype in stored)
+
+    model, variables = shipped.load_shipped_generator(directory)
+    leaves = [np.asarray(x) for x in jax.tree.leaves(variables)]
+    assert all(leaf.dtype == np.float32 for leaf in leaves)
+    output = np.asarray(GeneratorForward(model, variables)(*inputs()))
+    hole = inputs()[1][0, ..., 0] > 0
+    assert float32_output[0][hole].std() > 0.01, "the test network's output is too flat"
+    error = np.abs(output - float32_output).max()
+    assert 0 < error < FLOAT16_TOLERANCE
+
+
+def test_bfloat16_round_trip_is_further_but_within_its_tolerance(float32_output, tmp_path):
+    shipped.write_shipped_weights(tiny_checkpoint(), tmp_path, dtype="bfloat16", card={})
+    with np.load(tmp_path / shipped.WEIGHTS_FILE) as data:
+        stored = [data[k].dtype for k in data.files if k != "__meta__"]
+    assert stored and all(dtype == np.uint16 for dtype in stored)  # bfloat16 bit patterns
+    model, variables = shipped.load_shipped_generator(tmp_path)
+    output = np.asarray(GeneratorForward(model, variables)(*inputs()))
+    float16_model, float16_variables = shipped.load_shipped_generator(tiny_shipped())
+    float16_output = np.asarray(GeneratorForward(float16_model, float16_variables)(*inputs()))
+    bfloat16_error = np.abs(output - float32_output).max()
+    assert bfloat16_error < BFLOAT16_TOLERANCE
+    assert np.abs(float16_output - float32_output).max() < bfloat16_error
+
+
+def test_corrupted_weights_fail_the_checksum_with_a_clear_message(tmp_path):
+    shipped.write_shipped_weights(tiny_checkpoint(), tmp_path, card={})
+    weights = tmp_path / shipped.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one parameter
+    weights.write_bytes(bytes(data))
+    with pytest.raises(shipped.ShippedWeightsError) as error:
+        shipped.load_shipped_generator(tmp_path)
+    message = str(error.value)
+    assert str(weights) in message and "fails its checksum" in message
+    assert "reinstall" in message and "write_shipped_weights" in message
+    with pytest.raises(checkpointing.CheckpointNotFoundError, match="fails its checksum"):
+        Inpainter.from_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("missing", [shipped.WEIGHTS_FILE, shipped.CARD_FILE])
+def test_missing_shipped_file_is_a_clear_error(tmp_path, monkeypatch, missing):
+    for name in (shipped.WEIGHTS_FILE, shipped.CARD_FILE):
+        (tmp_path / name).write_bytes((tiny_shipped() / name).read_bytes())
+    (tmp_path / missing).unlink()
+    monkeypatch.setenv(shipped.ENV_VAR, str(tmp_path))
+    with pytest.raises(shipped.ShippedWeightsError) as error:
+        Inpainter()
+    message = str(error.value)
+    assert "shipped DeepGIN-compact weights are missing" in message
+    assert str(tmp_path / missing) in message
+    assert "--checkpoint" in message and shipped.ENV_VAR in message
+
+
+def test_package_folder_is_the_default_and_the_variable_overrides_it(monkeypatch):
+    monkeypatch.delenv(shipped.ENV_VAR, raising=False)
+    assert shipped.default_dir() == shipped.PACKAGE_DIR
+    assert shipped.PACKAGE_DIR.parts[-3:] == ("deepgin_jax", "weights", "compact")
+    monkeypatch.setenv(shipped.ENV_VAR, "/somewhere/else")
+    assert str(shipped.default_dir()) == "/somewhere/else"
+
+
+def test_default_inpainter_uses_the_shipped_model_and_says_so_once(use_shipped, caplog):
+    image = (np.random.default_rng(1).random((37, 53, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((37, 53), bool)
+    mask[5:20, 10:30] = True
+    with caplog.at_level(logging.INFO):
+        result = Inpainter().inpaint(image, mask)
+    notes = [r.getMessage() for r in caplog.records if "using the shipped" in r.getMessage()]
+    assert len(notes) == 1
+    assert "DeepGIN-tiny" in notes[0] and "sha256" in notes[0]
+    by_path = Inpainter.from_checkpoint(use_shipped).inpaint(image, mask)
+    np.testing.assert_array_equal(result, by_path)
+    from_file = Inpainter.from_checkpoint(use_shipped / shipped.WEIGHTS_FILE).inpaint(image, mask)
+    np.testing.assert_array_equal(result, from_file)
+    float32 = Inpainter.from_checkpoint(tiny_checkpoint()).inpaint(image, mask)
+    assert np.abs(result.astype(int) - float32.astype(int)).max() <= 1
+    assert (result[mask] != image[mask]).any()
+    np.testing.assert_array_equal(result[~mask], image[~mask])
+
+
+def test_card_cannot_replace_the_formats_own_keys(tmp_path):
+    with pytest.raises(ValueError, match="sha256"):
+        shipped.write_shipped_weights(tiny_checkpoint(), tmp_path, card={"sha256": "0" * 64})
+    with pytest.raises(ValueError, match="dtype"):
+        shipped.write_shipped_weights(tiny_checkpoint(), tmp_path, dtype="int8", card={})

@@ -1,14 +1,22 @@
-"""Inference latency of the full-size DeepGIN through `Inpainter` (pad or polyphase tiles).
+"""Inference latency through `Inpainter` (pad or polyphase tiles; the whole photo or a crop).
 
     python benchmarks/inference.py                                   # CPU: 256 and 512 only
+    python benchmarks/inference.py --width=16 --sizes=256x256,2560x1600 --strategies=auto,whole
+    python benchmarks/inference.py --checkpoint=shipped --sizes=256x256,2560x1600
     python benchmarks/inference.py --sizes=256x256,512x512,1024x1024,2560x1600 \
         --dtypes=float32,bfloat16 --max_batch=70                     # a GPU
 
-Weights are random (speed does not depend on them). Writes benchmarks/results/inference.{json,md}.
+The model: random weights of a DeepGIN of base width --width (speed does not depend on the
+weights; 64 is the paper's, 16 the shipped DeepGIN-compact's), or --checkpoint: a generator
+checkpoint, a shipped-model folder, or "shipped" for the model shipped with the package. The
+hole: a centred rectangle of the photo's aspect covering --hole_fraction of it (0.05: an
+object). --strategies: how much of the photo the network sees (`Inpainter` strategy: auto,
+crop, whole). Writes benchmarks/results/inference.{json,md} (--out, --name).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import jax
@@ -17,13 +25,20 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from deepgin_jax.inference import Inpainter, default_max_batch
+from deepgin_jax import shipped
+from deepgin_jax.inference import STRATEGIES, Inpainter, default_max_batch
 from deepgin_jax.models import DeepGIN
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["256x256", "512x512"], "WIDTHxHEIGHT of the images.")
 flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (float32, bfloat16).")
-flags.DEFINE_integer("width", 64, "base_features of the generator (64 = the paper's).")
+flags.DEFINE_integer("width", 64, "base_features of the random generator (64 = the paper's).")
+flags.DEFINE_string(
+    "checkpoint", None, "A generator checkpoint or shipped folder, or 'shipped'; default: random."
+)
+flags.DEFINE_list("strategies", ["auto"], f"Inpainter strategies ({', '.join(STRATEGIES)}).")
+flags.DEFINE_float("hole_fraction", 0.05, "Hole area as a fraction of the photo.")
+flags.DEFINE_string("name", "inference", "Results file name (without extension).")
 flags.DEFINE_integer(
     "max_batch", 0, "Most sub-images per network call (0: the backend's default, 4 on a CPU)."
 )
@@ -48,29 +63,48 @@ def random_generator_variables(model: DeepGIN, seed: int = 0) -> dict:
     return jax.tree.map(draw, shapes)
 
 
-def test_image(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def test_image(
+    width: int, height: int, hole_fraction: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 [H, W, 3] and a centred hole of the photo's aspect, `hole_fraction` of it."""
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     mask = np.zeros((height, width), bool)
-    mask[height // 4 : height // 2, width // 3 : 2 * width // 3] = True
+    scale = np.sqrt(hole_fraction)
+    hole_h, hole_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (height - hole_h) // 2, (width - hole_w) // 2
+    mask[top : top + hole_h, left : left + hole_w] = True
     return image, mask
+
+
+def load_model() -> tuple[DeepGIN, dict, str]:
+    """(model, variables, description) from --checkpoint, or a random one of --width."""
+    if FLAGS.checkpoint:
+        path = None if FLAGS.checkpoint == "shipped" else FLAGS.checkpoint
+        model, variables = shipped.load_generator(path)
+        return model, variables, FLAGS.checkpoint
+    model = DeepGIN(base_features=FLAGS.width)
+    return model, random_generator_variables(model), f"random, width {FLAGS.width}"
 
 
 def main(argv: list[str]) -> None:
     del argv
-    model = DeepGIN(base_features=FLAGS.width)
-    variables = random_generator_variables(model)
+    model, variables, description = load_model()
     rows = []
-    for dtype_name in FLAGS.dtypes:
+    for dtype_name, strategy in itertools.product(FLAGS.dtypes, FLAGS.strategies):
         inpainter = Inpainter.from_model(
             model,
             variables,
             dtype=DTYPES[dtype_name],
+            strategy=strategy,
             max_batch=FLAGS.max_batch or default_max_batch(),
         )
         for size in FLAGS.sizes:
             width, height = map(int, size.split("x"))
-            image, mask = test_image(width, height)
+            image, mask = test_image(width, height, FLAGS.hole_fraction)
+            inpainter.batch_shapes.clear()
+            box = inpainter.crop_box(mask)
+            network_input = "whole" if box is None else f"{box[3] - box[1]}x{box[2] - box[0]}"
             start = time.perf_counter()
             inpainter.inpaint(image, mask)
             first_call = time.perf_counter() - start
@@ -81,8 +115,12 @@ def main(argv: list[str]) -> None:
             )
             rows.append(
                 {
+                    "model": description,
                     "dtype": dtype_name,
+                    "strategy": strategy,
                     "size": size,
+                    "hole_percent": round(100 * float(mask.mean()), 2),
+                    "network_input": network_input,
                     "megapixels": width * height / 1e6,
                     "first_call_s": first_call,
                     "latency_ms": timing["median_s"] * 1e3,
@@ -93,15 +131,19 @@ def main(argv: list[str]) -> None:
             )
             print(rows[-1], flush=True)
     columns = [
+        "model",
         "dtype",
+        "strategy",
         "size",
+        "hole_percent",
+        "network_input",
         "megapixels",
         "latency_ms",
         "min_ms",
         "ms_per_megapixel",
         "first_call_s",
     ]
-    print(common.write_results("inference", rows, columns, FLAGS.out).read_text())
+    print(common.write_results(FLAGS.name, rows, columns, FLAGS.out).read_text())
 
 
 if __name__ == "__main__":

@@ -326,6 +326,8 @@ class _SubImageSum:
         """[n, h, w, 3]: float32 in [0, 1], or uint8 (rounded mean of the truncated variants)."""
         if self.quantize:
             return np.round(self.total / float(self.variants)).astype(np.uint8)
+        if self.variants == 1:
+            return self.total
         return self.total / np.float32(self.variants)
 
 
@@ -415,7 +417,9 @@ def _composite(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pastes prediction [H, W, 3] (float in [0, 1], or uint8) into the hole of rgb, in rgb's
     dtype (a float prediction is rounded to the nearest level for uint8 / uint16 input)."""
-    return np.where(hole[..., None], convert_pixels(prediction, rgb.dtype), rgb), hole
+    result = rgb.copy()
+    result[hole] = convert_pixels(prediction[hole], rgb.dtype)  # only the hole's pixels
+    return result, hole
 
 
 @dataclasses.dataclass(frozen=True)

@@ -558,3 +558,99 @@ def test_checkpoint_path_and_in_memory_model_agree(tiny_inpainter):
     np.testing.assert_array_equal(in_memory.inpaint(image, mask), expected)
     np.testing.assert_array_equal(from_path.inpaint(image, mask), expected)
     assert inference.forward_cache_size() == before  # same configuration, shared executable
+
+
+# ---------------------------------------------------------------------------------------------
+# The "crop" strategy: the network sees only a box around the holes
+
+
+def test_crop_box_grows_the_holes_box_and_stays_inside_the_image():
+    hole = np.zeros((300, 400), bool)
+    hole[100:130, 200:260] = True  # 30 x 60
+    hole[140, 250] = True  # the box is 41 x 60
+    # x2: 82 x 120, at least 64, rounded up to the tile (32) as the crop is over 48 a side.
+    box = inference.crop_box(hole, factor=2.0, min_size=64, max_direct_size=48, tile_size=32)
+    top, left, bottom, right = box
+    assert (bottom - top, right - left) == (96, 128)
+    assert top <= 100 and bottom >= 141 and left <= 200 and right >= 260
+    assert abs((top + bottom) / 2 - 120.5) <= 1 and abs((left + right) / 2 - 230) <= 1
+    # Small: at least min_size, rounded to 8 for a crop that runs whole.
+    small = np.zeros((300, 400), bool)
+    small[10:14, 395:399] = True
+    top, left, bottom, right = inference.crop_box(small, factor=2.0, min_size=36)
+    assert (bottom - top, right - left) == (40, 40)
+    assert top == 0 and right == 400  # shifted inside the image at the corner
+    # Never larger than the image.
+    assert inference.crop_box(hole, factor=50.0) == (0, 0, 300, 400)
+
+
+@pytest.mark.parametrize("hole_size", [(6, 6), (20, 24)], ids=["direct", "subimages"])
+def test_crop_strategy_keeps_the_rest_and_equals_running_on_the_crop(hole_size):
+    image = random_image(160, 224, seed=3)
+    hole = np.zeros((160, 224), bool)
+    hole[50 : 50 + hole_size[0], 70 : 70 + hole_size[1]] = True
+    network = RecordingNetwork(known_mean_network)
+    options = {"tile_size": 32, "max_batch": 4}
+    cropper = Inpainter.from_function(network, strategy="crop", **options)
+    box = cropper.crop_box(hole)
+    assert box is not None
+    top, left, bottom, right = box
+    assert (bottom - top) * (right - left) < hole.size / 4
+    result = cropper.inpaint(image, hole)
+    outside = np.ones(hole.shape, bool)
+    outside[top:bottom, left:right] = False
+    np.testing.assert_array_equal(result[outside], image[outside])
+    # Every network input was the crop's size (or its sub-images).
+    side = max(bottom - top, right - left)
+    expected_shapes = {(32, 32)} if side > 32 else {(bottom - top, right - left)}
+    assert {call[1:] for call in network.calls} == expected_shapes
+    whole = Inpainter.from_function(known_mean_network, strategy="whole", **options)
+    by_hand = whole.inpaint(image[top:bottom, left:right], hole[top:bottom, left:right])
+    np.testing.assert_array_equal(result[top:bottom, left:right], by_hand)
+    # The whole image gives another fill (the known mean spans other pixels): the crop is real.
+    assert not np.array_equal(whole.inpaint(image, hole)[hole], result[hole])
+
+
+def test_auto_strategy_crops_only_when_the_box_is_a_small_part_of_the_image():
+    image = random_image(160, 224, seed=4)
+    small, large = np.zeros((160, 224), bool), np.zeros((160, 224), bool)
+    small[60:70, 100:110] = True
+    large[10:150, 20:200] = True
+    auto = Inpainter.from_function(known_mean_network, tile_size=32)
+    crop = Inpainter.from_function(known_mean_network, tile_size=32, strategy="crop")
+    whole = Inpainter.from_function(known_mean_network, tile_size=32, strategy="whole")
+    assert auto.strategy == "auto" and auto.crop_box(small) == crop.crop_box(small)
+    assert auto.crop_box(large) is None and whole.crop_box(small) is None
+    np.testing.assert_array_equal(auto.inpaint(image, small), crop.inpaint(image, small))
+    np.testing.assert_array_equal(auto.inpaint(image, large), whole.inpaint(image, large))
+    # A photo no larger than the minimum crop is always whole.
+    assert Inpainter.from_function(known_mean_network).crop_box(small) is None
+
+
+def test_crop_strategy_with_the_generator_equals_the_generator_on_the_crop():
+    image = random_image(80, 112, seed=5)
+    hole = np.zeros((80, 112), bool)
+    hole[30:40, 50:78] = True  # x2 = 20 x 56, at least 40: a 40 x 56 crop, one network call
+    options = {"tile_size": 16, "max_direct_size": 64, "crop_min_size": 40}
+    cropper = Inpainter.from_checkpoint(tiny_checkpoint(), strategy="crop", **options)
+    top, left, bottom, right = cropper.crop_box(hole)
+    assert (bottom - top, right - left) == (40, 56)
+    result = cropper.inpaint(image, hole)
+    assert cropper.batch_shapes == {(1, 40, 56)}
+    whole = Inpainter.from_checkpoint(tiny_checkpoint(), strategy="whole", **options)
+    by_hand = whole.inpaint(image[top:bottom, left:right], hole[top:bottom, left:right])
+    np.testing.assert_array_equal(result[top:bottom, left:right], by_hand)
+    outside = np.ones(hole.shape, bool)
+    outside[top:bottom, left:right] = False
+    np.testing.assert_array_equal(result[outside], image[outside])
+    assert (result[hole] != image[hole]).any()
+
+
+def test_strategy_options_are_checked():
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        Inpainter.from_function(ramp_network, strategy="tiles")
+    with pytest.raises(ValueError, match="cannot apply in reference mode"):
+        Inpainter.from_function(ramp_network, mode="reference", strategy="crop")
+    assert Inpainter.from_function(ramp_network, mode="reference").strategy == "whole"
+    with pytest.raises(ValueError, match="crop_factor"):
+        Inpainter.from_function(ramp_network, crop_factor=0.5)

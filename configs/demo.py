@@ -18,6 +18,7 @@ def get_config(variant: str | None = None):
     config.data.folder = str(SAMPLES_DIR)
     config.data.load_size = 256
     config.data.crop_size = 128
+    config.data.scale_strokes = True
     config.data.items_per_batch = 2
     config.loss.perceptual_weight = 0.0
     config.loss.style_weight = 0.0

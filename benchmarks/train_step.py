@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from benchmarks import common
 from deepgin_jax import config as config_lib
-from deepgin_jax import train_lib
+from deepgin_jax import train_state, train_steps
 from deepgin_jax.models.vgg import VGG19_CONV_NAMES, VGGFeatures
 
 FLAGS = flags.FLAGS
@@ -68,13 +68,13 @@ def random_vgg(rng: np.random.Generator) -> VGGFeatures:
     return VGGFeatures(params=params, convention="torchvision")
 
 
-def jitted_step(setup: train_lib.Setup, mesh: Mesh):
+def jitted_step(setup: train_state.Setup, mesh: Mesh):
     """The stage's train step, jitted with the batch sharded over `mesh` and the state donated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     in_shardings = (replicated, NamedSharding(mesh, PartitionSpec("data")))
     if FLAGS.stage == "gan":
         fn = functools.partial(
-            train_lib.gan_step,
+            train_steps.gan_step,
             setup=setup,
             stage_start=0,
             clip_norm=3.0,
@@ -82,7 +82,7 @@ def jitted_step(setup: train_lib.Setup, mesh: Mesh):
         )
         in_shardings += (replicated,)  # the VGG-19 weights
     else:
-        fn = functools.partial(train_lib.warmup_step, setup=setup)
+        fn = functools.partial(train_steps.warmup_step, setup=setup)
     return jax.jit(
         fn, in_shardings=in_shardings, out_shardings=(replicated, replicated), donate_argnums=0
     )
@@ -98,10 +98,10 @@ def main(argv: list[str]) -> None:
         config.model.base_features = FLAGS.width
         if not FLAGS.vgg:
             config.loss.perceptual_weight = config.loss.style_weight = 0.0
-        setup = train_lib.build_setup(config)
+        setup = train_state.build_setup(config)
         config.model.attention_impl = "xla"
-        counting_setup = train_lib.build_setup(config)
-        init = functools.partial(train_lib.init_train_state, setup, crop_size=FLAGS.size)
+        counting_setup = train_state.build_setup(config)
+        init = functools.partial(train_state.init_train_state, setup, crop_size=FLAGS.size)
         state_host = random_tree(jax.eval_shape(init, jax.random.key(0)), rng)
         vgg_host = random_vgg(rng) if FLAGS.vgg and FLAGS.stage == "gan" else None
         counts = [jax.device_count() if d == "all" else int(d) for d in FLAGS.devices]

@@ -1,4 +1,5 @@
-"""Orbax checkpoints: generator exports, and training checkpoints with the data iterator.
+"""Orbax checkpoints: generator exports, and training checkpoints with the data iterator. The
+checkpoint layout lives here: the item names, the train state's mapping to them, the meta.
 
 Every checkpoint directory is an Orbax composite whose items are named alike:
 - `generator`: {"params": ...} of `DeepGIN`;
@@ -19,14 +20,18 @@ import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 from deepgin_jax.models.discriminator import SPECTRAL_COLLECTION, MultiScaleDiscriminator
 from deepgin_jax.models.generator import DeepGIN
+
+if TYPE_CHECKING:
+    from deepgin_jax.train_state import TrainState
 
 CHECKPOINT_SUBDIR = "checkpoints"
 META_ITEM = "meta"
@@ -230,20 +235,67 @@ def load_discriminator(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     return fields, variables
 
 
-# Items of a training checkpoint besides `generator` and `meta`.
+# ----------------------------------------------------------------------------------------------
+# Training checkpoints: the items, their mapping to the train state, and the meta.
+
+# Items of a training checkpoint besides `generator`, `discriminator` and `meta`.
 G_OPT_ITEM = "g_opt_state"
 D_OPT_ITEM = "d_opt_state"
 DATA_ITEM = "data_iter"
 TRAIN_ITEMS = (GENERATOR_ITEM, G_OPT_ITEM, DISCRIMINATOR_ITEM, D_OPT_ITEM)
 
 
+def train_items(state: TrainState) -> dict[str, Any]:
+    """A `train_state.TrainState` as the arrays of `TRAIN_ITEMS`. The networks are stored as
+    `load_generator` and `load_discriminator` read them; the step is in the meta."""
+    return {
+        GENERATOR_ITEM: {"params": state.g_params},
+        G_OPT_ITEM: state.g_opt_state,
+        DISCRIMINATOR_ITEM: {"params": state.d_params, SPECTRAL_COLLECTION: state.d_spectral},
+        D_OPT_ITEM: state.d_opt_state,
+    }
+
+
+def state_from_train_items(items: Mapping[str, Any], step: int, like: TrainState) -> TrainState:
+    """The inverse of `train_items`: a state of the structure of `like` (whose `step` gives the
+    step's sharding) holding `items` at `step`."""
+    discriminator = items[DISCRIMINATOR_ITEM]
+    return like.replace(
+        step=jax.device_put(np.asarray(step, np.int32), like.step.sharding),
+        g_params=items[GENERATOR_ITEM]["params"],
+        g_opt_state=items[G_OPT_ITEM],
+        d_params=discriminator["params"],
+        d_spectral=discriminator[SPECTRAL_COLLECTION],
+        d_opt_state=items[D_OPT_ITEM],
+    )
+
+
+def train_meta(
+    step: int,
+    stage: str,
+    model: Mapping[str, Any],
+    discriminator: Mapping[str, Any],
+    config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The `meta` item of a training checkpoint: the step, its stage, both networks' fields
+    (what `load_generator`/`load_discriminator` build) and the whole config as JSON."""
+    return {
+        "step": int(step),
+        "stage": stage,
+        "model": dict(model),
+        "discriminator": dict(discriminator),
+        "config": dict(config),
+    }
+
+
 class TrainCheckpointManager:
     """Saves and restores training checkpoints in `directory/<step>/` with Orbax.
 
-    `items` maps each of TRAIN_ITEMS to a pytree; the Grain iterator's position and the JSON
-    meta travel in the same checkpoint, so a resumed run continues exactly. Saving is
-    asynchronous; a checkpoint only appears under its final name once complete, so a run killed
-    mid-save leaves the previous checkpoint as the latest.
+    A checkpoint holds the train state (`train_items`), the Grain iterator's position and the
+    JSON meta (`train_meta`), so a resumed run continues exactly. Saving is asynchronous and
+    collective (every process calls `save` at the same step); a checkpoint only appears under
+    its final name once complete, so a run killed mid-save leaves the previous checkpoint as
+    the latest.
     """
 
     def __init__(
@@ -265,36 +317,41 @@ class TrainCheckpointManager:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def step_directory(self, step: int) -> Path:
+        return Path(self._manager.directory) / str(step)
+
     def read_meta(self, step: int) -> dict[str, Any]:
         """The JSON meta of checkpoint `step`, without restoring the arrays."""
-        return read_meta(Path(self._manager.directory) / str(step))
+        return read_meta(self.step_directory(step))
 
-    def save(self, step: int, items: Mapping[str, Any], data_iterator: Any, meta: dict) -> None:
+    def save(self, state: TrainState, data_iterator: Any, meta: Mapping[str, Any]) -> None:
+        """Saves `state` at `meta["step"]` with the iterator's position (`train_meta`)."""
         import grain
 
+        items = train_items(state)
         args = {name: ocp.args.StandardSave(items[name]) for name in TRAIN_ITEMS}
         args[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
-        args[META_ITEM] = ocp.args.JsonSave(meta)
-        self._manager.save(step, args=ocp.args.Composite(**args))
+        args[META_ITEM] = ocp.args.JsonSave(dict(meta))
+        self._manager.save(meta["step"], args=ocp.args.Composite(**args))
 
     def restore(
-        self, abstract_items: Mapping[str, Any], data_iterator: Any, step: int | None = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Restores into `abstract_items` (ShapeDtypeStructs with shardings) and moves
-        `data_iterator` to the saved position. Returns (items, meta)."""
+        self, abstract_state: TrainState, data_iterator: Any, step: int | None = None
+    ) -> tuple[TrainState, dict[str, Any]]:
+        """Restores checkpoint `step` (default: the latest) into the structure and shardings of
+        `abstract_state` (ShapeDtypeStructs) and moves `data_iterator` to the saved position.
+        Returns (state, meta)."""
         import grain
 
         step = self._manager.latest_step() if step is None else step
         if step is None:
             raise CheckpointNotFoundError(f"no checkpoint in {self._manager.directory}")
+        abstract_items = train_items(abstract_state)
         args = {name: ocp.args.StandardRestore(abstract_items[name]) for name in TRAIN_ITEMS}
         args[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
         args[META_ITEM] = ocp.args.JsonRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**args))
-        return {name: restored[name] for name in TRAIN_ITEMS}, dict(restored[META_ITEM])
-
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
+        meta = dict(restored[META_ITEM])
+        return state_from_train_items(restored, meta["step"], abstract_state), meta
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -76,10 +76,6 @@ class MetricWriter:
             self._tb.add_image(name, image, int(step), dataformats="HWC")
         return path
 
-    def flush(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
-
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()

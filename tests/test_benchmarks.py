@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from deepgin_jax import config as config_lib
-from deepgin_jax import train_lib
+from deepgin_jax import train_state, train_steps
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, SIZE, BATCH = 8, 256, 2  # 256 px: the 1/4-scale attention has 4096 tokens (chunked)
@@ -23,15 +23,15 @@ def warmup_step_flops(attention_impl: str, compiled: bool) -> float:
     config = config_lib.default_config()
     config.model.base_features = WIDTH
     config.model.attention_impl = attention_impl
-    setup = train_lib.build_setup(config)
+    setup = train_state.build_setup(config)
     state = jax.eval_shape(
-        functools.partial(train_lib.init_train_state, setup, crop_size=SIZE), jax.random.key(0)
+        functools.partial(train_state.init_train_state, setup, crop_size=SIZE), jax.random.key(0)
     )
     batch = {
         "image": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8),
         "mask": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 1), jnp.uint8),
     }
-    lowered = jax.jit(functools.partial(train_lib.warmup_step, setup=setup)).lower(state, batch)
+    lowered = jax.jit(functools.partial(train_steps.warmup_step, setup=setup)).lower(state, batch)
     return (lowered.compile() if compiled else lowered).cost_analysis()["flops"]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from deepgin_jax import config as config_lib
-from deepgin_jax import masks, train_lib
+from deepgin_jax import masks, train_state, train_steps
 from deepgin_jax.data import sample_image_paths
 from deepgin_jax.data.transforms import resize_bicubic
 from deepgin_jax.image_io import read_rgb
@@ -58,15 +58,15 @@ def overfit(init_scheme: str) -> tuple[list[float], dict[str, float]]:
     config = config_lib.apply_variant(config_lib.default_config(), "smoke")
     config.model.init_scheme = init_scheme
     config.optim.g_lr = 1e-3
-    setup = train_lib.build_setup(config)
-    state = jax.jit(functools.partial(train_lib.init_train_state, setup, crop_size=SIZE))(
+    setup = train_state.build_setup(config)
+    state = jax.jit(functools.partial(train_state.init_train_state, setup, crop_size=SIZE))(
         jax.random.key(0)
     )
     step = jax.jit(
         functools.partial(
-            train_lib.train_step,
+            train_steps.train_step,
             setup=setup,
-            stage=train_lib.WARMUP,
+            stage=config_lib.WARMUP,
             clip_norm=config.optim.g_clip_norm,
         )
     )
@@ -76,7 +76,7 @@ def overfit(init_scheme: str) -> tuple[list[float], dict[str, float]]:
     for _ in range(STEPS):
         state, metrics = step(state, device_batch)
         losses.append(float(metrics["g_loss"]))
-    completed = jax.jit(functools.partial(train_lib.generate, setup=setup))(
+    completed = jax.jit(functools.partial(train_steps.generate, setup=setup))(
         state.g_params, device_batch
     )["completed"]
     prediction = np.asarray(completed)
@@ -103,8 +103,8 @@ def test_reference_initialisation_stalls_at_the_same_settings():
 def test_initial_kernels_follow_the_scheme(init_scheme):
     config = config_lib.apply_variant(config_lib.default_config(), "smoke")
     config.model.init_scheme = init_scheme
-    setup = train_lib.build_setup(config)
-    params = jax.jit(functools.partial(train_lib.init_train_state, setup, crop_size=16))(
+    setup = train_state.build_setup(config)
+    params = jax.jit(functools.partial(train_state.init_train_state, setup, crop_size=16))(
         jax.random.key(0)
     ).g_params
     base = config.model.base_features

@@ -22,7 +22,15 @@ import numpy as np
 import pytest
 import torch
 
-from deepgin_jax import checkpointing, convert, metric_writers, sharding, train_lib
+from deepgin_jax import (
+    checkpointing,
+    convert,
+    metric_writers,
+    sharding,
+    train_lib,
+    train_state,
+    train_steps,
+)
 from deepgin_jax import config as config_lib
 from deepgin_jax.models import SPECTRAL_COLLECTION
 from tests.test_convert import reference_discriminator_state_dict
@@ -47,7 +55,7 @@ def losses_by_step(workdir: Path) -> dict[int, dict]:
 
 
 def test_lr_schedule_is_constant_then_linear_to_zero():
-    schedule = train_lib.lr_schedule(1e-4, constant_steps=10, decay_steps=90)
+    schedule = train_state.lr_schedule(1e-4, constant_steps=10, decay_steps=90)
     assert float(schedule(0)) == pytest.approx(1e-4)
     assert float(schedule(10)) == pytest.approx(1e-4)
     assert float(schedule(55)) == pytest.approx(0.5e-4)
@@ -57,7 +65,7 @@ def test_lr_schedule_is_constant_then_linear_to_zero():
 
 def test_lr_schedule_once_per_epoch_follows_the_reference():
     # Epochs of 10 steps: 1-11 at the base rate; epoch e >= 12 at 1 - (e - 11)/90 of it.
-    schedule = train_lib.lr_schedule(1e-4, constant_steps=100, decay_steps=900, decay_every=10)
+    schedule = train_state.lr_schedule(1e-4, constant_steps=100, decay_steps=900, decay_every=10)
     for epoch in range(1, 101):
         expected = 1e-4 * (1 - max(0, epoch - 11) / 90)
         for step in (10 * (epoch - 1), 10 * epoch - 1):
@@ -72,14 +80,14 @@ def test_gradient_clipping_matches_torch():
         "b": rng.standard_normal(5).astype(np.float32),
     }
     norm = float(np.sqrt(sum(np.sum(g**2) for g in grads.values())))
-    clipped = train_lib.clip_gradients(grads, max_norm=1.0, norm=jnp.asarray(norm))
+    clipped = train_steps.clip_gradients(grads, max_norm=1.0, norm=jnp.asarray(norm))
     tensors = [torch.tensor(grads["a"]), torch.tensor(grads["b"])]
     for t in tensors:
         t.grad = t.clone()
     torch.nn.utils.clip_grad_norm_(tensors, max_norm=1.0)
     np.testing.assert_allclose(clipped["a"], tensors[0].grad.numpy(), rtol=1e-6)
     np.testing.assert_allclose(clipped["b"], tensors[1].grad.numpy(), rtol=1e-6)
-    unclipped = train_lib.clip_gradients(grads, max_norm=100.0, norm=jnp.asarray(norm))
+    unclipped = train_steps.clip_gradients(grads, max_norm=100.0, norm=jnp.asarray(norm))
     np.testing.assert_array_equal(unclipped["a"], grads["a"])
 
 
@@ -101,11 +109,11 @@ def test_config_typos_and_bad_values_are_errors_naming_the_key(tmp_path):
     assert result.returncode != 0
     assert "g_lrr" in result.stderr
     with pytest.raises(ValueError, match="compute_dtype"):
-        train_lib.validate_config(smoke_config(compute_dtype="float8"))
+        config_lib.validate_config(smoke_config(compute_dtype="float8"))
     with pytest.raises(ValueError, match="vgg_weights"):
-        train_lib.validate_config(smoke_config(**{"loss.perceptual_weight": 0.05}))
+        config_lib.validate_config(smoke_config(**{"loss.perceptual_weight": 0.05}))
     with pytest.raises(ValueError, match=r"model\.attention_impl must be one of .*got 'cudn'"):
-        train_lib.validate_config(smoke_config(**{"model.attention_impl": "cudn"}))
+        config_lib.validate_config(smoke_config(**{"model.attention_impl": "cudn"}))
     with pytest.raises(ValueError, match="unknown config variant 'smok'"):
         config_lib.apply_variant(config_lib.default_config(), "smok")
 
@@ -221,18 +229,18 @@ def test_gan_step_advances_spectral_vectors_as_three_discriminator_calls():
     """Spec 4/5.3: D runs on (masked, fake.detach), (masked, real), then (masked, fake) for
     L_G; each call advances the spectral-norm vectors once, from the pre-update D params."""
     config = smoke_config()
-    setup = train_lib.build_setup(config)
-    state = jax.jit(functools.partial(train_lib.init_train_state, setup, crop_size=64))(
+    setup = train_state.build_setup(config)
+    state = jax.jit(functools.partial(train_state.init_train_state, setup, crop_size=64))(
         jax.random.key(0)
     )
     batch = random_batch(config)
     step = jax.jit(
-        functools.partial(train_lib.train_step, setup=setup, stage=train_lib.GAN, stage_start=0)
+        functools.partial(train_steps.train_step, setup=setup, stage=config_lib.GAN, stage_start=0)
     )
     new_state, step_metrics = step(state, batch, None)
     assert bool(step_metrics["finite"]) and "d_loss" in step_metrics
 
-    target, mask, masked = train_lib.prepare_batch(batch)
+    target, mask, masked = train_steps.prepare_batch(batch)
     fake = setup.generator.apply({"params": state.g_params}, masked, mask, target).completed
     spectral, calls = state.d_spectral, []
     for candidate in (fake, target, fake):
@@ -257,7 +265,7 @@ def test_gan_step_advances_spectral_vectors_as_three_discriminator_calls():
     assert max_difference(new_state.d_spectral, calls[1]) > 1e-4
     assert max_difference(new_state.d_spectral, state.d_spectral) > 1e-3
     with pytest.raises(ValueError, match="stage='warm'"):
-        train_lib.train_step(state, batch, setup=setup, stage="warm")
+        train_steps.train_step(state, batch, setup=setup, stage="warm")
 
 
 def test_gan_stage_with_perceptual_and_style_losses(tmp_path):
@@ -302,13 +310,13 @@ def test_init_from_both_networks_and_fresh_optimizer_at_the_gan_stage(
     """Spec 5.5: the GAN stage starts from given G and D weights; the warm-up -> GAN switch
     restarts G's optimizer (its Adam count and schedule) even with init_from set."""
     base = smoke_config()
-    setup = train_lib.build_setup(base)
-    generator_state = jax.jit(functools.partial(train_lib.init_train_state, setup, crop_size=64))(
+    setup = train_state.build_setup(base)
+    generator_state = jax.jit(functools.partial(train_state.init_train_state, setup, crop_size=64))(
         jax.random.key(7)
     )
     generator_dir = tmp_path / "warmup_G"
     checkpointing.save_generator(
-        generator_dir, {"params": generator_state.g_params}, train_lib.architecture(base)
+        generator_dir, {"params": generator_state.g_params}, config_lib.architecture(base)
     )
     _, converted = checkpointing.load_discriminator(converted_discriminator)
 
@@ -349,7 +357,7 @@ def test_init_from_both_networks_and_fresh_optimizer_at_the_gan_stage(
         init_discriminator_from=str(converted_discriminator), **{"discriminator.features": 16}
     )
     with pytest.raises(ValueError, match=r"warmup_D' holds a discriminator with .*'features': 8"):
-        train_lib.initial_state(wider, train_lib.build_setup(wider), mesh)
+        train_lib.initial_state(wider, train_state.build_setup(wider), mesh)
     with pytest.raises(FileNotFoundError, match=r"init_from=.*holds no generator"):
         train_lib.initial_state(smoke_config(init_from=str(converted_discriminator)), setup, mesh)
 
@@ -380,12 +388,24 @@ def test_config_is_locked_and_every_config_file_loads(tmp_path):
             config = load_module(path).get_config(variant)
             assert config.is_locked, path
             if variant and "smoke" in variant:
-                train_lib.validate_config(config)
+                config_lib.validate_config(config)
             assert config.optim.decay_steps % config.optim.decay_every == 0, path
     paper = load_module(REPO / "configs" / "ade20k.py").get_config("smoke,paper_losses").loss
     assert (paper.style_mode, paper.tv_mode, paper.vgg_taps) == ("l1", "l1", "paper")
     assert paper.discriminator_scale == 1.0 and paper.vgg_layer_weights == (1.0,) * 5
     assert paper.style_weight == 0.0  # the smoke variant's weights stay
+
+
+def test_the_paper_schedules_are_written_in_epochs():
+    # Spec 5.3: 10 warm-up epochs, then 10 at the base rate and 90 decaying once an epoch.
+    ade20k = load_module(REPO / "configs" / "ade20k.py").get_config()
+    assert (ade20k.warmup_steps, ade20k.gan_steps) == (25_820, 258_200)
+    optim = ade20k.optim
+    assert (optim.constant_steps, optim.decay_steps, optim.decay_every) == (25_820, 232_380, 2_582)
+    celebahq = load_module(REPO / "configs" / "celebahq.py").get_config()
+    assert (celebahq.warmup_steps, celebahq.gan_steps) == (67_500, 675_000)
+    optim = celebahq.optim
+    assert (optim.constant_steps, optim.decay_steps, optim.decay_every) == (67_500, 607_500, 6_750)
 
 
 def load_module(path: Path):
@@ -396,19 +416,19 @@ def load_module(path: Path):
 
 
 def test_zero_frequencies_and_schedule_warning(caplog):
-    train_lib.validate_config(smoke_config(sample_every_steps=0, checkpoint_every_steps=0))
+    config_lib.validate_config(smoke_config(sample_every_steps=0, checkpoint_every_steps=0))
     with pytest.raises(ValueError, match="log_every_steps must be >= 1, got 0"):
-        train_lib.validate_config(smoke_config(log_every_steps=0))
+        config_lib.validate_config(smoke_config(log_every_steps=0))
     with pytest.raises(ValueError, match="sample_every_steps must be >= 0, got -1"):
-        train_lib.validate_config(smoke_config(sample_every_steps=-1))
+        config_lib.validate_config(smoke_config(sample_every_steps=-1))
     with caplog.at_level(logging.WARNING, logger="absl"):
-        train_lib.validate_config(smoke_config())
+        config_lib.validate_config(smoke_config())
         assert "gan_steps" not in caplog.text
         with pytest.raises(ValueError, match="decay_every must be >= 1 and divide"):
-            train_lib.validate_config(smoke_config(**{"optim.decay_every": 0}))
+            config_lib.validate_config(smoke_config(**{"optim.decay_every": 0}))
         with pytest.raises(ValueError, match="decay_every=2, decay_steps=1"):
-            train_lib.validate_config(smoke_config(**{"optim.decay_every": 2}))
-        train_lib.validate_config(smoke_config(gan_steps=5))
+            config_lib.validate_config(smoke_config(**{"optim.decay_every": 2}))
+        config_lib.validate_config(smoke_config(gan_steps=5))
     assert "= 1 + 1 = 2, but gan_steps = 5" in caplog.text
     assert "ends its decay before the last GAN steps" in caplog.text
 
@@ -488,21 +508,21 @@ def test_resume_checks_the_saved_config_and_drops_later_metric_records(tmp_path,
 SHARDED_CHECK = """
 import functools, json, jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from deepgin_jax import config as config_lib, train_lib
+from deepgin_jax import config as config_lib, train_state, train_steps
 from deepgin_jax.data import pipeline
 config = config_lib.apply_variant(config_lib.default_config(), "smoke")
 config.data.items_per_batch = 4
-setup = train_lib.build_setup(config)
+setup = train_state.build_setup(config)
 batch = next(pipeline.create_train_iterator(config.data))
-init = functools.partial(train_lib.init_train_state, setup, crop_size=64)
+init = functools.partial(train_state.init_train_state, setup, crop_size=64)
 state = jax.jit(init)(jax.random.key(0))
 results = []
 for n in (1, 4):
     mesh = Mesh(np.array(jax.devices()[:n]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     rep, bat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    step = jax.jit(functools.partial(train_lib.gan_step, setup=setup, stage_start=0, clip_norm=3.0,
-                                     clip_includes_discriminator=True),
-                   in_shardings=(rep, bat, rep), out_shardings=(rep, rep))
+    gan_step = functools.partial(train_steps.gan_step, setup=setup, stage_start=0, clip_norm=3.0,
+                                 clip_includes_discriminator=True)
+    step = jax.jit(gan_step, in_shardings=(rep, bat, rep), out_shardings=(rep, rep))
     sharded = {k: jax.device_put(v, bat) for k, v in batch.items()}
     results.append(jax.device_get(step(jax.device_put(state, rep), sharded, None)))
 (one, m1), (four, m4) = results

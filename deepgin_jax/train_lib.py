@@ -138,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 def _train_loop(run: _Run, state: TrainState) -> TrainState:
     """Steps from `state.step` to the end of the GAN stage; logs, samples and saves on the
-    config's periods, and saves and stops early when signalled."""
+    config's periods, and saves and stops early when any process is signalled."""
     config = run.config
     steps = _jit_steps(config, run.setup, run.mesh)
     replicated = sharding.replicated(run.mesh)
@@ -148,6 +148,7 @@ def _train_loop(run: _Run, state: TrainState) -> TrainState:
     start_step = int(jax.device_get(state.step))
     log = _MetricsLog(run.writer, config, start_step, total_steps)
     stop_signal = preemption.StopSignal()
+    stop = preemption.StopAgreement(stop_signal, run.mesh)
     stop_signal.install()
     try:
         for step in range(start_step, total_steps):
@@ -160,7 +161,7 @@ def _train_loop(run: _Run, state: TrainState) -> TrainState:
             state, step_metrics = steps[stage_at(step, config)](state, batch, run.vgg)
             done = step + 1
             log.add(done, step_metrics)
-            stopping = stop_signal.requested  # once per step: a later signal waits for the next
+            stopping = stop.should_stop()  # once per step: a later signal waits for the next
             save = (
                 done == total_steps
                 or stopping

@@ -612,3 +612,85 @@ def test_slurm_launcher_trains_two_processes_through_jax_distributed(tmp_path):
     assert [records[s]["stage"] for s in (1, 2)] == ["warmup", "gan"]
     _, variables = checkpointing.load_generator(workdir)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables["params"]))
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_checkpoint(tmp_path):
+    """Saving is collective: a signal that reaches one process of a jax.distributed job must
+    stop every process after the same step, with one checkpoint written by all of them."""
+    workdir, job_id = tmp_path / "run", free_slurm_job_id()
+    command = [
+        sys.executable,
+        "-m",
+        "deepgin_jax.train",
+        "--distributed=on",
+        "--config=configs/ade20k.py:smoke",
+        f"--workdir={workdir}",
+        "--config.warmup_steps=1",
+        "--config.gan_steps=500",
+        "--config.checkpoint_every_steps=0",
+        "--config.sample_every_steps=0",
+    ]
+    processes, logs = [], [tmp_path / f"task{i}.log" for i in range(2)]
+    for rank, log in enumerate(logs):
+        # The variables SLURM gives each task (as tests/scripts/srun): two tasks, one JAX job.
+        env = {
+            **os.environ,
+            "SLURM_JOB_ID": job_id,
+            "SLURM_NTASKS": "2",
+            "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": "0",
+            "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_STEP_NUM_NODES": "2",
+            "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+        }
+        with open(log, "w") as output:
+            processes.append(
+                subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
+            )
+    try:
+        deadline = time.monotonic() + 600
+        while not any(s >= 3 for s in logged_steps(workdir)):
+            assert all(p.poll() is None for p in processes), read_logs(logs)
+            assert time.monotonic() < deadline, "no third step within 10 minutes"
+            time.sleep(0.1)
+        processes[1].send_signal(signal.SIGTERM)  # process 1 only; process 0 writes the logs
+        for process in processes:
+            process.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a process did not exit after the SIGTERM:\n{read_logs(logs)}")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert [p.returncode for p in processes] == [0, 0], read_logs(logs)
+    saved = {int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()}
+    stopped = max(saved)
+    assert saved == {1, stopped} and 3 < stopped < 501, saved  # the warm-up's end, the stop
+    texts = [log.read_text() for log in logs]
+    assert "SIGTERM received" in texts[1] and "SIGTERM received" not in texts[0]
+    assert "another process received a stop signal" in texts[0]
+    for text in texts:
+        assert f"stopped at step {stopped} of 501" in text
+    meta = checkpointing.read_meta(workdir)
+    assert meta["step"] == stopped and meta["stage"] == "gan"
+    # Both processes wrote their part: each one's position in the data.
+    positions = workdir / "checkpoints" / str(stopped) / checkpointing.DATA_ITEM
+    assert sorted(p.name for p in positions.glob("process_*.json")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
+    assert max(logged_steps(workdir)) == stopped
+    _, variables = checkpointing.load_generator(workdir)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables["params"]))
+
+
+def logged_steps(workdir: Path) -> list[int]:
+    path = workdir / metric_writers.METRICS_FILE
+    text = path.read_text() if path.is_file() else ""
+    # Complete lines only: the last one may be half written.
+    return [json.loads(line)["step"] for line in text.split("\n")[:-1] if line]
+
+
+def read_logs(logs: list[Path]) -> str:
+    return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)

@@ -230,7 +230,7 @@ def test_cli_without_checkpoint_serves_the_shipped_model(monkeypatch, caplog):
         return built[-1][1]
 
     monkeypatch.setattr(webapp, "build_app", build_app)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         assert webapp.main(["app"]) == 0
     [(inpainter, blocks)] = built
     assert inpainter.model.base_features == TINY_WIDTH and inpainter.strategy == "crop"

@@ -223,7 +223,7 @@ def test_without_checkpoint_the_shipped_model_is_scored_beside_the_baselines(
             "--max_batch=4",
         ]
     )
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         summary = evaluate.run(flag_values)
     assert list(summary["methods"]) == ["DeepGIN-tiny", "telea", "patchmatch"]
     notes = [r.getMessage() for r in caplog.records if "using the shipped" in r.getMessage()]

@@ -166,7 +166,7 @@ def test_missing_checkpoint_is_reported(tmp_path):
 def test_without_checkpoint_the_shipped_model_is_exported(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv(shipped.ENV_VAR, str(tiny_shipped()))
     output = tmp_path / "shipped.stablehlo"
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         export.export_checkpoint(None, output, fmt="stablehlo", height=HEIGHT, width=WIDTH)
     assert sum("using the shipped" in r.getMessage() for r in caplog.records) == 1
     masked, mask = masked_inputs(1, HEIGHT, WIDTH, seed=2)

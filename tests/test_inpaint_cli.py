@@ -444,7 +444,7 @@ def test_without_checkpoint_the_shipped_model_is_used_and_named_once(
 ):
     monkeypatch.setenv(shipped.ENV_VAR, str(tiny_shipped()))
     image, mask = inputs / "images" / "a.png", inputs / "masks" / "a.png"
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         code = run_cli_without_checkpoint(
             f"--image={image}", f"--mask={mask}", f"--output={tmp_path / 'shipped.png'}"
         )

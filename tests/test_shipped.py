@@ -121,7 +121,7 @@ def test_default_inpainter_uses_the_shipped_model_and_says_so_once(use_shipped, 
     image = (np.random.default_rng(1).random((37, 53, 3)) * 255).astype(np.uint8)
     mask = np.zeros((37, 53), bool)
     mask[5:20, 10:30] = True
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         result = Inpainter().inpaint(image, mask)
     notes = [r.getMessage() for r in caplog.records if "using the shipped" in r.getMessage()]
     assert len(notes) == 1

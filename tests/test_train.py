@@ -465,6 +465,8 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path, monkeypatch):
 
     monkeypatch.setattr(metric_writers.MetricWriter, "write_scalars", interrupt_after_step_1)
     workdir = tmp_path / "run"
+    # The default handler, or SIG_IGN where the suite runs as a background job.
+    handler_before = signal.getsignal(signal.SIGINT)
     try:
         state = train_lib.train_and_evaluate(
             smoke_config(checkpoint_every_steps=0, sample_every_steps=0), str(workdir)
@@ -476,7 +478,7 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path, monkeypatch):
     assert stopped in (1, 2)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [str(stopped)]
     assert checkpointing.read_meta(workdir)["step"] == stopped
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before
 
 
 def test_resume_checks_the_saved_config_and_drops_later_metric_records(tmp_path, caplog):

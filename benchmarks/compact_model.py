@@ -1,0 +1,169 @@
+"""The figures of the README's "Results" for a DeepGIN-compact training run.
+
+    # hole PSNR on held-out crops of every kept checkpoint, and the training loss: JSON + PNG
+    python -m benchmarks.compact_model curves --workdir=~/runs/compact \
+        --snapshots=~/eval/snapshots --heldout=PHOTOS/eval
+    # full photos as a user has them: masked | OpenCV Telea | the model | original
+    python -m benchmarks.compact_model grid --checkpoint=shipped --photos=PHOTOS/eval \
+        --output=docs/results_grid.jpg
+
+`--snapshots` is a folder of checkpoint steps (`<step>/generator`, `<step>/meta`): a training
+run keeps only its last few, so a copy of every 500th is made while it trains. Held-out crops
+are the centre squares of the photos resized to `--size`, with the three mask kinds each
+(`benchmarks.initialisation.masked_crops`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from benchmarks import common
+from benchmarks.heldout import baseline_scores, hole_scores, masked_crops
+from deepgin_jax import image_io, metric_writers, shipped
+from deepgin_jax.data.sources import list_image_files
+from deepgin_jax.data.transforms import resize_bicubic
+from deepgin_jax.inference import Inpainter
+from deepgin_jax.train_steps import prepare_batch
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir (curves: its metrics.jsonl).")
+flags.DEFINE_string("snapshots", None, "Folder of checkpoint steps to evaluate (curves).")
+flags.DEFINE_string("heldout", None, "Held-out photos (curves).")
+flags.DEFINE_integer("size", 128, "Held-out crop size (curves).")
+flags.DEFINE_integer("heldout_images", 54, "Held-out photos, three masks each (curves).")
+flags.DEFINE_string("checkpoint", "shipped", "The model (grid): 'shipped' or a checkpoint.")
+flags.DEFINE_string("photos", None, "Photos to inpaint (grid).")
+flags.DEFINE_list("picks", ["0", "9", "21", "40"], "Which photos of --photos (grid), by index.")
+flags.DEFINE_integer("row_height", 240, "Height of each grid row in pixels (grid).")
+flags.DEFINE_string("output", None, "Output image (grid) or JSON/PNG prefix (curves).")
+
+RESULTS = str(Path(__file__).resolve().parent / "results")
+
+
+def evaluate_snapshots(snapshots: Path, heldout: dict[str, np.ndarray]) -> list[dict]:
+    rows = []
+    target, mask, masked = prepare_batch(jax.tree.map(np.asarray, heldout))
+    for step_dir in sorted(snapshots.iterdir(), key=lambda p: int(p.name)):
+        model, variables = shipped.load_generator(step_dir)
+        completed = jax.jit(model.apply)(variables, masked, mask, target).completed
+        rows.append(
+            {
+                "step": int(step_dir.name),
+                **hole_scores(np.clip(np.asarray(completed), 0, 1), heldout),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def plot_curves(losses: list[dict], rows: list[dict], baselines: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    steps = np.array([r["step"] for r in losses])
+    values = np.array([r["g_loss"] for r in losses])
+    window = 20
+    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+    left.plot(steps, values, color="0.8", linewidth=0.6, label="logged")
+    left.plot(steps[window - 1 :], smooth, color="C0", label=f"mean of {window}")
+    left.set(xlabel="step", ylabel="generator loss", yscale="log")
+    left.legend(fontsize=8)
+    kinds = ("rect", "ca", "freeform")
+    for index, kind in enumerate(kinds):
+        colour = f"C{index}"
+        right.plot(
+            [r["step"] for r in rows],
+            [r[f"hole_psnr_{kind}"] for r in rows],
+            "o-",
+            color=colour,
+            label=f"DeepGIN-compact, {kind}",
+        )
+        right.axhline(
+            baselines["telea"][f"hole_psnr_{kind}"],
+            color=colour,
+            linestyle="--",
+            linewidth=0.8,
+            label=f"Telea, {kind}",
+        )
+    right.set(xlabel="step", ylabel="hole PSNR (dB), held-out crops")
+    right.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def curves() -> None:
+    photos = list_image_files(FLAGS.heldout)[: FLAGS.heldout_images]
+    heldout = masked_crops(photos, FLAGS.size, seed=1)
+    baselines = baseline_scores(heldout)
+    rows = evaluate_snapshots(Path(FLAGS.snapshots).expanduser(), heldout)
+    losses = [
+        r for r in metric_writers.read_metrics(Path(FLAGS.workdir).expanduser()) if "g_loss" in r
+    ]
+    table = common.write_results(
+        "compact_curves",
+        [*rows, *({"step": name, **scores} for name, scores in baselines.items())],
+        ["step", "hole_psnr", "hole_psnr_rect", "hole_psnr_ca", "hole_psnr_freeform", "hole_std"],
+        RESULTS,
+    )
+    output = Path(FLAGS.output) if FLAGS.output else table.with_suffix(".png")
+    plot_curves(losses, rows, baselines, output)
+
+
+def object_hole(height: int, width: int, seed: int) -> np.ndarray:
+    """An object-sized hole, 5 % of the photo: a box of 0.2 x 0.25 of its sides, away from
+    the border, as a user paints over an object to remove."""
+    rng = np.random.default_rng(seed)
+    side_h, side_w = int(0.2 * height), int(0.25 * width)
+    top = int(rng.integers(height // 6, height - side_h - height // 6))
+    left = int(rng.integers(width // 6, width - side_w - width // 6))
+    hole = np.zeros((height, width), bool)
+    hole[top : top + side_h, left : left + side_w] = True
+    return hole
+
+
+def grid() -> None:
+    import cv2
+
+    inpainter = Inpainter.from_checkpoint(
+        None if FLAGS.checkpoint == "shipped" else FLAGS.checkpoint
+    )
+    photos = list_image_files(FLAGS.photos)
+    rows = []
+    for pick in FLAGS.picks:
+        path = photos[int(pick)]
+        image = image_io.read_rgb(path)
+        hole = object_hole(*image.shape[:2], seed=int(pick))
+        ours = inpainter.inpaint(image, hole)
+        telea = cv2.inpaint(image, hole.astype(np.uint8) * 255, 3.0, cv2.INPAINT_TELEA)
+        masked = np.where(hole[..., None], 255, image).astype(np.uint8)
+        scale = FLAGS.row_height / image.shape[0]
+        width = round(image.shape[1] * scale)
+        panels = [resize_bicubic(p, FLAGS.row_height, width) for p in (masked, telea, ours, image)]
+        gap = np.full((FLAGS.row_height, 4, 3), 255, np.uint8)
+        row = np.concatenate([x for p in panels for x in (p, gap)][:-1], axis=1)
+        rows.append((row, f"{path.name} {image.shape[1]}x{image.shape[0]}"))
+    width = max(r.shape[1] for r, _ in rows)
+    padded = [
+        np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r, _ in rows
+    ]
+    image_io.save_image(FLAGS.output, np.concatenate(padded, axis=0))
+    print("\n".join(name for _, name in rows))
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) != 2 or argv[1] not in ("curves", "grid"):
+        raise app.UsageError("usage: python -m benchmarks.compact_model curves|grid ...")
+    curves() if argv[1] == "curves" else grid()
+
+
+if __name__ == "__main__":
+    app.run(main)

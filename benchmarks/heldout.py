@@ -1,0 +1,77 @@
+"""Held-out crops with the three mask kinds, and the scores inside their holes (benchmarks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from deepgin_jax import masks
+from deepgin_jax.data.transforms import resize_bicubic
+from deepgin_jax.image_io import read_rgb
+
+MASK_KINDS = ("rect", "ca", "freeform")
+
+
+def masked_crops(photos: Sequence[Path], size: int, seed: int) -> dict[str, np.ndarray]:
+    """Centre squares of `photos` resized to `size`, each with the three mask kinds: a batch
+    `{"image": uint8 [3N, S, S, 3], "mask": uint8 [3N, S, S, 1]}` as the training pipeline's."""
+    images, holes = [], []
+    for index, path in enumerate(photos):
+        rgb = read_rgb(path)
+        side = min(rgb.shape[:2])
+        top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
+        square = resize_bicubic(rgb[top : top + side, left : left + side], size, size)
+        rng = masks.mask_rng(seed, index)
+        for kind in MASK_KINDS:
+            hole = np.zeros((size, size))
+            while not 0 < hole.mean() < 1:  # small CA masks can come out empty
+                hole = masks.generate_mask(kind, rng, size, size, scale_strokes=True)
+            images.append(square)
+            holes.append(hole)
+    return {
+        "image": np.stack(images),
+        "mask": (np.stack(holes)[..., None] > 0.5).astype(np.uint8),
+    }
+
+
+def hole_scores(completed: np.ndarray, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean over samples of the PSNR inside the hole and the per-channel spatial std inside it,
+    per mask kind and overall; `completed` is float [N, S, S, 3] in [0, 1]."""
+    rows = []
+    for index, (result, image, mask) in enumerate(
+        zip(completed, batch["image"], batch["mask"], strict=True)
+    ):
+        hole = mask[..., 0] > 0
+        error = result[hole] - image[hole].astype(np.float64) / 255.0
+        psnr = 10 * np.log10(1.0 / max(float(np.mean(error**2)), 1e-10))
+        rows.append((MASK_KINDS[index % 3], psnr, float(result[hole].std(axis=0).mean())))
+    scores = {
+        "hole_psnr": float(np.mean([r[1] for r in rows])),
+        "hole_std": float(np.mean([r[2] for r in rows])),
+    }
+    for kind in MASK_KINDS:
+        scores[f"hole_psnr_{kind}"] = float(np.mean([r[1] for r in rows if r[0] == kind]))
+    return scores
+
+
+def baseline_scores(batch: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    images = batch["image"].astype(np.float64) / 255.0
+    holes = batch["mask"][..., 0] > 0
+    mean_fill = images.copy()
+    for result, image, hole in zip(mean_fill, images, holes, strict=True):
+        result[hole] = image[~hole].mean(axis=0)
+    telea_fill = np.stack(
+        [
+            cv2.inpaint(image, hole.astype(np.uint8) * 255, 3.0, cv2.INPAINT_TELEA)
+            for image, hole in zip(batch["image"], holes, strict=True)
+        ]
+    ).astype(np.float64)
+    target_std = hole_scores(images, batch)["hole_std"]
+    return {
+        "mean_colour": hole_scores(mean_fill, batch),
+        "telea": hole_scores(telea_fill / 255.0, batch),
+        "target": {"hole_std": target_std},
+    }

@@ -128,3 +128,10 @@ def test_initial_kernels_follow_the_scheme(init_scheme):
     for kernel in inner:
         expected = 1.0 if init_scheme == "residual" else 0.1
         assert relative_std(kernel) == pytest.approx(expected, rel=0.15)
+
+
+def test_an_unknown_init_scheme_is_an_error_naming_the_key():
+    config = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    config.model.init_scheme = "refrence"
+    with pytest.raises(ValueError, match=r"model\.init_scheme='refrence'"):
+        config_lib.validate_config(config)

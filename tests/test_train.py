@@ -390,6 +390,9 @@ def test_config_is_locked_and_every_config_file_loads(tmp_path):
             if variant and "smoke" in variant:
                 config_lib.validate_config(config)
             assert config.optim.decay_steps % config.optim.decay_every == 0, path
+            # The reference's clipping and the initialisation that trains, in every config.
+            assert config.optim.g_clip_norm == 3.0, path
+            assert config.model.init_scheme == "residual", path
     paper = load_module(REPO / "configs" / "ade20k.py").get_config("smoke,paper_losses").loss
     assert (paper.style_mode, paper.tv_mode, paper.vgg_taps) == ("l1", "l1", "paper")
     assert paper.discriminator_scale == 1.0 and paper.vgg_layer_weights == (1.0,) * 5

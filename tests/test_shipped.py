@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from deepgin_jax import checkpointing, shipped
+from deepgin_jax import checkpointing, image_io, shipped
+from deepgin_jax.data import sample_image_paths
+from deepgin_jax.data.transforms import resize_bicubic
 from deepgin_jax.inference import GeneratorForward, Inpainter
 from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped
 
@@ -141,3 +143,23 @@ def test_card_cannot_replace_the_formats_own_keys(tmp_path):
         shipped.write_shipped_weights(tiny_checkpoint(), tmp_path, card={"sha256": "0" * 64})
     with pytest.raises(ValueError, match="dtype"):
         shipped.write_shipped_weights(tiny_checkpoint(), tmp_path, dtype="int8", card={})
+
+
+def test_the_package_model_verifies_and_fills_holes_from_their_surroundings(monkeypatch):
+    monkeypatch.delenv(shipped.ENV_VAR, raising=False)
+    card = shipped.verify()  # the sha256 of the package's own generator.npz
+    assert card["name"] == "DeepGIN-compact" and card["architecture"]["base_features"] == 16
+    inpainter = Inpainter()
+    hole = np.zeros((128, 128), bool)
+    hole[40:80, 30:90] = True
+    errors, flat_errors = [], []
+    for path in sample_image_paths():  # each photo's top-left square at the serving size
+        image = image_io.read_rgb(path)
+        side = min(image.shape[:2])
+        photo = resize_bicubic(image[:side, :side], 128, 128)
+        filled = inpainter.inpaint(photo, hole)
+        np.testing.assert_array_equal(filled[~hole], photo[~hole])
+        errors.append(np.abs(filled[hole].astype(float) - photo[hole]).mean())
+        flat_errors.append(np.abs(photo[~hole].mean(axis=0) - photo[hole]).mean())
+    # Better than filling with the known pixels' mean colour (measured: 0.69 of its error).
+    assert sum(errors) < 0.8 * sum(flat_errors), (errors, flat_errors)

@@ -157,3 +157,27 @@ def test_cli_non_square_single_type(tmp_path):
     assert [e["file"] for e in manifest["masks"]] == ["ca_00000.png", "ca_00001.png"]
     with Image.open(tmp_path / "ca_00001.png") as img:
         assert img.size == (50, 30)
+
+
+def test_scaled_strokes_keep_the_hole_ratio_of_256_and_change_nothing_at_256():
+    def mean_ratio(size: int, scale_strokes: bool) -> float:
+        return float(
+            np.mean(
+                [
+                    masks.free_form_mask(
+                        masks.mask_rng(0, i), size, size, scale_strokes=scale_strokes
+                    ).mean()
+                    for i in range(100)
+                ]
+            )
+        )
+
+    at_256 = mean_ratio(256, False)
+    assert mean_ratio(64, False) > 0.9  # the reference's pixel sizes flood a small mask
+    for size in (64, 128):
+        assert abs(mean_ratio(size, True) - at_256) < 0.08, size
+    for i in range(5):
+        np.testing.assert_array_equal(
+            masks.free_form_mask(masks.mask_rng(3, i), 256, 256, scale_strokes=True),
+            masks.free_form_mask(masks.mask_rng(3, i), 256, 256),
+        )

@@ -68,9 +68,10 @@ class ConvSettings:
 
     dtype: the activations' dtype (parameters stay float32).
     crop_padding: see `layers.edge_padded_conv_padding` (the same values; off for ONNX).
-    init_scheme: one of `INIT_SCHEMES`, which kernels start as Kaiming-normal (fan_in, gain sqrt(2))
-        times `init_scale`: those closing a residual branch ("residual") or all ("reference",
-        spec 5.6 with 0.1). The others start as plain Kaiming-normal; biases start at zero.
+    init_scheme: one of `INIT_SCHEMES`: which kernels start as Kaiming-normal (fan_in, gain
+        sqrt(2)) times `init_scale`, those closing a residual branch ("residual") or all
+        ("reference", spec 5.6 with 0.1). The others start as plain Kaiming-normal; biases
+        start at zero.
     """
 
     dtype: Dtype = jnp.float32
@@ -172,9 +173,8 @@ class SelfAttention(nn.Module):
         inner = self.features // 2
 
         def project(name: str, features: int, y: Array) -> Array:
-            return self.settings.conv(features, 1, pad=0, name=name, closes_residual=name == "out")(
-                y
-            )
+            conv = self.settings.conv(features, 1, pad=0, name=name, closes_residual=name == "out")
+            return conv(y)
 
         def tokens(name: str) -> Array:  # [N, H, W, C] -> [N, H*W, C/2], row-major (h, w)
             return project(name, inner, x).reshape(n, h * w, inner)
@@ -308,8 +308,8 @@ class DeepGIN(nn.Module):
 
     Execution only (the same parameters and values): `dtype` of the activations, the
     self-attention `attention_impl`, `remat` of the residual blocks, and `crop_padding` (see
-    `layers.edge_padded_conv_padding`; off for ONNX). `init_scheme` and `init_scale` set the initial
-    weights (`ConvSettings`, `INIT_SCHEMES`).
+    `layers.edge_padded_conv_padding`; off for ONNX). `init_scheme` and `init_scale` set the
+    initial weights (`ConvSettings`, `INIT_SCHEMES`).
     """
 
     base_features: int = 64

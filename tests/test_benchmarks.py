@@ -51,3 +51,22 @@ def test_train_step_benchmark_counts_the_chunked_attention_in_full(tmp_path):
     every_flop = warmup_step_flops("xla", compiled=False)
     assert row["tflop_per_step"] * 1e12 == pytest.approx(every_flop, rel=1e-6)
     assert every_flop > 1.05 * loop_counted_once
+
+
+def test_heldout_crops_have_holes_and_scores_rank_fills():
+    import numpy as np
+
+    from benchmarks import heldout
+    from deepgin_jax.data import sample_image_paths
+
+    batch = heldout.masked_crops(sample_image_paths()[:2], 64, seed=0)
+    assert batch["image"].shape == (6, 64, 64, 3) and batch["mask"].shape == (6, 64, 64, 1)
+    ratios = batch["mask"].reshape(6, -1).mean(axis=1)
+    assert ((ratios > 0) & (ratios < 1)).all()
+    truth = batch["image"].astype(np.float64) / 255.0
+    perfect = heldout.hole_scores(truth, batch)
+    scores = heldout.baseline_scores(batch)
+    assert perfect["hole_psnr"] == 100.0  # the error floor of 1e-10
+    assert scores["telea"]["hole_psnr"] > scores["mean_colour"]["hole_psnr"]
+    assert scores["mean_colour"]["hole_std"] < 1e-6
+    assert scores["target"]["hole_std"] == perfect["hole_std"]

@@ -4,24 +4,40 @@
     python -m benchmarks.train_step --batches=1,12,48 --dtypes=float32,bfloat16   # a GPU
     XLA_FLAGS=--xla_force_host_platform_device_count=4 \
         python -m benchmarks.train_step --width=16 --size=64 --devices=1,2,4   # scaling
+    python -m benchmarks.train_step --config=configs/compact.py --batches=6 --stage=warmup
+
+Without --config the step is `config.default_config()`'s (the paper's) at generator width
+--width. --config measures a training config's step instead (configs/*.py[:variant], loaded as
+`deepgin_jax.train` loads it; `--config.x=y` overrides work): its generator and discriminator
+widths, losses (e.g. loss.vgg_image_size) and optimizers. --width and --size, when given,
+override the config's model.base_features and data.crop_size; otherwise both come from the
+config. --batches stays the number of samples per step (DeepGIN-compact: 2 images x 3 masks =
+6). Either way the step is bound as training binds it: the generator's gradient clipped to the
+config's optim.g_clip_norm (3.0 by default) in both stages.
 
 Reports compile time, step time, images/s, the step's FLOPs from XLA's cost analysis and MFU
 against the device's dense peak (or --peak_tflops). The FLOPs are counted on the step with
 XLA's attention, since the cost analysis counts a loop's body once and the chunked attention
 (a CPU's choice) is a loop over blocks of queries; both compute the same. Weights are random:
-speed does not depend on them. Writes benchmarks/results/train_step.{json,md}.
+speed does not depend on them. Writes benchmarks/results/<device>/<name>.{json,md}: <name> is
+train_step (GAN stage) or train_step_warmup, then _NAME for --name=NAME or, without it, for the
+--config file's name (train_step_compact, train_step_warmup_compact).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import config_flags
 
 from benchmarks import common
 from deepgin_jax import config as config_lib
@@ -33,8 +49,16 @@ flags.DEFINE_list("batches", ["12"], "Global batch sizes in samples (the paper: 
 flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (float32, bfloat16).")
 flags.DEFINE_list("devices", ["all"], "Device counts to shard the batch over ('all' = every).")
 flags.DEFINE_enum("stage", "gan", ["gan", "warmup"], "Which train step.")
-flags.DEFINE_integer("width", 64, "Generator base_features (64 = the paper's).")
-flags.DEFINE_integer("size", 256, "Training crop size.")
+flags.DEFINE_integer(
+    "width", 64, "Generator base_features (64 = the paper's); with --config: its, unless given."
+)
+flags.DEFINE_integer("size", 256, "Training crop size; with --config: its, unless given.")
+config_flags.DEFINE_config_file(
+    "config", None, "A training config to measure (configs/*.py[:variant]).", lock_config=True
+)
+flags.DEFINE_string(
+    "name", None, "Results name suffix (default: the --config file's name; none without it)."
+)
 flags.DEFINE_bool(
     "vgg", True, "Include the perceptual and style losses (a VGG-19 of random weights)."
 )
@@ -68,41 +92,81 @@ def random_vgg(rng: np.random.Generator) -> VGGFeatures:
     return VGGFeatures(params=params, convention="torchvision")
 
 
-def jitted_step(setup: train_state.Setup, mesh: Mesh):
+def measured_config(dtype_name: str) -> ml_collections.ConfigDict:
+    """The config whose step is measured: --config's or the default, in `dtype_name`, with
+    --width where given (always without --config) and without the VGG losses for --novgg."""
+    config = config_lib.default_config() if FLAGS.config is None else copy.deepcopy(FLAGS.config)
+    config.compute_dtype = dtype_name
+    if FLAGS.config is None or FLAGS["width"].present:
+        config.model.base_features = FLAGS.width
+    if not FLAGS.vgg:
+        config.loss.perceptual_weight = config.loss.style_weight = 0.0
+    return config
+
+
+def crop_size() -> int:
+    """--size, or the --config's data.crop_size when --size is not given."""
+    if FLAGS.config is None or FLAGS["size"].present:
+        return FLAGS.size
+    return int(FLAGS.config.data.crop_size)
+
+
+def results_name() -> str:
+    """train_step (GAN stage) or train_step_<stage>, then _<--name or the config file's name>."""
+    name = "train_step" if FLAGS.stage == "gan" else f"train_step_{FLAGS.stage}"
+    suffix = FLAGS.name
+    if suffix is None and FLAGS.config is not None:
+        suffix = Path(config_flags.get_config_filename(FLAGS["config"])).stem
+    return f"{name}_{suffix}" if suffix else name
+
+
+def state_shapes(setup: train_state.Setup, size: int) -> train_state.TrainState:
+    """The train state's shapes and dtypes at crop size `size`, without running the init."""
+    init = functools.partial(train_state.init_train_state, setup, crop_size=size)
+    return jax.eval_shape(init, jax.random.key(0))
+
+
+def step_function(setup: train_state.Setup, config: ml_collections.ConfigDict):
+    """The stage's train step with the config's clipping bound, as training binds it."""
+    if FLAGS.stage == "gan":
+        return functools.partial(
+            train_steps.gan_step,
+            setup=setup,
+            stage_start=0,
+            clip_norm=config.optim.g_clip_norm,
+            clip_includes_discriminator=config.optim.clip_includes_discriminator,
+        )
+    return functools.partial(
+        train_steps.warmup_step, setup=setup, clip_norm=config.optim.g_clip_norm
+    )
+
+
+def jitted_step(setup: train_state.Setup, config: ml_collections.ConfigDict, mesh: Mesh):
     """The stage's train step, jitted with the batch sharded over `mesh` and the state donated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     in_shardings = (replicated, NamedSharding(mesh, PartitionSpec("data")))
     if FLAGS.stage == "gan":
-        fn = functools.partial(
-            train_steps.gan_step,
-            setup=setup,
-            stage_start=0,
-            clip_norm=3.0,
-            clip_includes_discriminator=True,
-        )
         in_shardings += (replicated,)  # the VGG-19 weights
-    else:
-        fn = functools.partial(train_steps.warmup_step, setup=setup)
     return jax.jit(
-        fn, in_shardings=in_shardings, out_shardings=(replicated, replicated), donate_argnums=0
+        step_function(setup, config),
+        in_shardings=in_shardings,
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
     )
 
 
 def main(argv: list[str]) -> None:
     del argv
     rng = np.random.default_rng(0)
+    size = crop_size()
     rows = []
     for dtype_name in FLAGS.dtypes:
-        config = config_lib.default_config()
-        config.compute_dtype = dtype_name
-        config.model.base_features = FLAGS.width
-        if not FLAGS.vgg:
-            config.loss.perceptual_weight = config.loss.style_weight = 0.0
+        config = measured_config(dtype_name)
         setup = train_state.build_setup(config)
-        config.model.attention_impl = "xla"
-        counting_setup = train_state.build_setup(config)
-        init = functools.partial(train_state.init_train_state, setup, crop_size=FLAGS.size)
-        state_host = random_tree(jax.eval_shape(init, jax.random.key(0)), rng)
+        counting_config = copy.deepcopy(config)
+        counting_config.model.attention_impl = "xla"
+        counting_setup = train_state.build_setup(counting_config)
+        state_host = random_tree(state_shapes(setup, size), rng)
         vgg_host = random_vgg(rng) if FLAGS.vgg and FLAGS.stage == "gan" else None
         counts = [jax.device_count() if d == "all" else int(d) for d in FLAGS.devices]
         for num_devices in counts:
@@ -113,15 +177,11 @@ def main(argv: list[str]) -> None:
             )
             replicated = NamedSharding(mesh, PartitionSpec())
             batched = NamedSharding(mesh, PartitionSpec("data"))
-            step = jitted_step(setup, mesh)
+            step = jitted_step(setup, config, mesh)
             for batch_size in map(int, FLAGS.batches):
                 batch = {
-                    "image": rng.integers(
-                        0, 256, (batch_size, FLAGS.size, FLAGS.size, 3), np.uint8
-                    ),
-                    "mask": (rng.random((batch_size, FLAGS.size, FLAGS.size, 1)) > 0.6).astype(
-                        np.uint8
-                    ),
+                    "image": rng.integers(0, 256, (batch_size, size, size, 3), np.uint8),
+                    "mask": (rng.random((batch_size, size, size, 1)) > 0.6).astype(np.uint8),
                 }
                 batch = jax.device_put(batch, batched)
                 state = jax.device_put(state_host, replicated)
@@ -134,7 +194,7 @@ def main(argv: list[str]) -> None:
                 compiled = step.lower(*args).compile()
                 compile_s = time.perf_counter() - start
                 # All devices' FLOPs: the program before it is partitioned.
-                flops = common.lowered_flops(jitted_step(counting_setup, mesh).lower(*args))
+                flops = common.lowered_flops(jitted_step(counting_setup, config, mesh).lower(*args))
                 extra = args[2:]
                 state, metrics = compiled(state, batch, *extra)  # warm-up call
                 common.block(metrics)
@@ -153,8 +213,9 @@ def main(argv: list[str]) -> None:
                         "dtype": dtype_name,
                         "devices": num_devices,
                         "batch": batch_size,
-                        "size": FLAGS.size,
-                        "width": FLAGS.width,
+                        "size": size,
+                        "width": config.model.base_features,
+                        "d_width": config.discriminator.features,
                         "compile_s": compile_s,
                         "step_ms": step_s * 1e3,
                         "images_per_s": batch_size / step_s,
@@ -171,6 +232,7 @@ def main(argv: list[str]) -> None:
         "batch",
         "size",
         "width",
+        "d_width",
         "step_ms",
         "images_per_s",
         "tflop_per_step",
@@ -179,8 +241,7 @@ def main(argv: list[str]) -> None:
         "device_peak_bytes",
         "host_max_rss_bytes",
     ]
-    name = "train_step" if FLAGS.stage == "gan" else f"train_step_{FLAGS.stage}"
-    print(common.write_results(name, rows, columns, FLAGS.out).read_text())
+    print(common.write_results(results_name(), rows, columns, FLAGS.out).read_text())
 
 
 if __name__ == "__main__":

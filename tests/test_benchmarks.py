@@ -31,7 +31,10 @@ def warmup_step_flops(attention_impl: str, compiled: bool) -> float:
         "image": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8),
         "mask": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 1), jnp.uint8),
     }
-    lowered = jax.jit(functools.partial(train_steps.warmup_step, setup=setup)).lower(state, batch)
+    step = functools.partial(
+        train_steps.warmup_step, setup=setup, clip_norm=config.optim.g_clip_norm
+    )  # the benchmark's step is bound as training binds it
+    lowered = jax.jit(step).lower(state, batch)
     return (lowered.compile() if compiled else lowered).cost_analysis()["flops"]
 
 
@@ -51,6 +54,59 @@ def test_train_step_benchmark_counts_the_chunked_attention_in_full(tmp_path):
     every_flop = warmup_step_flops("xla", compiled=False)
     assert row["tflop_per_step"] * 1e12 == pytest.approx(every_flop, rel=1e-6)
     assert every_flop > 1.05 * loop_counted_once
+
+
+# Parses the benchmark's flags in a fresh process (the package's CLIs define --config too) and
+# prints the setup it would measure, without compiling.
+SETUP_PROBE = """
+import json, sys
+from benchmarks import train_step as bench
+from deepgin_jax import train_state
+
+bench.FLAGS(sys.argv)
+config = bench.measured_config("float32")
+setup = train_state.build_setup(config)
+shapes = bench.state_shapes(setup, bench.crop_size())
+step = bench.step_function(setup, config)
+print(json.dumps({
+    "g_first": shapes.g_params["coarse"]["enc_conv1"]["kernel"].shape[-1],
+    "d_first": [scale["conv0"]["kernel"].shape[-1] for scale in shapes.d_params.values()],
+    "size": bench.crop_size(),
+    "vgg_image_size": setup.loss_config.vgg_image_size,
+    "step": step.func.__name__,
+    "clip_norm": step.keywords["clip_norm"],
+    "name": bench.results_name(),
+}))
+"""
+
+
+def benchmark_setup(*args: str) -> dict:
+    command = [sys.executable, "-c", SETUP_PROBE, *args]
+    result = subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_train_step_benchmark_measures_a_config_file():
+    compact = f"--config={REPO / 'configs' / 'compact.py'}"
+    # DeepGIN-compact: generator base 16 (first conv 8), both discriminators 16, 128 px crops,
+    # VGG losses at 128 px, and the clipping bound from the config, not a fixed 3.0.
+    assert benchmark_setup(compact, "--config.optim.g_clip_norm=1.5") == {
+        "g_first": 8,
+        "d_first": [16, 16],
+        "size": 128,
+        "vgg_image_size": 128,
+        "step": "gan_step",
+        "clip_norm": 1.5,
+        "name": "train_step_compact",
+    }
+    # --width and --size override the config's; --name the results file's suffix.
+    got = benchmark_setup(compact, "--stage=warmup", "--width=8", "--size=64", "--name=probe")
+    assert (got["g_first"], got["d_first"], got["size"]) == (4, [16, 16], 64)
+    assert (got["step"], got["clip_norm"]) == ("warmup_step", 3.0)
+    assert got["name"] == "train_step_warmup_probe"
+    # Without --config: the paper's default discriminator (64) and the unsuffixed results file.
+    got = benchmark_setup("--width=8", "--size=64")
+    assert (got["g_first"], got["d_first"], got["name"]) == (4, [64, 64], "train_step")
 
 
 def test_heldout_crops_have_holes_and_scores_rank_fills():

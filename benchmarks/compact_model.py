@@ -6,6 +6,9 @@
     # full photos as a user has them: masked | OpenCV Telea | the model | original
     python -m benchmarks.compact_model grid --checkpoint=shipped --photos=PHOTOS/eval \
         --output=docs/results_grid.jpg
+    # the same photos scored inside the hole, for each Inpainter tile size, beside Telea
+    python -m benchmarks.compact_model fullsize --checkpoint=shipped --photos=PHOTOS/eval \
+        --tile_sizes=128,256
 
 `--snapshots` is a folder of checkpoint steps (`<step>/generator`, `<step>/meta`): a training
 run keeps only its last few, so a copy of every 500th is made while it trains. Held-out crops
@@ -25,7 +28,7 @@ from absl import app, flags
 
 from benchmarks import common
 from benchmarks.heldout import baseline_scores, hole_scores, masked_crops
-from deepgin_jax import image_io, metric_writers, shipped
+from deepgin_jax import image_io, masks, metric_writers, shipped
 from deepgin_jax.data.sources import list_image_files
 from deepgin_jax.data.transforms import resize_bicubic
 from deepgin_jax.inference import Inpainter
@@ -41,6 +44,7 @@ flags.DEFINE_string("checkpoint", "shipped", "The model (grid): 'shipped' or a c
 flags.DEFINE_string("photos", None, "Photos to inpaint (grid).")
 flags.DEFINE_list("picks", ["0", "9", "21", "40"], "Which photos of --photos (grid), by index.")
 flags.DEFINE_integer("row_height", 240, "Height of each grid row in pixels (grid).")
+flags.DEFINE_list("tile_sizes", ["128", "256"], "Inpainter tile sizes to compare (fullsize).")
 flags.DEFINE_string("output", None, "Output image (grid) or JSON/PNG prefix (curves).")
 
 RESULTS = str(Path(__file__).resolve().parent / "results")
@@ -159,10 +163,79 @@ def grid() -> None:
     print("\n".join(name for _, name in rows))
 
 
+def fullsize_holes(height: int, width: int, seed: int) -> dict[str, np.ndarray]:
+    """The two holes a user paints on a full photo: an object box (`object_hole`) and
+    free-form strokes scaled to the photo (`masks.free_form_mask`)."""
+    strokes = masks.free_form_mask(masks.mask_rng(seed, 1), height, width, scale_strokes=True)
+    return {"box": object_hole(height, width, seed), "strokes": strokes > 0.5}
+
+
+def hole_errors(result: np.ndarray, image: np.ndarray, hole: np.ndarray) -> dict[str, float]:
+    error = result[hole].astype(np.float64) / 255.0 - image[hole].astype(np.float64) / 255.0
+    return {
+        "hole_psnr": 10 * np.log10(1.0 / max(float(np.mean(error**2)), 1e-10)),
+        "hole_l1_percent": 100 * float(np.mean(np.abs(error))),
+    }
+
+
+def fullsize() -> None:
+    """Hole PSNR and L1 on whole photos at their own size, per hole kind, for the model at
+    each `--tile_sizes` (the Inpainter's defaults otherwise) and OpenCV Telea."""
+    import cv2
+
+    checkpoint = None if FLAGS.checkpoint == "shipped" else FLAGS.checkpoint
+    methods = {
+        f"tile {size}": Inpainter.from_checkpoint(checkpoint, tile_size=int(size)).inpaint
+        for size in FLAGS.tile_sizes
+    }
+    methods["telea"] = lambda image, hole: cv2.inpaint(
+        image, hole.astype(np.uint8) * 255, 3.0, cv2.INPAINT_TELEA
+    )
+    rows = []
+    for index, path in enumerate(list_image_files(FLAGS.photos)):
+        image = image_io.read_rgb(path)
+        for kind, hole in fullsize_holes(*image.shape[:2], seed=index).items():
+            for name, method in methods.items():
+                rows.append(
+                    {
+                        "method": name,
+                        "kind": kind,
+                        "photo": path.name,
+                        **hole_errors(method(image, hole), image, hole),
+                    }
+                )
+    table = []
+    for name in methods:
+        for kind in ("box", "strokes"):
+            mine = [r for r in rows if r["method"] == name and r["kind"] == kind]
+            table.append(
+                {
+                    "method": name,
+                    "hole": kind,
+                    "photos": len(mine),
+                    "hole_psnr": float(np.mean([r["hole_psnr"] for r in mine])),
+                    "hole_l1_percent": float(np.mean([r["hole_l1_percent"] for r in mine])),
+                    "wins_vs_telea": sum(
+                        bool(r["hole_psnr"] > t["hole_psnr"])
+                        for r, t in zip(
+                            mine,
+                            [r for r in rows if r["method"] == "telea" and r["kind"] == kind],
+                            strict=True,
+                        )
+                    ),
+                }
+            )
+    columns = ["method", "hole", "photos", "hole_psnr", "hole_l1_percent", "wins_vs_telea"]
+    print(common.write_results("compact_fullsize", table, columns, RESULTS).read_text())
+
+
+COMMANDS = {"curves": curves, "grid": grid, "fullsize": fullsize}
+
+
 def main(argv: Sequence[str]) -> None:
-    if len(argv) != 2 or argv[1] not in ("curves", "grid"):
-        raise app.UsageError("usage: python -m benchmarks.compact_model curves|grid ...")
-    curves() if argv[1] == "curves" else grid()
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"usage: python -m benchmarks.compact_model {'|'.join(COMMANDS)} ...")
+    COMMANDS[argv[1]]()
 
 
 if __name__ == "__main__":

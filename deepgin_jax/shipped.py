@@ -8,9 +8,10 @@ A shipped model is a folder of two files:
   the checkpoint recorded), `storage_dtype`, `sha256` and `bytes` of the npz, the source
   checkpoint's step, and whatever the writer's `card` dict adds (name, training data, ...).
 
-`write_shipped_weights(checkpoint, output_dir, card={...})` makes one from any generator
-checkpoint; `load_shipped_generator(path)` reads one back as float32 `(model, variables)`, after
-checking the npz's sha256 against the card. With no path it reads the package's own model,
+`write_shipped_weights(checkpoint, output_dir, card={...})` makes one from any generator checkpoint,
+or from the mean of several (`average_generators`: snapshots of one run);
+`load_shipped_generator(path)` reads one back as float32 `(model, variables)`, after checking the
+npz's sha256 against the card. With no path it reads the package's own model,
 `deepgin_jax/weights/compact/`, or the folder named by the environment variable
 `DEEPGIN_SHIPPED_WEIGHTS` when that is set (tests and deployments point it elsewhere).
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ OWN_CARD_KEYS = (
     "sha256",
     "bytes",
     "checkpoint_step",
+    "averaged_steps",
 )
 
 
@@ -290,8 +292,34 @@ def _cast(array: np.ndarray, storage_dtype: str, name: str) -> np.ndarray:
     return array.astype(jnp.bfloat16).view(np.uint16)
 
 
+def average_generators(
+    paths: Sequence[str | os.PathLike],
+) -> tuple[DeepGIN, dict[str, Any], list[int | None]]:
+    """The mean of the parameters of several checkpoints of one generator (snapshots of one
+    run: Polyak averaging): `(model, {"params": mean}, their training steps)`; a step is None
+    for a checkpoint that records none (a converted or shipped model).
+
+    Raises:
+      ValueError: no paths, or checkpoints of different architectures.
+    """
+    if not paths:
+        raise ValueError("average_generators needs at least one checkpoint")
+    model, total, steps = None, None, []
+    for path in paths:
+        this_model, variables = load_generator(path)
+        if model is not None and this_model != model:
+            raise ValueError(f"cannot average {path}: its architecture differs from {paths[0]}'s")
+        model = this_model
+        params = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+        total = params if total is None else jax.tree.map(np.add, total, params)
+        meta = checkpointing.read_meta(path) if shipped_dir(path) is None else {}
+        steps.append(int(meta["step"]) if "step" in meta else None)
+    mean = jax.tree.map(lambda a: (a / len(paths)).astype(np.float32), total)
+    return model, {"params": mean}, steps
+
+
 def write_shipped_weights(
-    checkpoint_path: str | os.PathLike,
+    checkpoint_path: str | os.PathLike | Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
     dtype: str = "float16",
@@ -301,7 +329,9 @@ def write_shipped_weights(
 
     Args:
       checkpoint_path: anything `checkpointing.load_generator` reads (a training workdir, its
-        `checkpoints/` folder, a step folder, a converted model), or a shipped folder.
+        `checkpoints/` folder, a step folder, a converted model), or a shipped folder; or a
+        list of them, whose mean is written (`average_generators`; the card records their
+        steps as `averaged_steps`).
       output_dir: the folder to (re)write; for the package's model,
         `deepgin_jax/weights/compact` (`PACKAGE_DIR`).
       dtype: "float16" (the closer one) or "bfloat16" (kept as its uint16 bit pattern).
@@ -316,7 +346,12 @@ def write_shipped_weights(
     clashes = sorted(set(card) & set(OWN_CARD_KEYS))
     if clashes:
         raise ValueError(f"card keys {clashes} are the format's own; rename them")
-    model, variables = load_generator(checkpoint_path)
+    if isinstance(checkpoint_path, (str, os.PathLike)):
+        model, variables = load_generator(checkpoint_path)
+        averaged_steps = None
+    else:
+        model, variables, averaged_steps = average_generators(list(checkpoint_path))
+        checkpoint_path = list(checkpoint_path)[-1]
     flat = traverse_util.flatten_dict(dict(variables["params"]), sep="/")
     stored = {name: _cast(jax.device_get(value), dtype, name) for name, value in flat.items()}
     architecture = {
@@ -344,6 +379,8 @@ def write_shipped_weights(
     }
     if "step" in source_meta:
         own["checkpoint_step"] = int(source_meta["step"])
+    if averaged_steps is not None:
+        own["averaged_steps"] = averaged_steps
     full = {"name": MODEL_NAME, **dict(card), **own}
     with atomic_write(output_dir / CARD_FILE, "w") as f:
         f.write(json.dumps(full, indent=1, sort_keys=False) + "\n")

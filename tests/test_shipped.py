@@ -16,6 +16,7 @@ from deepgin_jax import checkpointing, image_io, shipped
 from deepgin_jax.data import sample_image_paths
 from deepgin_jax.data.transforms import resize_bicubic
 from deepgin_jax.inference import GeneratorForward, Inpainter
+from deepgin_jax.models.generator import DeepGIN
 from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped
 
 # Largest |shipped model - float32 model| of the reconstruction, on [0, 1] pixels, for the tiny
@@ -163,3 +164,30 @@ def test_the_package_model_verifies_and_fills_holes_from_their_surroundings(monk
         flat_errors.append(np.abs(photo[~hole].mean(axis=0) - photo[hole]).mean())
     # Better than filling with the known pixels' mean colour (measured: 0.69 of its error).
     assert sum(errors) < 0.8 * sum(flat_errors), (errors, flat_errors)
+
+
+def test_averaged_checkpoints_ship_their_mean_and_refuse_other_architectures(tmp_path):
+    _, variables = checkpointing.load_generator(tiny_checkpoint())
+    shifted = jax.tree.map(lambda a: np.asarray(a) + 0.5, variables)
+    checkpointing.save_generator(tmp_path / "shifted", shifted, {"base_features": 16})
+    card = shipped.write_shipped_weights(
+        [tiny_checkpoint(), tmp_path / "shifted"], tmp_path / "mean", card={}
+    )
+    assert card["averaged_steps"] == [None, None]  # converted models record no step
+    _, mean = shipped.load_shipped_generator(tmp_path / "mean")
+    expected = jax.tree.map(lambda a: np.asarray(a) + 0.25, variables)
+    for got, want in zip(jax.tree.leaves(mean), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)  # float16 storage
+    narrow = DeepGIN(base_features=8)
+    shapes = jax.eval_shape(
+        narrow.init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 16, 16, 3), np.float32),
+        jax.ShapeDtypeStruct((1, 16, 16, 1), np.float32),
+    )
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    checkpointing.save_generator(tmp_path / "narrow", zeros, {"base_features": 8})
+    with pytest.raises(ValueError, match="architecture differs"):
+        shipped.average_generators([tiny_checkpoint(), tmp_path / "narrow"])
+    with pytest.raises(ValueError, match="at least one"):
+        shipped.average_generators([])

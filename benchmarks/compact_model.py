@@ -2,7 +2,7 @@
 
     # hole PSNR on held-out crops of every kept checkpoint, and the training loss: JSON + PNG
     python -m benchmarks.compact_model curves --workdir=~/runs/compact \
-        --snapshots=~/eval/snapshots --heldout=PHOTOS/eval
+        --snapshots=~/eval/snapshots --heldout=PHOTOS/eval --lpips=weights/lpips_vgg.npz
     # full photos as a user has them: masked | OpenCV Telea | the model | original
     python -m benchmarks.compact_model grid --checkpoint=shipped --photos=PHOTOS/eval \
         --output=docs/results_grid.jpg
@@ -19,7 +19,7 @@ are the centre squares of the photos resized to `--size`, with the three mask ki
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -27,17 +27,19 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from benchmarks.heldout import baseline_scores, hole_scores, masked_crops
+from benchmarks.heldout import baseline_scores, hole_scores, lpips_scores, masked_crops
 from deepgin_jax import image_io, masks, metric_writers, shipped
 from deepgin_jax.data.sources import list_image_files
 from deepgin_jax.data.transforms import resize_bicubic
 from deepgin_jax.inference import Inpainter
+from deepgin_jax.models.lpips import LPIPSDistance
 from deepgin_jax.train_steps import prepare_batch
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (curves: its metrics.jsonl).")
 flags.DEFINE_string("snapshots", None, "Folder of checkpoint steps to evaluate (curves).")
 flags.DEFINE_string("heldout", None, "Held-out photos (curves).")
+flags.DEFINE_string("lpips", None, "lpips_vgg.npz: LPIPS per checkpoint too (curves).")
 flags.DEFINE_integer("size", 128, "Held-out crop size (curves).")
 flags.DEFINE_integer("heldout_images", 54, "Held-out photos, three masks each (curves).")
 flags.DEFINE_string("checkpoint", "shipped", "The model (grid): 'shipped' or a checkpoint.")
@@ -50,18 +52,20 @@ flags.DEFINE_string("output", None, "Output image (grid) or JSON/PNG prefix (cur
 RESULTS = str(Path(__file__).resolve().parent / "results")
 
 
-def evaluate_snapshots(snapshots: Path, heldout: dict[str, np.ndarray]) -> list[dict]:
+def evaluate_snapshots(
+    snapshots: Path, heldout: dict[str, np.ndarray], distance: Callable | None = None
+) -> list[dict]:
+    """Hole scores (and, with an LPIPS `distance`, LPIPS) of every checkpoint step folder in
+    `snapshots` on the held-out crops, in step order."""
     rows = []
     target, mask, masked = prepare_batch(jax.tree.map(np.asarray, heldout))
     for step_dir in sorted(snapshots.iterdir(), key=lambda p: int(p.name)):
         model, variables = shipped.load_generator(step_dir)
         completed = jax.jit(model.apply)(variables, masked, mask, target).completed
-        rows.append(
-            {
-                "step": int(step_dir.name),
-                **hole_scores(np.clip(np.asarray(completed), 0, 1), heldout),
-            }
-        )
+        completed = np.clip(np.asarray(completed), 0, 1)
+        rows.append({"step": int(step_dir.name), **hole_scores(completed, heldout)})
+        if distance is not None:
+            rows[-1].update(lpips_scores(distance, completed, heldout))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -72,7 +76,9 @@ def plot_curves(losses: list[dict], rows: list[dict], baselines: dict, path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    with_lpips = "lpips" in rows[0]
+    figure, axes = plt.subplots(1, 3 if with_lpips else 2, figsize=(16 if with_lpips else 11, 3.8))
+    left, right = axes[:2]
     steps = np.array([r["step"] for r in losses])
     values = np.array([r["g_loss"] for r in losses])
     window = 20
@@ -81,41 +87,59 @@ def plot_curves(losses: list[dict], rows: list[dict], baselines: dict, path: Pat
     left.plot(steps[window - 1 :], smooth, color="C0", label=f"mean of {window}")
     left.set(xlabel="step", ylabel="generator loss", yscale="log")
     left.legend(fontsize=8)
-    kinds = ("rect", "ca", "freeform")
-    for index, kind in enumerate(kinds):
+    _plot_per_kind(right, rows, baselines["telea"], "hole_psnr")
+    right.set(xlabel="step", ylabel="hole PSNR (dB), held-out crops")
+    right.legend(fontsize=7, ncol=2)
+    if with_lpips:
+        _plot_per_kind(axes[2], rows, baselines["telea"], "lpips")
+        axes[2].set(xlabel="step", ylabel="LPIPS (VGG) ↓, held-out crops")
+        axes[2].legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def _plot_per_kind(axis, rows: list[dict], telea: dict, metric: str) -> None:
+    """`metric`_<kind> of the model against the step, with Telea's as a dashed line."""
+    for index, kind in enumerate(("rect", "ca", "freeform")):
         colour = f"C{index}"
-        right.plot(
-            [r["step"] for r in rows],
-            [r[f"hole_psnr_{kind}"] for r in rows],
+        steps = [r["step"] for r in rows]
+        axis.plot(
+            steps,
+            [r[f"{metric}_{kind}"] for r in rows],
             "o-",
             color=colour,
             label=f"DeepGIN-compact, {kind}",
         )
-        right.axhline(
-            baselines["telea"][f"hole_psnr_{kind}"],
+        axis.axhline(
+            telea[f"{metric}_{kind}"],
             color=colour,
             linestyle="--",
             linewidth=0.8,
             label=f"Telea, {kind}",
         )
-    right.set(xlabel="step", ylabel="hole PSNR (dB), held-out crops")
-    right.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
 
 
 def curves() -> None:
     photos = list_image_files(FLAGS.heldout)[: FLAGS.heldout_images]
     heldout = masked_crops(photos, FLAGS.size, seed=1)
-    baselines = baseline_scores(heldout)
-    rows = evaluate_snapshots(Path(FLAGS.snapshots).expanduser(), heldout)
+    distance = LPIPSDistance.from_file(FLAGS.lpips) if FLAGS.lpips else None
+    baselines = baseline_scores(heldout, distance)
+    rows = evaluate_snapshots(Path(FLAGS.snapshots).expanduser(), heldout, distance)
     losses = [
         r for r in metric_writers.read_metrics(Path(FLAGS.workdir).expanduser()) if "g_loss" in r
     ]
     table = common.write_results(
         "compact_curves",
         [*rows, *({"step": name, **scores} for name, scores in baselines.items())],
-        ["step", "hole_psnr", "hole_psnr_rect", "hole_psnr_ca", "hole_psnr_freeform", "hole_std"],
+        [
+            "step",
+            "hole_psnr",
+            "hole_psnr_rect",
+            "hole_psnr_ca",
+            "hole_psnr_freeform",
+            "hole_std",
+            *(["lpips", "lpips_rect", "lpips_ca", "lpips_freeform"] if distance else []),
+        ],
         RESULTS,
     )
     output = Path(FLAGS.output) if FLAGS.output else table.with_suffix(".png")

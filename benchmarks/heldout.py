@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -57,21 +57,49 @@ def hole_scores(completed: np.ndarray, batch: dict[str, np.ndarray]) -> dict[str
     return scores
 
 
-def baseline_scores(batch: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def telea_fills(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """OpenCV Telea (radius 3) on every sample: float [N, S, S, 3] in [0, 1]."""
+    holes = batch["mask"][..., 0] > 0
+    fills = [
+        cv2.inpaint(image, hole.astype(np.uint8) * 255, 3.0, cv2.INPAINT_TELEA)
+        for image, hole in zip(batch["image"], holes, strict=True)
+    ]
+    return np.stack(fills).astype(np.float64) / 255.0
+
+
+def lpips_scores(
+    distance: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    completed: np.ndarray,
+    batch: dict[str, np.ndarray],
+) -> dict[str, float]:
+    """Mean LPIPS of `completed` (float [N, S, S, 3] in [0, 1]) against the originals, per mask
+    kind and overall; `distance(a, b) -> [N]` (e.g. `models.lpips.LPIPSDistance`)."""
+    originals = batch["image"].astype(np.float32) / 255.0
+    values = np.asarray(distance(completed.astype(np.float32), originals), np.float64)
+    kinds = np.array([MASK_KINDS[i % 3] for i in range(len(values))])
+    scores = {"lpips": float(values.mean())}
+    for kind in MASK_KINDS:
+        scores[f"lpips_{kind}"] = float(values[kinds == kind].mean())
+    return scores
+
+
+def baseline_scores(
+    batch: dict[str, np.ndarray],
+    distance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Hole scores of a flat fill of the known pixels' mean colour and of Telea, and the
+    originals' hole std; with `distance`, Telea's LPIPS too (`lpips_scores`)."""
     images = batch["image"].astype(np.float64) / 255.0
     holes = batch["mask"][..., 0] > 0
     mean_fill = images.copy()
     for result, image, hole in zip(mean_fill, images, holes, strict=True):
         result[hole] = image[~hole].mean(axis=0)
-    telea_fill = np.stack(
-        [
-            cv2.inpaint(image, hole.astype(np.uint8) * 255, 3.0, cv2.INPAINT_TELEA)
-            for image, hole in zip(batch["image"], holes, strict=True)
-        ]
-    ).astype(np.float64)
-    target_std = hole_scores(images, batch)["hole_std"]
+    telea = telea_fills(batch)
+    telea_scores = hole_scores(telea, batch)
+    if distance is not None:
+        telea_scores.update(lpips_scores(distance, telea, batch))
     return {
         "mean_colour": hole_scores(mean_fill, batch),
-        "telea": hole_scores(telea_fill / 255.0, batch),
-        "target": {"hole_std": target_std},
+        "telea": telea_scores,
+        "target": {"hole_std": hole_scores(images, batch)["hole_std"]},
     }

@@ -158,3 +158,28 @@ def test_hole_errors_score_only_the_hole():
     scores = compact_model.hole_errors(result, image, hole)
     assert np.isclose(scores["hole_l1_percent"], 20.0)
     assert np.isclose(scores["hole_psnr"], 10 * np.log10(1 / 0.04))
+
+
+def test_lpips_scores_average_per_mask_kind():
+    import numpy as np
+
+    from benchmarks import heldout
+
+    batch = {
+        "image": np.zeros((6, 4, 4, 3), np.uint8),
+        "mask": np.ones((6, 4, 4, 1), np.uint8),
+    }
+    completed = np.zeros((6, 4, 4, 3))
+    completed[:, 0, 0, 0] = np.arange(6)  # samples 0, 3 rect; 1, 4 ca; 2, 5 freeform
+
+    def distance(a, b):
+        assert a.dtype == b.dtype == np.float32 and b.max() == 0.0
+        return np.abs(a - b).reshape(len(a), -1).sum(axis=1)
+
+    scores = heldout.lpips_scores(distance, completed, batch)
+    assert scores == {
+        "lpips": 2.5,
+        "lpips_rect": 1.5,
+        "lpips_ca": 2.5,
+        "lpips_freeform": 3.5,
+    }

@@ -27,8 +27,16 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from benchmarks.heldout import baseline_scores, hole_scores, lpips_scores, masked_crops
-from deepgin_jax import image_io, masks, metric_writers, shipped
+from benchmarks.heldout import (
+    baseline_scores,
+    fullsize_holes,
+    hole_errors,
+    hole_scores,
+    lpips_scores,
+    masked_crops,
+    object_hole,
+)
+from deepgin_jax import image_io, metric_writers, shipped
 from deepgin_jax.data.sources import list_image_files
 from deepgin_jax.data.transforms import resize_bicubic
 from deepgin_jax.inference import Inpainter
@@ -146,18 +154,6 @@ def curves() -> None:
     plot_curves(losses, rows, baselines, output)
 
 
-def object_hole(height: int, width: int, seed: int) -> np.ndarray:
-    """An object-sized hole, 5 % of the photo: a box of 0.2 x 0.25 of its sides, away from
-    the border, as a user paints over an object to remove."""
-    rng = np.random.default_rng(seed)
-    side_h, side_w = int(0.2 * height), int(0.25 * width)
-    top = int(rng.integers(height // 6, height - side_h - height // 6))
-    left = int(rng.integers(width // 6, width - side_w - width // 6))
-    hole = np.zeros((height, width), bool)
-    hole[top : top + side_h, left : left + side_w] = True
-    return hole
-
-
 def grid() -> None:
     import cv2
 
@@ -185,21 +181,6 @@ def grid() -> None:
     ]
     image_io.save_image(FLAGS.output, np.concatenate(padded, axis=0))
     print("\n".join(name for _, name in rows))
-
-
-def fullsize_holes(height: int, width: int, seed: int) -> dict[str, np.ndarray]:
-    """The two holes a user paints on a full photo: an object box (`object_hole`) and
-    free-form strokes scaled to the photo (`masks.free_form_mask`)."""
-    strokes = masks.free_form_mask(masks.mask_rng(seed, 1), height, width, scale_strokes=True)
-    return {"box": object_hole(height, width, seed), "strokes": strokes > 0.5}
-
-
-def hole_errors(result: np.ndarray, image: np.ndarray, hole: np.ndarray) -> dict[str, float]:
-    error = result[hole].astype(np.float64) / 255.0 - image[hole].astype(np.float64) / 255.0
-    return {
-        "hole_psnr": 10 * np.log10(1.0 / max(float(np.mean(error**2)), 1e-10)),
-        "hole_l1_percent": 100 * float(np.mean(np.abs(error))),
-    }
 
 
 def fullsize() -> None:

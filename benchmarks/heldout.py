@@ -1,4 +1,5 @@
-"""Held-out crops with the three mask kinds, and the scores inside their holes (benchmarks)."""
+"""Held-out crops with the three mask kinds, holes for whole photos, and the scores inside
+the holes (benchmarks; no flags, so tests can import it)."""
 
 from __future__ import annotations
 
@@ -102,4 +103,31 @@ def baseline_scores(
         "mean_colour": hole_scores(mean_fill, batch),
         "telea": telea_scores,
         "target": {"hole_std": hole_scores(images, batch)["hole_std"]},
+    }
+
+
+def object_hole(height: int, width: int, seed: int) -> np.ndarray:
+    """An object-sized hole, 5 % of the photo: a box of 0.2 x 0.25 of its sides, away from
+    the border, as a user paints over an object to remove."""
+    rng = np.random.default_rng(seed)
+    side_h, side_w = int(0.2 * height), int(0.25 * width)
+    top = int(rng.integers(height // 6, height - side_h - height // 6))
+    left = int(rng.integers(width // 6, width - side_w - width // 6))
+    hole = np.zeros((height, width), bool)
+    hole[top : top + side_h, left : left + side_w] = True
+    return hole
+
+
+def fullsize_holes(height: int, width: int, seed: int) -> dict[str, np.ndarray]:
+    """The two holes a user paints on a full photo: an object box (`object_hole`) and
+    free-form strokes scaled to the photo (`masks.free_form_mask`)."""
+    strokes = masks.free_form_mask(masks.mask_rng(seed, 1), height, width, scale_strokes=True)
+    return {"box": object_hole(height, width, seed), "strokes": strokes > 0.5}
+
+
+def hole_errors(result: np.ndarray, image: np.ndarray, hole: np.ndarray) -> dict[str, float]:
+    error = result[hole].astype(np.float64) / 255.0 - image[hole].astype(np.float64) / 255.0
+    return {
+        "hole_psnr": 10 * np.log10(1.0 / max(float(np.mean(error**2)), 1e-10)),
+        "hole_l1_percent": 100 * float(np.mean(np.abs(error))),
     }

@@ -131,23 +131,23 @@ def test_heldout_crops_have_holes_and_scores_rank_fills():
 def test_fullsize_holes_are_an_object_box_and_scaled_strokes():
     import numpy as np
 
-    from benchmarks import compact_model
+    from benchmarks import heldout
 
-    holes = compact_model.fullsize_holes(600, 800, seed=3)
+    holes = heldout.fullsize_holes(600, 800, seed=3)
     box, strokes = holes["box"], holes["strokes"]
     assert box.shape == strokes.shape == (600, 800) and box.dtype == strokes.dtype == bool
     assert abs(box.mean() - 0.05) < 0.001  # 0.2 x 0.25 of the sides
     rows, cols = np.flatnonzero(box.any(axis=1)), np.flatnonzero(box.any(axis=0))
     assert box[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()  # one solid box
     assert 0.05 < strokes.mean() < 0.9
-    again = compact_model.fullsize_holes(600, 800, seed=3)
+    again = heldout.fullsize_holes(600, 800, seed=3)
     assert all((again[k] == holes[k]).all() for k in holes)
 
 
 def test_hole_errors_score_only_the_hole():
     import numpy as np
 
-    from benchmarks import compact_model
+    from benchmarks import heldout
 
     image = np.full((8, 8, 3), 100, np.uint8)
     hole = np.zeros((8, 8), bool)
@@ -155,7 +155,7 @@ def test_hole_errors_score_only_the_hole():
     result = image.copy()
     result[hole] += 51  # 0.2 of full scale inside the hole
     result[~hole] = 0  # outside it: ignored
-    scores = compact_model.hole_errors(result, image, hole)
+    scores = heldout.hole_errors(result, image, hole)
     assert np.isclose(scores["hole_l1_percent"], 20.0)
     assert np.isclose(scores["hole_psnr"], 10 * np.log10(1 / 0.04))
 

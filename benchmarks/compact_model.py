@@ -196,40 +196,28 @@ def fullsize() -> None:
     methods["telea"] = lambda image, hole: cv2.inpaint(
         image, hole.astype(np.uint8) * 255, 3.0, cv2.INPAINT_TELEA
     )
-    rows = []
+    scores = {}  # (method, kind) -> one dict of hole_errors per photo
     for index, path in enumerate(list_image_files(FLAGS.photos)):
         image = image_io.read_rgb(path)
         for kind, hole in fullsize_holes(*image.shape[:2], seed=index).items():
             for name, method in methods.items():
-                rows.append(
-                    {
-                        "method": name,
-                        "kind": kind,
-                        "photo": path.name,
-                        **hole_errors(method(image, hole), image, hole),
-                    }
-                )
+                errors = hole_errors(method(image, hole), image, hole)
+                scores.setdefault((name, kind), []).append(errors)
     table = []
-    for name in methods:
-        for kind in ("box", "strokes"):
-            mine = [r for r in rows if r["method"] == name and r["kind"] == kind]
-            table.append(
-                {
-                    "method": name,
-                    "hole": kind,
-                    "photos": len(mine),
-                    "hole_psnr": float(np.mean([r["hole_psnr"] for r in mine])),
-                    "hole_l1_percent": float(np.mean([r["hole_l1_percent"] for r in mine])),
-                    "wins_vs_telea": sum(
-                        bool(r["hole_psnr"] > t["hole_psnr"])
-                        for r, t in zip(
-                            mine,
-                            [r for r in rows if r["method"] == "telea" and r["kind"] == kind],
-                            strict=True,
-                        )
-                    ),
-                }
-            )
+    for (name, kind), mine in scores.items():
+        telea = scores[("telea", kind)]
+        table.append(
+            {
+                "method": name,
+                "hole": kind,
+                "photos": len(mine),
+                "hole_psnr": float(np.mean([r["hole_psnr"] for r in mine])),
+                "hole_l1_percent": float(np.mean([r["hole_l1_percent"] for r in mine])),
+                "wins_vs_telea": sum(
+                    bool(r["hole_psnr"] > t["hole_psnr"]) for r, t in zip(mine, telea, strict=True)
+                ),
+            }
+        )
     columns = ["method", "hole", "photos", "hole_psnr", "hole_l1_percent", "wins_vs_telea"]
     print(common.write_results("compact_fullsize", table, columns, RESULTS).read_text())
 

@@ -55,9 +55,10 @@ flags.DEFINE_string("photos", None, "Photos to inpaint (grid).")
 flags.DEFINE_list("picks", ["0", "9", "21", "40"], "Which photos of --photos (grid), by index.")
 flags.DEFINE_integer("row_height", 240, "Height of each grid row in pixels (grid).")
 flags.DEFINE_list("tile_sizes", ["128", "256"], "Inpainter tile sizes to compare (fullsize).")
-flags.DEFINE_string("output", None, "Output image (grid) or JSON/PNG prefix (curves).")
-
-RESULTS = str(Path(__file__).resolve().parent / "results")
+flags.DEFINE_string("output", None, "Grid image, or the curves PNG (default: beside the table).")
+flags.DEFINE_string(
+    "out", str(Path(__file__).resolve().parent / "results"), "Where to write the tables."
+)
 
 
 def evaluate_snapshots(
@@ -148,7 +149,7 @@ def curves() -> None:
             "hole_std",
             *(["lpips", "lpips_rect", "lpips_ca", "lpips_freeform"] if distance else []),
         ],
-        RESULTS,
+        FLAGS.out,
     )
     output = Path(FLAGS.output) if FLAGS.output else table.with_suffix(".png")
     plot_curves(losses, rows, baselines, output)
@@ -156,6 +157,9 @@ def curves() -> None:
 
 def grid() -> None:
     import cv2
+
+    if not FLAGS.output:
+        raise app.UsageError("grid needs --output, the image to write")
 
     inpainter = Inpainter.from_checkpoint(
         None if FLAGS.checkpoint == "shipped" else FLAGS.checkpoint
@@ -219,7 +223,7 @@ def fullsize() -> None:
             }
         )
     columns = ["method", "hole", "photos", "hole_psnr", "hole_l1_percent", "wins_vs_telea"]
-    print(common.write_results("compact_fullsize", table, columns, RESULTS).read_text())
+    print(common.write_results("compact_fullsize", table, columns, FLAGS.out).read_text())
 
 
 COMMANDS = {"curves": curves, "grid": grid, "fullsize": fullsize}

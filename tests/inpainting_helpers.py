@@ -1,5 +1,6 @@
-"""Shared by the inference, inpainting-CLI and evaluation tests: a tiny generator checkpoint,
-written once per process, and stand-in networks with the generator's call signature."""
+"""Shared by the inference, inpainting-CLI, evaluation and benchmark tests: a tiny generator
+checkpoint, written once per process, stand-in networks with the generator's call signature and
+a small LPIPS file."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepgin_jax.checkpointing import save_generator
-from deepgin_jax.models import DeepGIN
+from deepgin_jax.models import DeepGIN, lpips
+from deepgin_jax.weights_io import save_weights
 
 TINY_FEATURES = 16
+SMALL_VGG_WIDTHS = (8, 8, 12, 12, 16, 16, 16, 20, 20, 20, 24, 24, 24)
 
 
 def _random_leaf(rng: np.random.Generator, leaf: jax.ShapeDtypeStruct) -> np.ndarray:
@@ -94,3 +97,21 @@ def tiny_shipped() -> Path:
         tiny_checkpoint(), root / "tiny", card={"name": "DeepGIN-tiny", "note": "test weights"}
     )
     return root / "tiny"
+
+
+def write_lpips_file(path) -> None:
+    """A VGG-topology LPIPS of reduced widths with random weights, in the converter's format."""
+    model = lpips.LPIPS("vgg", SMALL_VGG_WIDTHS)
+    image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), image, image)
+    rng = np.random.default_rng(0)
+
+    def draw(leaf):
+        if leaf.shape[:2] == (1, 1) and leaf.shape[-1] == 1:  # linear heads are non-negative
+            return np.abs(0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        scale = np.sqrt(2.0 / np.prod(leaf.shape[:-1])) if len(leaf.shape) == 4 else 0.05
+        return (scale * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    params = jax.tree.map(draw, abstract["params"])
+    meta = {"network": lpips.NETWORK_NAME, "net": "vgg", "widths": list(SMALL_VGG_WIDTHS)}
+    save_weights(path, params, meta)

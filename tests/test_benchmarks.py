@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,66 @@ def test_lpips_scores_average_per_mask_kind():
         "lpips_ca": 2.5,
         "lpips_freeform": 3.5,
     }
+
+
+def run_compact_model(command: str, *flags: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "benchmarks.compact_model", command, *flags]
+    return subprocess.run(argv, check=True, cwd=REPO, capture_output=True, text=True)
+
+
+def test_compact_model_drivers_write_curves_grid_and_fullsize_scores(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from deepgin_jax import metric_writers
+    from tests.inpainting_helpers import tiny_checkpoint, write_lpips_file
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for index, (height, width) in enumerate([(72, 96), (90, 64)]):
+        rows = np.linspace(0, 255, height)[:, None, None]
+        noise = rng.normal(0, 10, (height, width, 3))
+        image = np.clip(rows * rng.random(3) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(photos / f"{index}.png")
+    snapshots = tmp_path / "snapshots"
+    for step in (200, 100):
+        shutil.copytree(tiny_checkpoint(), snapshots / str(step))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with open(workdir / metric_writers.METRICS_FILE, "w") as f:
+        for step in range(1, 41):
+            f.write(json.dumps({"step": step, "g_loss": 1.0 / step}) + "\n")
+    write_lpips_file(tmp_path / "lpips.npz")
+    out = tmp_path / "results"
+
+    run_compact_model(
+        "curves", f"--workdir={workdir}", f"--snapshots={snapshots}", f"--heldout={photos}",
+        f"--lpips={tmp_path / 'lpips.npz'}", "--size=64", f"--out={out}",
+    )  # fmt: skip
+    rows = json.loads((out / "cpu-x1" / "compact_curves.json").read_text())["rows"]
+    steps = [row["step"] for row in rows]
+    assert steps[:2] == [100, 200] and {"telea", "mean_colour", "target"} <= set(steps[2:])
+    assert all(rows[i]["lpips_ca"] > 0 and rows[i]["hole_psnr"] > 0 for i in (0, 1))
+    assert rows[0]["hole_psnr"] == rows[1]["hole_psnr"]  # the same weights under both steps
+    assert Image.open(out / "cpu-x1" / "compact_curves.png").size[0] > 1000  # three panels
+
+    run_compact_model(
+        "grid", f"--checkpoint={tiny_checkpoint()}", f"--photos={photos}", "--picks=0,1",
+        "--row_height=48", f"--output={tmp_path / 'grid.png'}",
+    )  # fmt: skip
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.shape[0] == 2 * (48 + 4)
+    assert grid.shape[1] == 4 * round(96 * 48 / 72) + 3 * 4  # the widest row: 4 panels, 3 gaps
+
+    run_compact_model(
+        "fullsize", f"--checkpoint={tiny_checkpoint()}", f"--photos={photos}",
+        "--tile_sizes=64", f"--out={out}",
+    )  # fmt: skip
+    table = json.loads((out / "cpu-x1" / "compact_fullsize.json").read_text())["rows"]
+    assert {(row["method"], row["hole"]) for row in table} == {
+        (method, hole) for method in ("tile 64", "telea") for hole in ("box", "strokes")
+    }
+    assert all(row["photos"] == 2 and row["hole_psnr"] > 0 for row in table)
+    telea = [row for row in table if row["method"] == "telea"]
+    assert all(row["wins_vs_telea"] == 0 for row in telea)  # never strictly ahead of itself

@@ -10,8 +10,6 @@ import math
 import re
 
 import cv2
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
@@ -20,11 +18,9 @@ from PIL import Image
 from deepgin_jax import evaluate, evaluation, image_io, masks, metrics, shipped
 from deepgin_jax.baselines import OpenCVInpainter, PatchMatchInpainter
 from deepgin_jax.models import lpips
-from deepgin_jax.weights_io import save_weights
-from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped
+from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped, write_lpips_file
 
 SIZE = 64
-SMALL_VGG_WIDTHS = (8, 8, 12, 12, 16, 16, 16, 20, 20, 20, 24, 24, 24)
 
 
 def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
@@ -35,24 +31,6 @@ def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
     colour = rng.random(3)
     image = 200 * (rows * colour + cols * (1 - colour)) + rng.normal(0, 8, (height, width, 3))
     return np.clip(image + 20, 0, 255).astype(np.uint8)
-
-
-def write_lpips_file(path) -> None:
-    """A VGG-topology LPIPS of reduced widths with random weights, in the converter's format."""
-    model = lpips.LPIPS("vgg", SMALL_VGG_WIDTHS)
-    image = jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), image, image)
-    rng = np.random.default_rng(0)
-
-    def draw(leaf):
-        if leaf.shape[:2] == (1, 1) and leaf.shape[-1] == 1:  # linear heads are non-negative
-            return np.abs(0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-        scale = np.sqrt(2.0 / np.prod(leaf.shape[:-1])) if len(leaf.shape) == 4 else 0.05
-        return (scale * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    params = jax.tree.map(draw, abstract["params"])
-    meta = {"network": lpips.NETWORK_NAME, "net": "vgg", "widths": list(SMALL_VGG_WIDTHS)}
-    save_weights(path, params, meta)
 
 
 def pooled_features(images: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepgin_jax.metrics import to_unit_float
 from deepgin_jax.weights_io import load_weights
 
 Array = jax.Array
@@ -298,21 +299,11 @@ def resize_bilinear_tf1(x: Array, size: tuple[int, int]) -> Array:
     return _resize_axis_tf1(_resize_axis_tf1(x, 1, out_h), 2, out_w)
 
 
-def to_unit_range(images: Array) -> Array:
-    """uint8 -> float32 / 255; float -> float32. Shape unchanged."""
-    images = jnp.asarray(images)
-    if images.dtype == jnp.uint8:
-        return images.astype(jnp.float32) / 255.0
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise TypeError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
-    return images.astype(jnp.float32)
-
-
 def preprocess(images: Array, quantize: bool = True) -> Array:
     """[N, H, W, 3] in [0, 1] (or uint8) -> [N, 299, 299, 3] in INPUT_RANGE (module docstring)."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be [N, H, W, 3], got shape {images.shape}")
-    x = jnp.clip(to_unit_range(images), 0.0, 1.0)
+    x = jnp.clip(to_unit_float(images), 0.0, 1.0)
     if quantize:
         x = jnp.round(x * 255.0) / 255.0
     x = resize_bilinear_tf1(x, (INPUT_SIZE, INPUT_SIZE))

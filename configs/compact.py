@@ -9,6 +9,9 @@ perceptual and style losses (taken at 128 px). README, "Results", says how it wa
     python -m deepgin_jax.pretrained --output weights/
     python -m deepgin_jax.train --config=configs/compact.py --workdir=~/runs/compact \\
         --config.data.folder=/path/to/photos/train --config.vgg_weights=weights/vgg19.npz
+
+The shipped release then resumed that run with a longer GAN stage (a warm restart to step
+19,200): add `--config.gan_steps=7200 --config.optim.decay_steps=6600` to the same command.
 """
 
 from deepgin_jax.config import apply_variant, default_config

@@ -66,9 +66,15 @@ def evaluate_snapshots(
 ) -> list[dict]:
     """Hole scores (and, with an LPIPS `distance`, LPIPS) of every checkpoint step folder in
     `snapshots` on the held-out crops, in step order."""
+    step_dirs = sorted(
+        (p for p in snapshots.iterdir() if p.is_dir() and p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )  # names that are not steps (a copy still being made: `<step>.tmp`) are skipped
+    if not step_dirs:
+        raise FileNotFoundError(f"no checkpoint step folders (<step>/generator) in {snapshots}")
     rows = []
     target, mask, masked = prepare_batch(jax.tree.map(np.asarray, heldout))
-    for step_dir in sorted(snapshots.iterdir(), key=lambda p: int(p.name)):
+    for step_dir in step_dirs:
         model, variables = shipped.load_generator(step_dir)
         completed = jax.jit(model.apply)(variables, masked, mask, target).completed
         completed = np.clip(np.asarray(completed), 0, 1)
@@ -158,9 +164,6 @@ def curves() -> None:
 def grid() -> None:
     import cv2
 
-    if not FLAGS.output:
-        raise app.UsageError("grid needs --output, the image to write")
-
     inpainter = Inpainter.from_checkpoint(
         None if FLAGS.checkpoint == "shipped" else FLAGS.checkpoint
     )
@@ -227,11 +230,19 @@ def fullsize() -> None:
 
 
 COMMANDS = {"curves": curves, "grid": grid, "fullsize": fullsize}
+REQUIRED_FLAGS = {
+    "curves": ("workdir", "snapshots", "heldout"),
+    "grid": ("photos", "output"),
+    "fullsize": ("photos",),
+}
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m benchmarks.compact_model {'|'.join(COMMANDS)} ...")
+    missing = [f"--{name}" for name in REQUIRED_FLAGS[argv[1]] if not FLAGS[name].value]
+    if missing:
+        raise app.UsageError(f"{argv[1]} needs {', '.join(missing)}")
     COMMANDS[argv[1]]()
 
 

@@ -209,6 +209,7 @@ def test_compact_model_drivers_write_curves_grid_and_fullsize_scores(tmp_path):
     snapshots = tmp_path / "snapshots"
     for step in (200, 100):
         shutil.copytree(tiny_checkpoint(), snapshots / str(step))
+    (snapshots / "300.tmp").mkdir()  # a copy still being made: not a step, skipped
     workdir = tmp_path / "run"
     workdir.mkdir()
     with open(workdir / metric_writers.METRICS_FILE, "w") as f:
@@ -247,3 +248,21 @@ def test_compact_model_drivers_write_curves_grid_and_fullsize_scores(tmp_path):
     assert all(row["photos"] == 2 and row["hole_psnr"] > 0 for row in table)
     telea = [row for row in table if row["method"] == "telea"]
     assert all(row["wins_vs_telea"] == 0 for row in telea)  # never strictly ahead of itself
+
+
+def test_compact_model_drivers_name_what_they_miss(tmp_path):
+    def error_of(*flags: str) -> str:
+        argv = [sys.executable, "-m", "benchmarks.compact_model", *flags]
+        result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        assert result.returncode != 0
+        return result.stderr
+
+    assert "grid needs --output" in error_of("grid", f"--photos={tmp_path}")
+    assert "curves needs --workdir, --snapshots" in error_of("curves", f"--heldout={tmp_path}")
+    assert "usage: python -m benchmarks.compact_model" in error_of("plot")
+    (tmp_path / "run").mkdir()
+    empty = error_of(
+        "curves", f"--workdir={tmp_path / 'run'}", f"--snapshots={tmp_path / 'run'}",
+        f"--heldout={REPO / 'deepgin_jax' / 'data' / 'samples'}", "--heldout_images=1",
+    )  # fmt: skip
+    assert "no checkpoint step folders" in empty

@@ -11,7 +11,8 @@ weights; 64 is the paper's, 16 the shipped DeepGIN-compact's), or --checkpoint: 
 checkpoint, a shipped-model folder, or "shipped" for the model shipped with the package. The
 hole: a centred rectangle of the photo's aspect covering --hole_fraction of it (0.05: an
 object). --strategies: how much of the photo the network sees (`Inpainter` strategy: auto,
-crop, whole). Writes benchmarks/results/inference.{json,md} (--out, --name).
+crop, whole). A shipped model runs with its card's upscale and blend (`--blend` overrides the
+latter). Writes benchmarks/results/inference.{json,md} (--out, --name).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from absl import app, flags
 
 from benchmarks import common
 from deepgin_jax import shipped
-from deepgin_jax.inference import STRATEGIES, Inpainter, default_max_batch
+from deepgin_jax.inference import BLENDS, STRATEGIES, Inpainter, default_max_batch
 from deepgin_jax.models import DeepGIN
 
 FLAGS = flags.FLAGS
@@ -38,6 +39,9 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list("strategies", ["auto"], f"Inpainter strategies ({', '.join(STRATEGIES)}).")
 flags.DEFINE_float("hole_fraction", 0.05, "Hole area as a fraction of the photo.")
+flags.DEFINE_enum(
+    "blend", None, list(BLENDS), "Inpainter blend; default: the model's (its card's, or paste)."
+)
 flags.DEFINE_string("name", "inference", "Results file name (without extension).")
 flags.DEFINE_integer(
     "max_batch", 0, "Most sub-images per network call (0: the backend's default, 4 on a CPU)."
@@ -77,19 +81,23 @@ def test_image(
     return image, mask
 
 
-def load_model() -> tuple[DeepGIN, dict, str]:
-    """(model, variables, description) from --checkpoint, or a random one of --width."""
+def load_model() -> tuple[DeepGIN, dict, str, dict]:
+    """(model, variables, description, the Inpainter settings its card recommends) from
+    --checkpoint, or a random one of --width (with the plain settings)."""
     if FLAGS.checkpoint:
         path = None if FLAGS.checkpoint == "shipped" else FLAGS.checkpoint
         model, variables = shipped.load_generator(path)
-        return model, variables, FLAGS.checkpoint
+        return model, variables, FLAGS.checkpoint, shipped.recommended_inference(path)
     model = DeepGIN(base_features=FLAGS.width)
-    return model, random_generator_variables(model), f"random, width {FLAGS.width}"
+    description = f"random, width {FLAGS.width}"
+    return model, random_generator_variables(model), description, {}
 
 
 def main(argv: list[str]) -> None:
     del argv
-    model, variables, description = load_model()
+    model, variables, description, settings = load_model()
+    if FLAGS.blend:
+        settings["blend"] = FLAGS.blend
     rows = []
     for dtype_name, strategy in itertools.product(FLAGS.dtypes, FLAGS.strategies):
         inpainter = Inpainter.from_model(
@@ -98,6 +106,7 @@ def main(argv: list[str]) -> None:
             dtype=DTYPES[dtype_name],
             strategy=strategy,
             max_batch=FLAGS.max_batch or default_max_batch(),
+            **settings,
         )
         for size in FLAGS.sizes:
             width, height = map(int, size.split("x"))
@@ -118,6 +127,8 @@ def main(argv: list[str]) -> None:
                     "model": description,
                     "dtype": dtype_name,
                     "strategy": strategy,
+                    "upscale": inpainter.upscale,
+                    "blend": inpainter.blend,
                     "size": size,
                     "hole_percent": round(100 * float(mask.mean()), 2),
                     "network_input": network_input,
@@ -134,6 +145,8 @@ def main(argv: list[str]) -> None:
         "model",
         "dtype",
         "strategy",
+        "upscale",
+        "blend",
         "size",
         "hole_percent",
         "network_input",

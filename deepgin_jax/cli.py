@@ -15,7 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from deepgin_jax.inference import MODES, STRATEGIES, default_max_batch
+from deepgin_jax.inference import BLENDS, MODES, STRATEGIES, default_max_batch
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -52,8 +52,8 @@ def define_checkpoint_flag(flag_values: flags.FlagValues, *, repeatable: bool = 
 
 
 def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
-    """`--max_batch`, `--dtype`, `--mode`, `--strategy` and `--ensemble`: how an `Inpainter`
-    runs the generator (read them back with `inpainter_options`)."""
+    """`--max_batch`, `--dtype`, `--mode`, `--strategy`, `--ensemble`, `--upscale` and `--blend`:
+    how an `Inpainter` runs the generator (read them back with `inpainter_options`)."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_integer(
         "max_batch",
@@ -88,6 +88,24 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
         "auto mode.",
         **fv,
     )
+    flags.DEFINE_float(
+        "upscale",
+        None,
+        "--mode auto: run a photo smaller than 256 px enlarged up to this many times (at most "
+        "to 256 px; the fill is sampled back down), 1 = off; default: the model's own (2 for "
+        "the shipped DeepGIN-compact, else 1).",
+        lower_bound=1.0,
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "blend",
+        None,
+        list(BLENDS),
+        "--mode auto: how the fill meets the photo: paste (its pixels as they are) or poisson "
+        "(gradient-domain: no seam at the hole's border); default: the model's own (poisson "
+        "for the shipped DeepGIN-compact, else paste).",
+        **fv,
+    )
     define_hyphenated_aliases(flag_values, ["max_batch"])
 
 
@@ -97,6 +115,8 @@ def inpainter_options(flag_values: flags.FlagValues) -> dict[str, Any]:
         "mode": flag_values.mode,
         "strategy": flag_values.strategy,
         "ensemble": flag_values.ensemble,
+        "upscale": flag_values.upscale,
+        "blend": flag_values.blend,
         "dtype": DTYPES[flag_values.dtype],
         "max_batch": flag_values.max_batch or default_max_batch(),
     }
@@ -108,6 +128,17 @@ def inpainter_flags_problem(flag_values: flags.FlagValues) -> str | None:
         return (
             "--strategy crop cannot apply with --mode reference, which resamples the whole "
             "photo as the original test script does; drop --strategy or use --mode auto"
+        )
+    if flag_values.mode == "reference" and flag_values.upscale not in (None, 1.0):
+        return (
+            f"--upscale {flag_values.upscale:g} cannot apply with --mode reference, which "
+            "resamples the photo as the original test script does; drop --upscale or use "
+            "--mode auto"
+        )
+    if flag_values.mode == "reference" and flag_values.blend not in (None, "paste"):
+        return (
+            f"--blend {flag_values.blend} cannot apply with --mode reference, which blends by "
+            "the soft mask as the original test script does; drop --blend or use --mode auto"
         )
     return None
 

@@ -7,6 +7,8 @@ A shipped model is a folder of two files:
 * `generator.json`: the card: `format`, `format_version`, `architecture` (the `DeepGIN` fields
   the checkpoint recorded), `storage_dtype`, `sha256` and `bytes` of the npz, the source
   checkpoint's step, and whatever the writer's `card` dict adds (name, training data, ...).
+  `upscale` (a number >= 1) and `blend` ("paste" or "poisson") keys are the `Inpainter`
+  settings this model runs with by default (`recommended_inference`).
 
 `write_shipped_weights(checkpoint, output_dir, card={...})` makes one from any generator checkpoint,
 or from the mean of several (`average_generators`: snapshots of one run);
@@ -43,6 +45,7 @@ from flax import traverse_util
 
 from deepgin_jax import checkpointing, weights_io
 from deepgin_jax.atomic import atomic_write
+from deepgin_jax.blending import BLENDS
 from deepgin_jax.models.generator import DeepGIN
 
 MODEL_NAME = "DeepGIN-compact"
@@ -65,6 +68,7 @@ OWN_CARD_KEYS = (
     "bytes",
     "checkpoint_step",
     "averaged_steps",
+    "averaging_weights",
 )
 
 
@@ -190,6 +194,35 @@ def describe(path: str | os.PathLike | None = None) -> str:
     return f"the shipped {name} ({_display(directory)}, sha256 {card['sha256'][:12]}...)"
 
 
+def recommended_inference(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The card's settings for running the model, `{"upscale": ..., "blend": ...}` (how far
+    `Inpainter` enlarges a small image, and how the fill meets the photo; see
+    `deepgin_jax.inference`), for a shipped folder or None (the default one); a key the card
+    lacks, and anything that is not a shipped folder, gets the `Inpainter`'s plain default.
+
+    Raises:
+      ShippedWeightsError: the card records a value that is not allowed.
+    """
+    settings: dict[str, Any] = {"upscale": 1.0, "blend": "paste"}
+    if path is not None and shipped_dir(path) is None:
+        return settings
+    directory = default_dir() if path is None else shipped_dir(path)
+    card = read_card(directory)
+    settings.update({key: card[key] for key in settings if key in card})
+    if problem := _inference_problem(settings):
+        raise ShippedWeightsError(f"{directory / CARD_FILE}: {problem}")
+    return settings
+
+
+def _inference_problem(card: Mapping[str, Any]) -> str | None:
+    upscale = card.get("upscale", 1.0)
+    if not isinstance(upscale, (int, float)) or isinstance(upscale, bool) or not upscale >= 1:
+        return f"upscale must be a number >= 1, got {upscale!r}"
+    if card.get("blend", "paste") not in BLENDS:
+        return f"blend must be one of {BLENDS}, got {card.get('blend')!r}"
+    return None
+
+
 def _to_float32(array: np.ndarray, storage_dtype: str) -> np.ndarray:
     if storage_dtype == "bfloat16":
         return array.view(jnp.bfloat16).astype(np.float32)
@@ -293,28 +326,39 @@ def _cast(array: np.ndarray, storage_dtype: str, name: str) -> np.ndarray:
 
 
 def average_generators(
-    paths: Sequence[str | os.PathLike],
+    paths: Sequence[str | os.PathLike], weights: Sequence[float] | None = None
 ) -> tuple[DeepGIN, dict[str, Any], list[int | None]]:
     """The mean of the parameters of several checkpoints of one generator (snapshots of one
-    run: Polyak averaging): `(model, {"params": mean}, their training steps)`; a step is None
-    for a checkpoint that records none (a converted or shipped model).
+    run: Polyak averaging; with `weights`, one per path, the weighted mean, e.g. a network
+    interpolation between two stages' averages): `(model, {"params": mean}, their training
+    steps)`; a step is None for a checkpoint that records none (a converted or shipped model).
 
     Raises:
-      ValueError: no paths, or checkpoints of different architectures.
+      ValueError: no paths, weights that are not one positive number per path, or
+        checkpoints of different architectures.
     """
     if not paths:
         raise ValueError("average_generators needs at least one checkpoint")
+    if weights is None:
+        weights = [1.0] * len(paths)
+    if len(weights) != len(paths) or not all(w > 0 for w in weights):
+        raise ValueError(
+            f"need one positive weight per checkpoint: {len(paths)} checkpoints, weights "
+            f"{list(weights)}"
+        )
     model, total, steps = None, None, []
-    for path in paths:
+    for path, weight in zip(paths, weights, strict=True):
         this_model, variables = load_generator(path)
         if model is not None and this_model != model:
             raise ValueError(f"cannot average {path}: its architecture differs from {paths[0]}'s")
         model = this_model
-        params = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+        params = jax.tree.map(
+            lambda a, w=weight: w * np.asarray(a, np.float64), variables["params"]
+        )
         total = params if total is None else jax.tree.map(np.add, total, params)
         meta = checkpointing.read_meta(path) if shipped_dir(path) is None else {}
         steps.append(int(meta["step"]) if "step" in meta else None)
-    mean = jax.tree.map(lambda a: (a / len(paths)).astype(np.float32), total)
+    mean = jax.tree.map(lambda a: (a / sum(weights)).astype(np.float32), total)
     return model, {"params": mean}, steps
 
 
@@ -324,6 +368,7 @@ def write_shipped_weights(
     *,
     dtype: str = "float16",
     card: Mapping[str, Any],
+    averaging_weights: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Writes the generator of `checkpoint_path` as a shipped folder; returns the card.
 
@@ -337,6 +382,8 @@ def write_shipped_weights(
       dtype: "float16" (the closer one) or "bfloat16" (kept as its uint16 bit pattern).
       card: anything JSON can hold, added to the card (e.g. name, training data, steps,
         licence); it cannot replace the format's own keys.
+      averaging_weights: with a list of checkpoints, one positive weight each: their weighted
+        mean (the card records them, normalised to sum to 1, as `averaging_weights`).
 
     Each file is written atomically, the npz first and the card last, so a reader never sees
     a card whose checksum describes a half-written npz.
@@ -346,11 +393,17 @@ def write_shipped_weights(
     clashes = sorted(set(card) & set(OWN_CARD_KEYS))
     if clashes:
         raise ValueError(f"card keys {clashes} are the format's own; rename them")
+    if problem := _inference_problem(card):
+        raise ValueError(f"card: {problem}")
     if isinstance(checkpoint_path, (str, os.PathLike)):
+        if averaging_weights is not None:
+            raise ValueError("averaging_weights need a list of checkpoints to average")
         model, variables = load_generator(checkpoint_path)
         averaged_steps = None
     else:
-        model, variables, averaged_steps = average_generators(list(checkpoint_path))
+        model, variables, averaged_steps = average_generators(
+            list(checkpoint_path), averaging_weights
+        )
         checkpoint_path = list(checkpoint_path)[-1]
     flat = traverse_util.flatten_dict(dict(variables["params"]), sep="/")
     stored = {name: _cast(jax.device_get(value), dtype, name) for name, value in flat.items()}
@@ -381,6 +434,9 @@ def write_shipped_weights(
         own["checkpoint_step"] = int(source_meta["step"])
     if averaged_steps is not None:
         own["averaged_steps"] = averaged_steps
+    if averaging_weights is not None:
+        total = sum(averaging_weights)
+        own["averaging_weights"] = [round(w / total, 6) for w in averaging_weights]
     full = {"name": MODEL_NAME, **dict(card), **own}
     with atomic_write(output_dir / CARD_FILE, "w") as f:
         f.write(json.dumps(full, indent=1, sort_keys=False) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -654,3 +655,156 @@ def test_strategy_options_are_checked():
     assert Inpainter.from_function(ramp_network, mode="reference").strategy == "whole"
     with pytest.raises(ValueError, match="crop_factor"):
         Inpainter.from_function(ramp_network, crop_factor=0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Upscale: small images run enlarged
+
+
+def blur_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A 5x5 box blur of the masked input: every output pixel mixes its neighbours, so a hole
+    pixel's value anywhere in the input would reach the hole's fill."""
+    padded = np.pad(masked, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    height, width = masked.shape[1:3]
+    windows = [padded[:, i : i + height, j : j + width] for i in range(5) for j in range(5)]
+    return np.mean(windows, axis=0).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "size, upscale, network_input",
+    [
+        ((37, 53), 2.0, (80, 112)),  # enlarged x2 to 74x106, padded to multiples of 8
+        ((200, 100), 2.0, (256, 128)),  # x1.28: no more than max_direct_size
+        ((128, 128), 1.5, (192, 192)),
+        ((256, 200), 2.0, (256, 200)),  # already max_direct_size: as it is
+        ((300, 200), 2.0, (256, 256)),  # sub-images, never enlarged
+        ((37, 53), 1.0, (40, 56)),  # off
+    ],
+)
+def test_upscale_enlarges_only_small_images_and_keeps_known_pixels(size, upscale, network_input):
+    network = RecordingNetwork(known_mean_network)
+    image, hole = random_image(*size), block_mask(*size)
+    out = Inpainter.from_function(network, upscale=upscale).inpaint(image, hole)
+    assert network.calls[0][1:] == network_input
+    np.testing.assert_array_equal(out[~hole], image[~hole])
+    # Inside the hole the fill is the known pixels' mean colour, up to the resampling (at its
+    # rim, a fractional enlargement also averages in the enlarged known pixels).
+    interior = cv2.erode(hole.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    known_mean = image[~hole].mean(axis=0)
+    assert np.abs(out[interior].astype(float) - known_mean).max() <= 6
+
+
+def test_upscale_hides_the_holes_content_from_the_network():
+    image, hole = random_image(40, 48), block_mask(40, 48)
+    other = image.copy()
+    other[hole] = 255 - other[hole]  # differs only inside the hole
+    inpainter = Inpainter.from_function(blur_network, upscale=2.0)
+    filled, filled_other = inpainter.inpaint(image, hole), inpainter.inpaint(other, hole)
+    np.testing.assert_array_equal(filled[hole], filled_other[hole])
+    # ... while the fill does come from the enlarged known pixels next to the hole.
+    plain = Inpainter.from_function(blur_network).inpaint(image, hole)
+    assert np.abs(filled[hole].astype(int) - plain[hole].astype(int)).max() > 0
+
+
+def test_upsample_known_interpolates_known_pixels_only():
+    colour = np.array([10, 200, 90], np.uint8)
+    image = np.tile(colour, (12, 10, 1))
+    hole = np.zeros((12, 10), bool)
+    hole[3:7, 2:5] = True
+    image[hole] = 0  # must not darken the enlarged known pixels next to the hole
+    big, big_hole = inference.upsample_known(image, hole, (24, 20))
+    assert big.dtype == np.float32 and big.shape == (24, 20, 3)
+    np.testing.assert_array_equal(big_hole, np.kron(hole, np.ones((2, 2), bool)))
+    np.testing.assert_allclose(big[~big_hole], np.tile(colour / 255.0, (480 - 48, 1)), atol=1e-6)
+    assert (big[big_hole] == 1.0).all()  # white, as the network sees holes
+    assert inference.upscaled_size(128, 128, 2.0, 256) == (256, 256)
+    assert inference.upscaled_size(256, 100, 2.0, 256) is None
+    assert inference.upscaled_size(100, 100, 1.004, 256) is None  # rounds back to 100
+
+
+def test_settings_default_to_the_networks_recommendation_and_are_checked():
+    inpainter = Inpainter.from_function(ramp_network)
+    assert (inpainter.upscale, inpainter.blend) == (1.0, "paste")
+
+    class Recommending(RecordingNetwork):
+        def __init__(self):
+            super().__init__()
+            self.recommended = {"upscale": 2.0, "blend": "poisson"}
+
+    inpainter = Inpainter(Recommending())
+    assert (inpainter.upscale, inpainter.blend) == (2.0, "poisson")
+    inpainter = Inpainter(Recommending(), upscale=1.0, blend="paste")
+    assert (inpainter.upscale, inpainter.blend) == (1.0, "paste")
+    inpainter = Inpainter(Recommending(), mode="reference")
+    assert (inpainter.upscale, inpainter.blend) == (1.0, "paste")
+    with pytest.raises(ValueError, match="upscale must be >= 1"):
+        Inpainter.from_function(ramp_network, upscale=0.5)
+    with pytest.raises(ValueError, match="blend must be one of"):
+        Inpainter.from_function(ramp_network, blend="feather")
+    for setting in ({"upscale": 2.0}, {"blend": "poisson"}):
+        with pytest.raises(ValueError, match="cannot apply in reference mode"):
+            Inpainter.from_function(ramp_network, mode="reference", **setting)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blend: Poisson
+
+
+def test_poisson_blend_removes_an_offset_and_keeps_the_fills_detail():
+    rng = np.random.default_rng(0)
+    height, width = 24, 30
+    rows = np.linspace(0.2, 0.8, height)[:, None, None]
+    photo = np.broadcast_to(rows, (height, width, 3)).copy()
+    photo[..., 1] *= 0.5
+    hole = np.zeros((height, width), bool)
+    hole[6:18, 8:22] = True
+    hole[:, 2] = True  # a thin stripe across the image, touching its border
+    detail = 0.05 * rng.standard_normal((height, width, 3))
+    fill = photo + detail + 0.3  # the right content and detail, 0.3 too bright
+    blended = inference.blending.poisson_blend(photo, hole, fill)
+    np.testing.assert_array_equal(blended[~hole], photo[~hole])
+    # The offset is gone (pasting the fill would leave 0.3), the detail is kept.
+    assert np.abs(blended[hole] - (photo + detail)[hole]).mean() < 0.1 * 0.3
+    # Differences between neighbouring hole pixels far from the border are the fill's.
+    inner = (slice(10, 14), slice(12, 18))
+    np.testing.assert_allclose(
+        np.diff(blended[inner], axis=1), np.diff(fill[inner], axis=1), atol=0.02
+    )
+    # An offset alone is removed exactly, and a hole without known pixels keeps the fill.
+    flat = np.full((height, width, 3), 0.4)
+    np.testing.assert_allclose(
+        inference.blending.poisson_blend(flat, hole, flat + 0.3), flat, atol=1e-4
+    )
+    everything = np.ones((height, width), bool)
+    np.testing.assert_allclose(inference.blending.poisson_blend(photo, everything, fill), fill)
+    with pytest.raises(ValueError, match="must match"):
+        inference.blending.poisson_blend(photo, hole[:-1], fill)
+
+
+def offset_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The known pixels' mean colour in the hole, 0.2 too bright: a fill with a seam."""
+    return np.clip(known_mean_network(masked, mask) + 0.2 * mask, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (300, 200)], ids=["direct", "subimages"])
+def test_poisson_blend_in_the_inpainter_meets_the_photo_without_a_seam(size, caplog, monkeypatch):
+    image = np.zeros((*size, 3), np.uint8)
+    image[..., 0] = np.linspace(40, 200, size[1]).astype(np.uint8)[None, :]
+    image[..., 1] = 90
+    hole = block_mask(*size)
+    pasted = Inpainter.from_function(offset_network).inpaint(image, hole)
+    blended = Inpainter.from_function(offset_network, blend="poisson").inpaint(image, hole)
+    np.testing.assert_array_equal(blended[~hole], image[~hole])
+    error = lambda out: np.abs(out[hole].astype(float) - image[hole]).mean()  # noqa: E731
+    assert error(blended) < 0.25 * error(pasted), (error(blended), error(pasted))
+    assert (blended[hole] != pasted[hole]).any()
+    with caplog.at_level(logging.WARNING), monkeypatch.context() as patch:
+        patch.setattr(inference, "POISSON_MAX_PIXELS", int(hole.sum()) - 1)
+        too_large = Inpainter.from_function(offset_network, blend="poisson").inpaint(image, hole)
+    np.testing.assert_array_equal(too_large, pasted)
+    assert "more than the Poisson blend solves" in caplog.text
+    sixteen = Inpainter.from_function(offset_network, blend="poisson").inpaint(
+        image.astype(np.uint16) * 257, hole
+    )
+    assert sixteen.dtype == np.uint16
+    np.testing.assert_array_equal(sixteen[~hole], image[~hole].astype(np.uint16) * 257)

@@ -500,3 +500,34 @@ def test_strategy_flag_reaches_the_inpainter_and_crop_is_refused_in_reference_mo
     args = (f"--image={image}", f"--mask={mask}", f"--output={output}")
     assert run_cli(*args, "--mode=reference", "--strategy=crop") == 2
     assert not output.exists()
+
+
+def test_upscale_and_blend_flags_reach_the_inpainter_and_are_refused_in_reference_mode(
+    inputs, tmp_path, caplog
+):
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    flag_values(["inpaint", "--upscale=1.5", "--blend=poisson", "--image=x", "--output=y"])
+    options = cli.inpainter_options(flag_values)
+    assert (options["upscale"], options["blend"]) == (1.5, "poisson")
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    flag_values(["inpaint", "--image=x", "--output=y"])
+    options = cli.inpainter_options(flag_values)
+    assert (options["upscale"], options["blend"]) == (None, None)  # the model's own
+    image, mask = inputs / "images" / "a.png", inputs / "masks" / "a.png"
+    output = tmp_path / "out.png"
+    args = (f"--image={image}", f"--mask={mask}", f"--output={output}")
+    assert run_cli(*args, "--mode=reference", "--upscale=2") == 2
+    assert "--upscale 2 cannot apply with --mode reference" in caplog.text
+    assert run_cli(*args, "--mode=reference", "--blend=poisson") == 2
+    assert "--blend poisson cannot apply with --mode reference" in caplog.text
+    assert not output.exists()
+    source, hole = np.asarray(Image.open(image)), np.asarray(Image.open(mask)) > 127
+    results = []
+    for setting in ("--upscale=1", "--upscale=2", "--blend=poisson"):
+        assert run_cli(*args, setting, "--overwrite") == 0
+        results.append(np.asarray(Image.open(output)))
+        np.testing.assert_array_equal(results[-1][~hole], source[~hole])
+    assert (results[0][hole] != results[1][hole]).any()
+    assert (results[0][hole] != results[2][hole]).any()

@@ -191,3 +191,51 @@ def test_averaged_checkpoints_ship_their_mean_and_refuse_other_architectures(tmp
         shipped.average_generators([tiny_checkpoint(), tmp_path / "narrow"])
     with pytest.raises(ValueError, match="at least one"):
         shipped.average_generators([])
+    # Weighted: 0.2 of the first and 0.8 of the shifted one (an interpolation).
+    card = shipped.write_shipped_weights(
+        [tiny_checkpoint(), tmp_path / "shifted"],
+        tmp_path / "mix",
+        card={},
+        averaging_weights=[1, 4],
+    )
+    assert card["averaging_weights"] == [0.2, 0.8]
+    _, mix = shipped.load_shipped_generator(tmp_path / "mix")
+    expected = jax.tree.map(lambda a: np.asarray(a) + 0.4, variables)
+    for got, want in zip(jax.tree.leaves(mix), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    for weights in ([1.0], [1.0, 0.0]):
+        with pytest.raises(ValueError, match="one positive weight per checkpoint"):
+            shipped.average_generators([tiny_checkpoint(), tmp_path / "shifted"], weights)
+    with pytest.raises(ValueError, match="need a list"):
+        shipped.write_shipped_weights(
+            tiny_checkpoint(), tmp_path / "x", card={}, averaging_weights=[1]
+        )
+
+
+def test_the_cards_inference_settings_are_the_inpainters_defaults(tmp_path, monkeypatch):
+    settings = {"upscale": 1.5, "blend": "poisson"}
+    shipped.write_shipped_weights(tiny_checkpoint(), tmp_path / "up", card=settings)
+    assert shipped.recommended_inference(tmp_path / "up") == settings
+    inpainter = Inpainter.from_checkpoint(tmp_path / "up")
+    assert (inpainter.upscale, inpainter.blend) == (1.5, "poisson")
+    inpainter = Inpainter.from_checkpoint(tmp_path / "up", upscale=1.0, blend="paste")
+    assert (inpainter.upscale, inpainter.blend) == (1.0, "paste")
+    plain = {"upscale": 1.0, "blend": "paste"}
+    assert shipped.recommended_inference(tiny_shipped()) == plain  # a card without the keys
+    assert shipped.recommended_inference(tiny_checkpoint()) == plain  # not a shipped folder
+    inpainter = Inpainter.from_checkpoint(tiny_checkpoint())
+    assert (inpainter.upscale, inpainter.blend) == (1.0, "paste")
+    with pytest.raises(ValueError, match="upscale must be a number >= 1"):
+        shipped.write_shipped_weights(tiny_checkpoint(), tmp_path / "bad", card={"upscale": 0})
+    with pytest.raises(ValueError, match="blend must be one of"):
+        shipped.write_shipped_weights(tiny_checkpoint(), tmp_path / "bad", card={"blend": "x"})
+    card_path = tmp_path / "up" / shipped.CARD_FILE
+    card = json.loads(card_path.read_text())
+    card_path.write_text(json.dumps({**card, "upscale": "2"}))
+    with pytest.raises(shipped.ShippedWeightsError, match="upscale must be a number >= 1"):
+        Inpainter.from_checkpoint(tmp_path / "up")
+    card_path.write_text(json.dumps({**card, "blend": "feather"}))
+    with pytest.raises(shipped.ShippedWeightsError, match="blend must be one of"):
+        Inpainter.from_checkpoint(tmp_path / "up")
+    monkeypatch.delenv(shipped.ENV_VAR, raising=False)
+    assert shipped.recommended_inference() == {"upscale": 2.0, "blend": "poisson"}

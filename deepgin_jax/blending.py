@@ -1,0 +1,85 @@
+"""Gradient-domain (Poisson) blending of a fill into its hole: the seam-free composite.
+
+`poisson_blend(image, hole, fill)` returns the image whose hole pixels keep the differences
+between neighbouring hole pixels that `fill` has, and meet the known pixels at the hole's border
+without a step (Perez et al., "Poisson image editing", 2003; the post-processing of Iizuka et
+al., "Globally and locally consistent image completion", 2017). For every hole pixel p and each
+of its 4-neighbours q inside the image:
+
+    sum_q (f_p - f_q) = sum_{q in hole} (fill_p - fill_q)        (f_q = image_q if q is known)
+
+so across the border the fill's own difference is dropped and the known neighbour's value is
+kept: a colour offset between the network's fill and the photo around it spreads smoothly over
+the hole instead of showing as a seam. Per channel it is one sparse symmetric linear system in
+the hole's pixels (a 5-point Laplacian), factorised once for the three channels. Known pixels are
+never changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+
+BLENDS = ("paste", "poisson")  # the fill's pixels as they are, or `poisson_blend`
+
+# Ties every hole pixel weakly to the fill, so that a hole with no known neighbour (the whole
+# image) has the fill itself as its unique solution; far below any pixel difference elsewhere.
+_ANCHOR = 1e-6
+
+_NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def poisson_blend(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """image, fill: float [H, W, C]; hole: bool [H, W]. Returns float64 [H, W, C]: `image`
+    outside the hole, the Poisson solution (module docstring) inside it."""
+    if image.shape != fill.shape or image.shape[:2] != hole.shape:
+        raise ValueError(
+            f"image {image.shape}, fill {fill.shape} and hole {hole.shape} must match in H, W"
+        )
+    result = image.astype(np.float64)  # a copy
+    rows, cols = np.nonzero(hole)
+    count = rows.size
+    if count == 0:
+        return result
+    height, width = hole.shape
+    index = np.full(hole.shape, -1, np.int64)
+    index[rows, cols] = np.arange(count)
+    guide = fill.astype(np.float64)
+    diagonal = np.full(count, _ANCHOR)
+    rhs = _ANCHOR * guide[rows, cols]
+    off_rows, off_cols = [], []
+    for dy, dx in _NEIGHBOURS:
+        q_rows, q_cols = rows + dy, cols + dx
+        inside = (q_rows >= 0) & (q_rows < height) & (q_cols >= 0) & (q_cols < width)
+        p = np.flatnonzero(inside)
+        q_rows, q_cols = q_rows[p], q_cols[p]
+        diagonal[p] += 1.0
+        q_index = index[q_rows, q_cols]
+        in_hole = q_index >= 0
+        p_hole, p_known = p[in_hole], p[~in_hole]
+        rhs[p_hole] += guide[rows[p_hole], cols[p_hole]] - guide[q_rows[in_hole], q_cols[in_hole]]
+        rhs[p_known] += result[q_rows[~in_hole], q_cols[~in_hole]]
+        off_rows.append(p_hole)
+        off_cols.append(q_index[in_hole])
+    off_rows_all = np.concatenate(off_rows)
+    matrix = scipy.sparse.csc_matrix(
+        (
+            np.concatenate([diagonal, -np.ones(off_rows_all.size)]),
+            (
+                np.concatenate([np.arange(count), off_rows_all]),
+                np.concatenate([np.arange(count), *off_cols]),
+            ),
+        ),
+        shape=(count, count),
+    )
+    # The matrix is symmetric and diagonally dominant: no pivoting, and an ordering of A + A^T's
+    # graph (0.85 s against 1.0 s with the defaults for a 640x320 hole, 2 CPU cores).
+    factors = scipy.sparse.linalg.splu(
+        matrix,
+        permc_spec="MMD_AT_PLUS_A",
+        diag_pivot_thresh=0.0,
+        options={"SymmetricMode": True},
+    )
+    result[rows, cols] = factors.solve(rhs.reshape(count, -1))
+    return result

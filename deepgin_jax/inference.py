@@ -492,15 +492,15 @@ def _blend(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`_composite`, after `blending.poisson_blend` of the prediction with `blend="poisson"`
     (pasted as it is, with a warning, for holes beyond `POISSON_MAX_PIXELS`)."""
-    count = int(hole.sum())
-    if blend == "poisson" and count > POISSON_MAX_PIXELS:
+    count = int(hole.sum()) if blend == "poisson" else 0
+    if count > POISSON_MAX_PIXELS:
         logging.warning(
             "The holes cover %d pixels, more than the Poisson blend solves (%d): the fill is "
             "pasted as it is (blend='paste').",
             count,
             POISSON_MAX_PIXELS,
         )
-    elif blend == "poisson" and count:
+    elif count:
         blended = blending.poisson_blend(to_unit_float(rgb), hole, prediction)
         prediction = np.clip(blended, 0.0, 1.0).astype(np.float32)
     return _composite(rgb, hole, prediction)

@@ -266,3 +266,26 @@ def test_compact_model_drivers_name_what_they_miss(tmp_path):
         f"--heldout={REPO / 'deepgin_jax' / 'data' / 'samples'}", "--heldout_images=1",
     )  # fmt: skip
     assert "no checkpoint step folders" in empty
+
+
+def test_inference_benchmark_runs_a_shipped_folder_with_its_cards_settings(tmp_path):
+    from deepgin_jax import shipped
+    from tests.inpainting_helpers import tiny_checkpoint
+
+    model = tmp_path / "model"
+    shipped.write_shipped_weights(
+        tiny_checkpoint(), model, card={"upscale": 2.0, "blend": "poisson"}
+    )
+
+    def rows(*flags: str) -> list[dict]:
+        argv = [sys.executable, "-m", "benchmarks.inference", f"--checkpoint={model}"]
+        argv += ["--sizes=48x40", "--repeats=1", f"--out={tmp_path}", *flags]
+        subprocess.run(argv, check=True, cwd=REPO, capture_output=True, text=True)
+        (table,) = tmp_path.glob("*/inference.json")
+        return json.loads(table.read_text())["rows"]
+
+    (row,) = rows()
+    assert (row["upscale"], row["blend"]) == (2.0, "poisson")
+    assert row["network_batches"] == [[1, 80, 96]]  # 48 wide, 40 high: enlarged x2
+    (row,) = rows("--blend=paste")
+    assert (row["upscale"], row["blend"]) == (2.0, "paste")

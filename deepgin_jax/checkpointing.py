@@ -6,8 +6,9 @@ Every checkpoint directory is an Orbax composite whose items are named alike:
 - `discriminator`: {"params", "spectral"} of `MultiScaleDiscriminator`;
 - `meta`: JSON with {"model": DeepGIN fields} and/or {"discriminator": its fields}; training
   adds the step, the stage and the whole config;
-- training checkpoints hold both networks and add `g_opt_state`, `d_opt_state` and
-  `data_iter` (the Grain iterator position).
+- training checkpoints hold both networks and add `g_opt_state` and `d_opt_state`. The
+  position in the training data is the step (`data.pipeline`); checkpoints written before that
+  also hold a `data_iter` item, which is ignored.
 
 So `load_generator` and `load_discriminator` read a converted reference model, a single
 training step directory, a `checkpoints/` folder (its latest step) or a training workdir alike.
@@ -241,7 +242,6 @@ def load_discriminator(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
 # Items of a training checkpoint besides `generator`, `discriminator` and `meta`.
 G_OPT_ITEM = "g_opt_state"
 D_OPT_ITEM = "d_opt_state"
-DATA_ITEM = "data_iter"
 TRAIN_ITEMS = (GENERATOR_ITEM, G_OPT_ITEM, DISCRIMINATOR_ITEM, D_OPT_ITEM)
 
 
@@ -291,8 +291,9 @@ def train_meta(
 class TrainCheckpointManager:
     """Saves and restores training checkpoints in `directory/<step>/` with Orbax.
 
-    A checkpoint holds the train state (`train_items`), the Grain iterator's position and the
-    JSON meta (`train_meta`), so a resumed run continues exactly. Saving is asynchronous and
+    A checkpoint holds the train state (`train_items`) and the JSON meta (`train_meta`); with
+    the step, which fixes the position in the training data, a resumed run continues exactly,
+    on any number of processes and devices. Saving is asynchronous and
     collective (every process calls `save` at the same step); a checkpoint only appears under
     its final name once complete, so a run killed mid-save leaves the previous checkpoint as
     the latest.
@@ -302,8 +303,6 @@ class TrainCheckpointManager:
         self, directory: str | os.PathLike, *, max_to_keep: int, keep_steps: Sequence[int] = ()
     ):
         """Keeps the latest `max_to_keep` checkpoints, and those of `keep_steps` for good."""
-        import grain  # noqa: F401  (registers the iterator checkpoint handler)
-
         policies = ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(
             create=True,
@@ -324,30 +323,23 @@ class TrainCheckpointManager:
         """The JSON meta of checkpoint `step`, without restoring the arrays."""
         return read_meta(self.step_directory(step))
 
-    def save(self, state: TrainState, data_iterator: Any, meta: Mapping[str, Any]) -> None:
-        """Saves `state` at `meta["step"]` with the iterator's position (`train_meta`)."""
-        import grain
-
+    def save(self, state: TrainState, meta: Mapping[str, Any]) -> None:
+        """Saves `state` at `meta["step"]` with its meta (`train_meta`)."""
         items = train_items(state)
         args = {name: ocp.args.StandardSave(items[name]) for name in TRAIN_ITEMS}
-        args[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
         args[META_ITEM] = ocp.args.JsonSave(dict(meta))
         self._manager.save(meta["step"], args=ocp.args.Composite(**args))
 
     def restore(
-        self, abstract_state: TrainState, data_iterator: Any, step: int | None = None
+        self, abstract_state: TrainState, step: int | None = None
     ) -> tuple[TrainState, dict[str, Any]]:
         """Restores checkpoint `step` (default: the latest) into the structure and shardings of
-        `abstract_state` (ShapeDtypeStructs) and moves `data_iterator` to the saved position.
-        Returns (state, meta)."""
-        import grain
-
+        `abstract_state` (ShapeDtypeStructs). Returns (state, meta)."""
         step = self._manager.latest_step() if step is None else step
         if step is None:
             raise CheckpointNotFoundError(f"no checkpoint in {self._manager.directory}")
         abstract_items = train_items(abstract_state)
         args = {name: ocp.args.StandardRestore(abstract_items[name]) for name in TRAIN_ITEMS}
-        args[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
         args[META_ITEM] = ocp.args.JsonRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         meta = dict(restored[META_ITEM])

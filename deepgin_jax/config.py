@@ -14,7 +14,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import ml_collections
 from absl import logging
 from flax import traverse_util
@@ -28,6 +27,8 @@ from deepgin_jax.models.generator import INIT_SCHEMES
 # The AIM 2020 ADE20K list has 10,330 images: 2,582 steps of 4 images per epoch (spec 5.3).
 ADE20K_STEPS_PER_EPOCH = 10_330 // 4
 VARIANTS = ("smoke", "bf16", "paper_losses")
+PAPER_ITEMS_PER_BATCH = 4
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 # The two training stages (paper sec. 5.1): the L1 warm-up, then the GAN stage.
 WARMUP, GAN = "warmup", "gan"
@@ -98,6 +99,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.optim.b1 = 0.5
     config.optim.b2 = 0.999
     config.optim.eps = 1e-8
+    # The paper trains on PAPER_ITEMS_PER_BATCH images (x 3 masks) a step, on any number of
+    # devices (the batch is padded to split). A larger data.items_per_batch is a change of
+    # recipe, and this rule scales both learning rates with it: "none" (as set), "linear"
+    # (x items_per_batch / 4) or "sqrt" (x its square root).
+    config.optim.lr_scaling = "none"
     # GAN stage: constant for constant_steps, then a linear decay over decay_steps (set in
     # epochs by `epoch_schedule` below). constant_steps + decay_steps should equal gan_steps (a
     # warning otherwise). The rate drops every decay_every steps: once an epoch as the
@@ -214,9 +220,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     _validate_stages(config)
     _validate_frequencies(config)
+    if config.optim.lr_scaling not in LR_SCALINGS:
+        raise ValueError(
+            f"optim.lr_scaling={config.optim.lr_scaling!r}; expected one of {list(LR_SCALINGS)}"
+        )
     _validate_model(config.model)
     losses.validate_loss_config(config.loss)
-    pipeline.validate_data_config(config.data, jax.process_count())
+    pipeline.validate_data_config(config.data)
     if config.gan_steps and needs_vgg(config.loss) and not config.vgg_weights:
         raise ValueError(
             "loss.perceptual_weight/style_weight > 0 need VGG-19 weights: set vgg_weights to a "
@@ -224,6 +234,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "both weights to 0"
         )
     _warn_if_the_decay_misses_the_gan_stage(config)
+
+
+def lr_scale(config: ml_collections.ConfigDict) -> float:
+    """The factor `optim.lr_scaling` applies to both learning rates for the configured batch."""
+    ratio = config.data.items_per_batch / PAPER_ITEMS_PER_BATCH
+    return {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[config.optim.lr_scaling]
 
 
 def _validate_stages(config: ml_collections.ConfigDict) -> None:

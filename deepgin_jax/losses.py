@@ -126,9 +126,21 @@ def validate_loss_config(config: Any) -> None:
 # L1 terms (eq. 1, spec 5.1)
 
 
-def l1(prediction: Array, target: Array) -> Array:
-    """PyTorch's `L1Loss`: mean |prediction - target| over all elements, float32."""
-    return jnp.mean(jnp.abs(_f32(prediction) - _f32(target)))
+def batch_mean(values: Array, sample_weight: Array | None = None) -> Array:
+    """The mean over all elements of `values` [B, ...]; with `sample_weight` [B], the weighted
+    mean of the per-sample means (weight-0 samples, the padding of `data.pipeline.BatchLayout`,
+    count for nothing): the mean over the weighted samples alone."""
+    if sample_weight is None:
+        return jnp.mean(values)
+    per_sample = jnp.mean(values.reshape(values.shape[0], -1), axis=1)
+    weight = _f32(sample_weight)
+    return jnp.sum(weight * per_sample) / jnp.sum(weight)
+
+
+def l1(prediction: Array, target: Array, sample_weight: Array | None = None) -> Array:
+    """PyTorch's `L1Loss`: mean |prediction - target| over all elements, float32 (over the
+    weighted samples, with `sample_weight`)."""
+    return batch_mean(jnp.abs(_f32(prediction) - _f32(target)), sample_weight)
 
 
 def hole_valid_l1(
@@ -137,6 +149,7 @@ def hole_valid_l1(
     mask: Array,
     hole_weight: float = 5.0,
     valid_weight: float = 1.0,
+    sample_weight: Array | None = None,
 ) -> Array:
     """Eq. 1 as the code computes it (spec 5.1): w_h L1(M*P, M*T) + w_v L1((1-M)*P, (1-M)*T).
 
@@ -144,16 +157,21 @@ def hole_valid_l1(
     L1 is a mean over all B*H*W*3 elements, not renormalised by the hole area.
     """
     prediction, target, mask = _f32(prediction), _f32(target), _f32(mask)
-    hole = l1(mask * prediction, mask * target)
-    valid = l1((1.0 - mask) * prediction, (1.0 - mask) * target)
+    hole = l1(mask * prediction, mask * target, sample_weight)
+    valid = l1((1.0 - mask) * prediction, (1.0 - mask) * target, sample_weight)
     return hole_weight * hole + valid_weight * valid
 
 
 def coarse_l1_loss(
-    coarse: Array, target: Array, mask: Array, hole_weight: float = 5.0, valid_weight: float = 1.0
+    coarse: Array,
+    target: Array,
+    mask: Array,
+    hole_weight: float = 5.0,
+    valid_weight: float = 1.0,
+    sample_weight: Array | None = None,
 ) -> Array:
     """Spec 5.1 `G_COARSE_L1`: `hole_valid_l1` of the raw coarse output I_coarse."""
-    return hole_valid_l1(coarse, target, mask, hole_weight, valid_weight)
+    return hole_valid_l1(coarse, target, mask, hole_weight, valid_weight, sample_weight)
 
 
 def output_l1_loss(
@@ -163,6 +181,7 @@ def output_l1_loss(
     mask: Array,
     hole_weight: float = 5.0,
     valid_weight: float = 1.0,
+    sample_weight: Array | None = None,
 ) -> Array:
     """Spec 5.1 `G_OUT_L1`: `hole_valid_l1` of I_out (not the composite) plus that of I_lr.
 
@@ -170,12 +189,14 @@ def output_l1_loss(
     bilinear sampling, so the low-resolution mask is fractional at hole borders. lowres=None
     (a generator without back projection) drops the low-resolution terms.
     """
-    loss = hole_valid_l1(reconstructed, target, mask, hole_weight, valid_weight)
+    loss = hole_valid_l1(reconstructed, target, mask, hole_weight, valid_weight, sample_weight)
     if lowres is not None:
         size = lowres.shape[1:3]
         target_lr = resize_bilinear_align_corners(_f32(target), size)
         mask_lr = resize_bilinear_align_corners(_f32(mask), size)
-        loss = loss + hole_valid_l1(lowres, target_lr, mask_lr, hole_weight, valid_weight)
+        loss = loss + hole_valid_l1(
+            lowres, target_lr, mask_lr, hole_weight, valid_weight, sample_weight
+        )
     return loss
 
 
@@ -183,22 +204,24 @@ def output_l1_loss(
 # Hinge adversarial terms (eqs. 2-3, spec 5.1-5.2)
 
 
-def hinge_generator_loss(fake_logits: Sequence[Array]) -> Array:
+def hinge_generator_loss(fake_logits: Sequence[Array], sample_weight: Array | None = None) -> Array:
     """Eq. 2: sum over discriminator scales of -mean D_s(I_in, I_comp).
 
     fake_logits: one [B, h, w, C] array per scale (the mean runs over all its elements).
     """
-    return sum(-jnp.mean(_f32(logits)) for logits in fake_logits)
+    return sum(-batch_mean(_f32(logits), sample_weight) for logits in fake_logits)
 
 
 def hinge_discriminator_terms(
-    real_logits: Sequence[Array], fake_logits: Sequence[Array]
+    real_logits: Sequence[Array],
+    fake_logits: Sequence[Array],
+    sample_weight: Array | None = None,
 ) -> tuple[Array, Array]:
     """Eq. 3 split in two: (sum_s mean ReLU(1 - D_s(real)), sum_s mean ReLU(1 + D_s(fake)))."""
     if len(real_logits) != len(fake_logits):
         raise ValueError(f"{len(real_logits)} real vs {len(fake_logits)} fake logit scales")
-    real = sum(jnp.mean(jax.nn.relu(1.0 - _f32(d))) for d in real_logits)
-    fake = sum(jnp.mean(jax.nn.relu(1.0 + _f32(d))) for d in fake_logits)
+    real = sum(batch_mean(jax.nn.relu(1.0 - _f32(d)), sample_weight) for d in real_logits)
+    fake = sum(batch_mean(jax.nn.relu(1.0 + _f32(d)), sample_weight) for d in fake_logits)
     return real, fake
 
 
@@ -220,12 +243,16 @@ def _check_layer_weights(n_features: int, layer_weights: Sequence[float]) -> Non
 
 
 def perceptual_distance(
-    features: Sequence[Array], target_features: Sequence[Array], layer_weights: Sequence[float]
+    features: Sequence[Array],
+    target_features: Sequence[Array],
+    layer_weights: Sequence[float],
+    sample_weight: Array | None = None,
 ) -> Array:
     """Eq. 4 / spec 5.1: sum_l w_l mean |phi_l(x) - phi_l(y)|."""
     _check_layer_weights(len(features), layer_weights)
     return sum(
-        w * l1(f, t) for w, f, t in zip(layer_weights, features, target_features, strict=True)
+        w * l1(f, t, sample_weight)
+        for w, f, t in zip(layer_weights, features, target_features, strict=True)
     )
 
 
@@ -234,6 +261,7 @@ def style_distance(
     target_features: Sequence[Array],
     layer_weights: Sequence[float],
     mode: str = "mse",
+    sample_weight: Array | None = None,
 ) -> Array:
     """Style term over Gram matrices G = F F^T / (C H W) (spec 5.1; eq. 5).
 
@@ -246,7 +274,8 @@ def style_distance(
     total = jnp.float32(0.0)
     for w, f, t in zip(layer_weights, features, target_features, strict=True):
         diff = gram_matrix(f) - gram_matrix(t)
-        total = total + w * (jnp.mean(diff**2) if mode == "mse" else jnp.mean(jnp.abs(diff)))
+        distance = diff**2 if mode == "mse" else jnp.abs(diff)
+        total = total + w * batch_mean(distance, sample_weight)
     return total
 
 
@@ -257,6 +286,7 @@ def vgg_losses(
     layer_weights: Sequence[float] = REFERENCE_VGG_LAYER_WEIGHTS,
     style_mode: str = "mse",
     image_size: int = 224,
+    sample_weight: Array | None = None,
 ) -> tuple[Array, Array]:
     """(perceptual, style), each summed over the candidates (spec 5.1: I_out and I_comp vs GT).
 
@@ -277,8 +307,12 @@ def vgg_losses(
     style = jnp.float32(0.0)
     for i in range(len(candidates)):
         features = [f[i * batch : (i + 1) * batch] for f in stacked_features]
-        perceptual = perceptual + perceptual_distance(features, target_features, layer_weights)
-        style = style + style_distance(features, target_features, layer_weights, style_mode)
+        perceptual = perceptual + perceptual_distance(
+            features, target_features, layer_weights, sample_weight
+        )
+        style = style + style_distance(
+            features, target_features, layer_weights, style_mode, sample_weight
+        )
     return perceptual, style
 
 
@@ -286,7 +320,7 @@ def vgg_losses(
 # Total variation (eq. 6, spec 5.1)
 
 
-def tv_loss(images: Array, mode: str = "squared") -> Array:
+def tv_loss(images: Array, mode: str = "squared", sample_weight: Array | None = None) -> Array:
     """Total variation of images [B, H, W, C].
 
     mode "squared" (reference, spec 5.1):
@@ -298,9 +332,9 @@ def tv_loss(images: Array, mode: str = "squared") -> Array:
     dy = images[:, 1:, :, :] - images[:, :-1, :, :]
     dx = images[:, :, 1:, :] - images[:, :, :-1, :]
     if mode == "squared":
-        return 2.0 * (jnp.mean(dy**2) + jnp.mean(dx**2))
+        return 2.0 * (batch_mean(dy**2, sample_weight) + batch_mean(dx**2, sample_weight))
     if mode == "l1":
-        return jnp.mean(jnp.abs(dy)) + jnp.mean(jnp.abs(dx))
+        return batch_mean(jnp.abs(dy), sample_weight) + batch_mean(jnp.abs(dx), sample_weight)
     raise ValueError(f"unknown TV mode {mode!r}; expected one of {TV_MODES}")
 
 
@@ -315,6 +349,7 @@ def generator_loss(
     fake_logits: Sequence[Array] | None,
     vgg: VGGFn | None,
     loss_config: Any,
+    sample_weight: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Eq. 7 / spec 5.1: the generator's total loss and its weighted terms (all float32).
 
@@ -324,6 +359,9 @@ def generator_loss(
     None when l1_only or adversarial_weight is 0). vgg: images in [0, 1] -> feature maps, e.g.
     `models.vgg.load_vgg19(...)` (may be None when l1_only or both VGG weights are 0).
 
+    sample_weight: [B] or None; every term is then a mean over the weighted samples
+    (`batch_mean`).
+
     Returns (total, terms) with terms among "coarse_l1", "output_l1", "adversarial",
     "perceptual", "style", "tv"; in the l1_only (warm-up) stage only the first two.
     """
@@ -331,17 +369,27 @@ def generator_loss(
     c = loss_config
     terms: dict[str, Array] = {
         "coarse_l1": c.coarse_l1_weight
-        * coarse_l1_loss(outputs.coarse, target, mask, c.hole_weight, c.valid_weight),
+        * coarse_l1_loss(
+            outputs.coarse, target, mask, c.hole_weight, c.valid_weight, sample_weight
+        ),
         "output_l1": c.output_l1_weight
         * output_l1_loss(
-            outputs.reconstructed, outputs.lowres, target, mask, c.hole_weight, c.valid_weight
+            outputs.reconstructed,
+            outputs.lowres,
+            target,
+            mask,
+            c.hole_weight,
+            c.valid_weight,
+            sample_weight,
         ),
     }
     if not c.l1_only:
         if c.adversarial_weight:
             if fake_logits is None:
                 raise ValueError("fake_logits are needed when adversarial_weight > 0")
-            terms["adversarial"] = c.adversarial_weight * hinge_generator_loss(fake_logits)
+            terms["adversarial"] = c.adversarial_weight * hinge_generator_loss(
+                fake_logits, sample_weight
+            )
         if c.perceptual_weight or c.style_weight:
             if vgg is None:
                 raise ValueError("a VGG-19 feature extractor is needed for perceptual/style")
@@ -354,17 +402,21 @@ def generator_loss(
                 tuple(c.vgg_layer_weights),
                 c.style_mode,
                 int(c.vgg_image_size),
+                sample_weight,
             )
             terms["perceptual"] = c.perceptual_weight * perceptual
             terms["style"] = c.style_weight * style
         if c.tv_weight:
-            terms["tv"] = c.tv_weight * tv_loss(outputs.completed, c.tv_mode)
+            terms["tv"] = c.tv_weight * tv_loss(outputs.completed, c.tv_mode, sample_weight)
     terms = {name: _f32(value) for name, value in terms.items()}
     return sum(terms.values()), terms
 
 
 def discriminator_loss(
-    real_logits: Sequence[Array], fake_logits: Sequence[Array], loss_config: Any
+    real_logits: Sequence[Array],
+    fake_logits: Sequence[Array],
+    loss_config: Any,
+    sample_weight: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Spec 5.2 / eq. 3: scale * sum_s [mean ReLU(1 - D_s(GT)) + mean ReLU(1 + D_s(I_comp))].
 
@@ -373,6 +425,6 @@ def discriminator_loss(
     unscaled.
     """
     validate_loss_config(loss_config)
-    real, fake = hinge_discriminator_terms(real_logits, fake_logits)
+    real, fake = hinge_discriminator_terms(real_logits, fake_logits, sample_weight)
     total = loss_config.discriminator_scale * (real + fake)
     return _f32(total), {"real": _f32(real), "fake": _f32(fake)}

@@ -30,10 +30,12 @@ from absl import logging
 from deepgin_jax import checkpointing, metric_writers, preemption, sharding
 from deepgin_jax.config import (
     GAN,
+    PAPER_ITEMS_PER_BATCH,
     WARMUP,
     architecture,
     check_resume_config,
     config_json,
+    lr_scale,
     needs_vgg,
     stage_at,
     validate_config,
@@ -87,6 +89,7 @@ class _Run:
     config: ml_collections.ConfigDict
     setup: Setup
     mesh: jax.sharding.Mesh
+    layout: pipeline.BatchLayout
     manager: checkpointing.TrainCheckpointManager
     writer: metric_writers.MetricWriter
     data_iterator: Any
@@ -104,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     mesh = sharding.create_mesh()
-    sharding.check_batch_divides(_images_per_step(config), mesh)
+    layout = _batch_layout(config)
     setup = build_setup(config)
     manager = checkpointing.TrainCheckpointManager(
         workdir_path / checkpointing.CHECKPOINT_SUBDIR,
@@ -121,18 +124,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 str(workdir_path / checkpointing.CHECKPOINT_SUBDIR / str(resumed_step)),
             )
         _write_config(config, workdir_path)
-        data_iterator = pipeline.create_train_iterator(config.data)
-        sample_batch = _sample_batch(config, mesh) if config.sample_every_steps else None
         if resumed_step is None:
             state = initial_state(config, setup, mesh)
         else:
-            state = _restore(config, setup, manager, data_iterator, mesh)
+            state = _restore(config, setup, manager, mesh)
+        # The batches of a step depend on the step alone: a resumed run on any layout reads on.
+        data_iterator = pipeline.create_train_iterator(
+            config.data,
+            local_device_count=layout.local_device_count,
+            start_step=int(jax.device_get(state.step)),
+        )
+        sample_batch = _sample_batch(config, mesh) if config.sample_every_steps else None
+        _log_layout(config, layout)
         writer = metric_writers.MetricWriter(
             workdir_path, enabled=jax.process_index() == 0, resumed_step=resumed_step
         )
         stack.callback(writer.close)
         vgg = _load_vgg(config, mesh)
-        run = _Run(config, setup, mesh, manager, writer, data_iterator, vgg, sample_batch)
+        run = _Run(config, setup, mesh, layout, manager, writer, data_iterator, vgg, sample_batch)
         return _train_loop(run, state)
 
 
@@ -146,7 +155,7 @@ def _train_loop(run: _Run, state: TrainState) -> TrainState:
     fresh_g_opt_state = jax.jit(run.setup.g_tx.init, out_shardings=replicated)
     total_steps = config.warmup_steps + config.gan_steps
     start_step = int(jax.device_get(state.step))
-    log = _MetricsLog(run.writer, config, start_step, total_steps)
+    log = _MetricsLog(run.writer, config, start_step, total_steps, run.layout.real_samples)
     stop_signal = preemption.StopSignal()
     stop = preemption.StopAgreement(stop_signal, run.mesh)
     stop_signal.install()
@@ -175,7 +184,7 @@ def _train_loop(run: _Run, state: TrainState) -> TrainState:
             ):
                 _write_samples(p_generate(state.g_params, run.sample_batch), done, run.writer)
             if save:
-                run.manager.save(state, run.data_iterator, _meta(config, done))
+                run.manager.save(state, _meta(config, done))
             if stopping:
                 logging.warning(
                     "stopped at step %d of %d; run the same command to resume", done, total_steps
@@ -223,9 +232,28 @@ def _warmup_end(config: ml_collections.ConfigDict) -> list[int]:
     return [config.warmup_steps] if config.warmup_steps and config.gan_steps else []
 
 
-def _images_per_step(config: ml_collections.ConfigDict) -> int:
-    """The global batch in samples (images x masks) of all processes."""
-    return sharding.global_batch_size(pipeline.samples_per_batch(config.data, jax.process_count()))
+def _batch_layout(config: ml_collections.ConfigDict) -> pipeline.BatchLayout:
+    return pipeline.BatchLayout.of(config.data, jax.process_count(), jax.local_device_count())
+
+
+def _log_layout(config: ml_collections.ConfigDict, layout: pipeline.BatchLayout) -> None:
+    """The first lines to check on a cluster: devices, processes, the batch on each device."""
+    logging.info(
+        "%d devices on %d processes (%s); %s",
+        jax.device_count(),
+        jax.process_count(),
+        jax.devices()[0].device_kind,
+        layout.describe(),
+    )
+    logging.info(
+        "learning rates: G %g, D %g (optim.lr_scaling=%r, data.items_per_batch=%d; the paper's "
+        "is %d)",
+        config.optim.g_lr * lr_scale(config),
+        config.optim.d_lr * lr_scale(config),
+        config.optim.lr_scaling,
+        config.data.items_per_batch,
+        PAPER_ITEMS_PER_BATCH,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,7 +300,7 @@ def _generator_from(
         )
     logging.info("generator initialised from %s", path)
     # The fresh Adam states are zeros shaped like the parameters: they fit the loaded ones.
-    return state.replace(g_params=jax.device_put(variables["params"], replicated))
+    return state.replace(g_params=sharding.replicate(variables["params"], replicated.mesh))
 
 
 def _discriminator_from(
@@ -293,7 +321,7 @@ def _discriminator_from(
             f"config.init_discriminator_from={path!r} holds a discriminator with {fields}; "
             f"config.discriminator is {wanted}"
         )
-    loaded = jax.device_put(loaded, replicated)
+    loaded = sharding.replicate(loaded, replicated.mesh)
     logging.info("discriminator initialised from %s", path)
     return state.replace(d_params=loaded["params"], d_spectral=loaded[SPECTRAL_COLLECTION])
 
@@ -306,17 +334,16 @@ def _restore(
     config: ml_collections.ConfigDict,
     setup: Setup,
     manager: checkpointing.TrainCheckpointManager,
-    data_iterator: Any,
     mesh: jax.sharding.Mesh,
 ) -> TrainState:
-    """The latest checkpoint's state, replicated; moves `data_iterator` to its saved position."""
+    """The latest checkpoint's state, replicated over `mesh` (saved on any layout)."""
     replicated = sharding.replicated(mesh)
     init = functools.partial(init_train_state, setup, crop_size=config.data.crop_size)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         jax.eval_shape(init, jax.random.key(config.seed)),
     )
-    state, meta = manager.restore(abstract, data_iterator)
+    state, meta = manager.restore(abstract)
     logging.info("resumed from step %d (%s stage)", meta["step"], meta["stage"])
     return state
 
@@ -370,12 +397,13 @@ class _MetricsLog:
         config: ml_collections.ConfigDict,
         start_step: int,
         total_steps: int,
+        images_per_step: int,
     ) -> None:
         from tqdm import tqdm
 
         self._writer, self._config = writer, config
         self._pending: list[tuple[int, dict]] = []
-        self._images_per_step = _images_per_step(config)
+        self._images_per_step = images_per_step
         self._last_time, self._last_step = time.perf_counter(), start_step
         self._progress = tqdm(
             total=total_steps,
@@ -428,7 +456,7 @@ def _sample_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     data = ml_collections.ConfigDict(config.data.to_dict())
     data.seed = config.data.seed + 1_000_003
     data.num_workers = 0
-    iterator = pipeline.create_train_iterator(data)
+    iterator = pipeline.create_train_iterator(data, local_device_count=jax.local_device_count())
     return sharding.shard_batch(next(iterator), mesh)
 
 
@@ -436,6 +464,8 @@ def _write_samples(
     samples: dict[str, Array], step: int, writer: metric_writers.MetricWriter
 ) -> None:
     samples = jax.device_get(samples)
+    if "weight" in samples:  # the layout's padding: copies of real samples
+        samples = {k: v[samples["weight"] > 0] for k, v in samples.items()}
     grid = metric_writers.image_grid(
         [samples["masked"], samples["coarse"], samples["completed"], samples["target"]]
     )

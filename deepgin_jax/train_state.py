@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from deepgin_jax.config import lr_scale
 from deepgin_jax.models import SPECTRAL_COLLECTION, DeepGIN, MultiScaleDiscriminator
 
 Array = jax.Array
@@ -69,7 +70,8 @@ def lr_schedule(
 def build_setup(config: ml_collections.ConfigDict) -> Setup:
     """The networks of `config.model`/`config.discriminator` in `config.compute_dtype`, and
     Adam(b1, b2) for each (spec 5.3): G at a constant rate in the warm-up, G and D on
-    `lr_schedule` in the GAN stage. The warm-up's losses are the L1 terms only."""
+    `lr_schedule` in the GAN stage, both rates scaled by `optim.lr_scaling`. The warm-up's
+    losses are the L1 terms only."""
     dtype = COMPUTE_DTYPES[config.compute_dtype]
     model_fields = _tuples(config.model.to_dict())
     model_fields["attention_impl"] = model_fields["attention_impl"] or None
@@ -78,14 +80,15 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     def adam(schedule: optax.Schedule) -> optax.GradientTransformation:
         return optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
 
-    g_schedule = lr_schedule(o.g_lr, o.constant_steps, o.decay_steps, o.decay_every)
-    d_schedule = lr_schedule(o.d_lr, o.constant_steps, o.decay_steps, o.decay_every)
+    g_lr, d_lr = o.g_lr * lr_scale(config), o.d_lr * lr_scale(config)
+    g_schedule = lr_schedule(g_lr, o.constant_steps, o.decay_steps, o.decay_every)
+    d_schedule = lr_schedule(d_lr, o.constant_steps, o.decay_steps, o.decay_every)
     warmup_loss = ml_collections.ConfigDict(config.loss.to_dict())
     warmup_loss.l1_only = True
     return Setup(
         generator=DeepGIN(**model_fields, dtype=dtype),
         discriminator=MultiScaleDiscriminator(**config.discriminator.to_dict(), dtype=dtype),
-        g_warmup_tx=adam(optax.constant_schedule(o.g_lr)),
+        g_warmup_tx=adam(optax.constant_schedule(g_lr)),
         g_tx=adam(g_schedule),
         d_tx=adam(d_schedule),
         g_schedule=g_schedule,

@@ -54,6 +54,9 @@ def train_step(
 ) -> tuple[TrainState, Metrics]:
     """`train_step(state, batch) -> (state, metrics)` of either stage (spec 5).
 
+    A batch with a "weight" [B] (padding, `data.pipeline.BatchLayout`) gives every loss term
+    as the mean over its weight-1 samples: the same loss and gradients as those samples alone.
+
     `stage` (WARMUP or GAN) picks `warmup_step` or `gan_step`; bind it and the other keywords
     with `functools.partial` before `jax.jit` (one compiled program per stage). `vgg` is only
     used by the GAN stage; `stage_start` is the step the GAN stage starts at.
@@ -82,7 +85,9 @@ def warmup_step(
 
     def loss_fn(g_params: PyTree) -> tuple[Array, Metrics]:
         outputs = setup.generator.apply({"params": g_params}, masked, mask, target)
-        return losses.generator_loss(outputs, target, mask, None, None, setup.warmup_loss_config)
+        return losses.generator_loss(
+            outputs, target, mask, None, None, setup.warmup_loss_config, batch.get("weight")
+        )
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
     grad_norm = optax.tree.norm(grads)
@@ -126,13 +131,22 @@ def gan_step(
     )
     # L_D and its gradient in D's parameters, on I_comp.detach.
     fake = jax.lax.stop_gradient(outputs.completed)
-    d_loss_fn = functools.partial(_discriminator_loss, setup=setup, masked=masked, target=target)
+    weight = batch.get("weight")
+    d_loss_fn = functools.partial(
+        _discriminator_loss, setup=setup, masked=masked, target=target, weight=weight
+    )
     (d_loss, (d_terms, spectral)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
         state.d_params, state.d_spectral, fake
     )
     # L_G and its gradients in G's outputs and (for the clipping norm only) in D's parameters.
     g_loss_fn = functools.partial(
-        _generator_loss, setup=setup, masked=masked, mask=mask, target=target, vgg=vgg
+        _generator_loss,
+        setup=setup,
+        masked=masked,
+        mask=mask,
+        target=target,
+        vgg=vgg,
+        weight=weight,
     )
     (g_loss, (g_terms, spectral)), (output_grads, d_grads_from_g) = jax.value_and_grad(
         g_loss_fn, argnums=(0, 1), has_aux=True
@@ -191,13 +205,20 @@ def _discriminate(
 
 
 def _discriminator_loss(
-    d_params: PyTree, spectral: PyTree, fake: Array, *, setup: Setup, masked: Array, target: Array
+    d_params: PyTree,
+    spectral: PyTree,
+    fake: Array,
+    *,
+    setup: Setup,
+    masked: Array,
+    target: Array,
+    weight: Array | None,
 ) -> tuple[Array, tuple[Metrics, PyTree]]:
     """L_D = 0.5 sum_s [mean relu(1 - D_s(I_in, GT)) + mean relu(1 + D_s(I_in, I_comp))]
     (spec 5.2), D on the fake first, as the reference. Returns (L_D, (terms, spectral))."""
     fake_logits, spectral = _discriminate(setup, d_params, spectral, masked, fake)
     real_logits, spectral = _discriminate(setup, d_params, spectral, masked, target)
-    loss, terms = losses.discriminator_loss(real_logits, fake_logits, setup.loss_config)
+    loss, terms = losses.discriminator_loss(real_logits, fake_logits, setup.loss_config, weight)
     return loss, (terms, spectral)
 
 
@@ -211,11 +232,14 @@ def _generator_loss(
     mask: Array,
     target: Array,
     vgg: Callable | None,
+    weight: Array | None,
 ) -> tuple[Array, tuple[Metrics, PyTree]]:
     """L_G = G_GAN + G_COARSE_L1 + G_OUT_L1 + G_TV + G_STYLE + G_VGG (spec 5.1), G_GAN from
     D_s(I_in, I_comp) not detached. Returns (L_G, (terms, spectral))."""
     fake_logits, spectral = _discriminate(setup, d_params, spectral, masked, outputs.completed)
-    loss, terms = losses.generator_loss(outputs, target, mask, fake_logits, vgg, setup.loss_config)
+    loss, terms = losses.generator_loss(
+        outputs, target, mask, fake_logits, vgg, setup.loss_config, weight
+    )
     return loss, (terms, spectral)
 
 
@@ -234,7 +258,9 @@ def generate(g_params: PyTree, batch: Mapping[str, Array], *, setup: Setup) -> d
     target, mask, masked = prepare_batch(batch)
     outputs = setup.generator.apply({"params": g_params}, masked, mask, target)
     completed = jnp.clip(outputs.completed, 0.0, 1.0)
+    weight = {"weight": batch["weight"]} if "weight" in batch else {}
     return {
+        **weight,
         "masked": masked,
         "coarse": jnp.clip(outputs.coarse, 0.0, 1.0),
         "completed": completed,

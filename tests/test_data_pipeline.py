@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-import grain
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from absl import flags
 from PIL import ExifTags, Image
@@ -91,16 +89,73 @@ def test_same_seed_same_batches_other_seed_differs(colour_folder):
     assert not all(_batches_equal(a, c) for a, c in zip(run_a, other, strict=True))
 
 
-def test_processes_read_disjoint_shards(colour_folder):
+def test_processes_read_disjoint_parts_of_each_global_batch(colour_folder):
     config = _config(colour_folder, items_per_batch=4, mask_types=("rect", "ca"))
     seen = []
     for process in range(2):
         iterator = pipeline.create_train_iterator(config, process_index=process, process_count=2)
-        batches = [next(iterator) for _ in range(2)]  # one epoch of this process's 4 images
+        batches = [next(iterator) for _ in range(2)]  # one epoch: 2 steps of 4 images
         assert batches[0]["image"].shape[0] == (4 // 2) * 2 == pipeline.samples_per_batch(config, 2)
+        assert "weight" not in batches[0]  # 4 images split over 2 processes: no padding
         seen.append({i for batch in batches for i in _item_ids(batch, 2)})
     assert seen[0].isdisjoint(seen[1])
     assert seen[0] | seen[1] == set(range(NUM_COLOURS))
+
+
+def _global_batches(config, process_count: int, local_devices: int, steps: int, start: int = 0):
+    """Each step's samples of weight 1, all processes' parts in process order."""
+    iterators = [
+        pipeline.create_train_iterator(
+            config,
+            process_index=p,
+            process_count=process_count,
+            local_device_count=local_devices,
+            start_step=start,
+        )
+        for p in range(process_count)
+    ]
+    layout = pipeline.BatchLayout.of(config, process_count, local_devices)
+    batches = []
+    for _ in range(steps):
+        parts = [next(it) for it in iterators]
+        for part in parts:
+            assert part["image"].shape[0] == layout.samples_per_process
+            assert part["image"].shape[0] % local_devices == 0
+            assert ("weight" in part) == layout.padded
+        whole = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+        assert whole["image"].shape[0] == layout.global_samples
+        keep = whole.pop("weight", np.ones(layout.global_samples)) > 0
+        assert keep.sum() == layout.real_samples
+        batches.append({k: v[keep] for k, v in whole.items()})
+    return batches
+
+
+@pytest.mark.parametrize(("processes", "devices"), [(2, 1), (2, 2), (3, 1), (1, 8), (4, 2), (8, 2)])
+def test_global_batches_do_not_depend_on_processes_or_devices(colour_folder, processes, devices):
+    """The paper's 4 images x 3 masks on any layout: the same samples as on one device, padded
+    with weight-0 copies where 12 does not split."""
+    config = _config(colour_folder, items_per_batch=4)
+    expected = _global_batches(config, 1, 1, steps=3)
+    for got, want in zip(
+        _global_batches(config, processes, devices, steps=3), expected, strict=True
+    ):
+        assert _batches_equal(got, want)
+
+
+def test_a_run_restarts_at_any_step(colour_folder):
+    config = _config(colour_folder, items_per_batch=3)
+    expected = _global_batches(config, 1, 1, steps=5)[3:]
+    assert all(
+        _batches_equal(got, want)
+        for got, want in zip(_global_batches(config, 2, 2, steps=2, start=3), expected, strict=True)
+    )
+
+
+def test_each_image_once_per_epoch_when_the_batch_does_not_divide_it(colour_folder):
+    batches = _global_batches(_config(colour_folder, items_per_batch=3), 1, 1, steps=6)
+    items = [i for batch in batches for i in _item_ids(batch, 3)]  # 18 items, 2.25 epochs
+    assert sorted(items[:8]) == sorted(items[8:16]) == list(range(NUM_COLOURS))
+    assert items[:8] != items[8:16]
 
 
 def test_get_state_set_state_resumes_exactly(colour_folder):
@@ -114,37 +169,6 @@ def test_get_state_set_state_resumes_exactly(colour_folder):
     resumed.set_state(state)
     for want in expected:
         assert _batches_equal(next(resumed), want)
-
-
-def test_orbax_composite_checkpoint_restores_iterator(colour_folder, tmp_path):
-    config = _config(colour_folder, seed=5)
-    iterator = pipeline.create_train_iterator(config, process_index=0, process_count=1)
-    for _ in range(5):
-        next(iterator)
-    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
-        manager.save(
-            5,
-            args=ocp.args.Composite(
-                data_iter=grain.checkpoint.CheckpointSave(iterator),
-                meta=ocp.args.JsonSave({"step": 5}),
-            ),
-        )
-        manager.wait_until_finished()
-    expected = [next(iterator) for _ in range(3)]
-
-    restored = pipeline.create_train_iterator(config, process_index=0, process_count=1)
-    next(restored)  # a position that the restore must overwrite
-    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
-        result = manager.restore(
-            manager.latest_step(),
-            args=ocp.args.Composite(
-                data_iter=grain.checkpoint.CheckpointRestore(restored),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-    assert result.meta == {"step": 5}
-    for want in expected:
-        assert _batches_equal(next(restored), want)
 
 
 def test_dataset_size_steps_per_epoch_and_holdout(colour_folder):
@@ -162,8 +186,8 @@ def test_bad_config_values_are_named(colour_folder):
         pipeline.validate_data_config(_config(colour_folder, load_size=40))
     with pytest.raises(ValueError, match="mask_types"):
         pipeline.validate_data_config(_config(colour_folder, mask_types=("rect", "blob")))
-    with pytest.raises(ValueError, match="multiple of the process count 2"):
-        pipeline.validate_data_config(_config(colour_folder, items_per_batch=3), 2)
+    with pytest.raises(ValueError, match="items_per_batch must be >= 1"):
+        pipeline.validate_data_config(_config(colour_folder, items_per_batch=0))
     with pytest.raises(ValueError, match="augmentation"):
         pipeline.validate_data_config(_config(colour_folder, augmentation="jitter"))
     with pytest.raises(FileNotFoundError, match="nowhere"):

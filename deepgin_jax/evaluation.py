@@ -6,7 +6,10 @@ Protocol (the same pairs for every method):
   (PIL bicubic, antialiased when shrinking);
 * masks: a set written by `python -m deepgin_jax.masks` at `size` x `size`, in index order;
 * pairing: image a gets the masks (a*K + k) mod M for k < K (K = masks_per_image, M = the
-  set's size): with K = 1, image i meets mask i, cycling through the set;
+  set's size): with K = 1, image i meets mask i, cycling through the set; an image that cannot
+  be read is logged, left out and listed in the reports (`protocol.unreadable_images`);
+* inputs: every method gets the image with its hole painted `HOLE_FILL` (white), never the
+  pixels it is scored on (a mask covering the whole image is scored like any other);
 * metrics, on the whole composited image against the original: PSNR (dB), SSIM, L1 error (%)
   and LPIPS per pair; on the hole's pixels alone (every channel of every hole pixel, nothing
   else): hole PSNR (dB) and hole L1 error (%), which the known pixels (identical in every
@@ -14,7 +17,8 @@ Protocol (the same pairs for every method):
   all pairs, and per mask type when the type has at least `fid_min_count` pairs (the count
   is reported; FID is strongly biased below a few thousand images);
 * summaries per mask type and per hole-ratio bucket (0-10%, 10-20%, ..., 50-60%, >60%; a
-  ratio on an edge goes to the lower bucket: (0, 10], (10, 20], ...).
+  ratio on an edge goes to the lower bucket: (0, 10], (10, 20], ...); an output identical to
+  the original has an infinite PSNR, left out of the means and counted (`infinite`).
 
 Outputs: `per_image.csv` (one row per method and pair), `results.md` (tables of means),
 `summary.json` (the same numbers) and `grid.png` (masked input | each method | original for the

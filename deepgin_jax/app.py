@@ -44,7 +44,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from deepgin_jax import cli, image_io
 from deepgin_jax.checkpointing import CheckpointNotFoundError
@@ -305,4 +305,4 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -14,7 +14,8 @@
 
 Telea and Navier-Stokes are OpenCV's `cv2.inpaint`. For all three the masks, input types and
 compositing are the Inpainter's (`deepgin_jax.inference.InpainterBase`), so pixels outside the
-hole are returned unchanged.
+hole are returned unchanged; each sees the hole painted grey (`inference.HOLE_GREY`), never its
+original pixels, and a hole covering the whole image comes back that grey.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from deepgin_jax.inference import WholeImageInpainter, mirror_pad
+from deepgin_jax.inference import HOLE_GREY, WholeImageInpainter, mirror_pad
 
 OPENCV_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 BASELINES = (*OPENCV_METHODS, "patchmatch")
@@ -49,6 +50,8 @@ class OpenCVInpainter(WholeImageInpainter):
 
     def fill(self, rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """rgb uint8 [H, W, 3], hole bool [H, W] -> uint8 [H, W, 3]."""
+        if hole.all():  # cv2.inpaint would return rgb as it is: the grey, as nothing is known
+            return np.full_like(rgb, HOLE_GREY)
         hole_u8 = hole.astype(np.uint8) * 255
         return cv2.inpaint(rgb, hole_u8, self.radius, OPENCV_METHODS[self.method])
 
@@ -80,8 +83,8 @@ class PatchMatchInpainter(WholeImageInpainter):
     def fill(self, rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """rgb uint8 [H, W, 3], hole bool [H, W] -> uint8 [H, W, 3]."""
         height, width = hole.shape
-        if hole.all():  # nothing to copy from: the mean grey, as no patch is known
-            return np.full_like(rgb, 128)
+        if hole.all():  # nothing to copy from: the grey, as no patch is known
+            return np.full_like(rgb, HOLE_GREY)
         padded_h, padded_w = max(height, self.patch_size), max(width, self.patch_size)
         rgb = mirror_pad(rgb, padded_h, padded_w)
         hole = mirror_pad(hole, padded_h, padded_w)

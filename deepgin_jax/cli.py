@@ -4,24 +4,39 @@ Flags are spelled as absl spells them, with underscores (`--max_batch`); every c
 accepts the hyphenated spellings of earlier versions (`--max-batch`) as aliases.
 
 Exit codes: `EXIT_OK` (0) everything done; `EXIT_FAILED` (1) some inputs failed and the rest
-was done; `EXIT_USAGE` (2) nothing could start (bad arguments, no checkpoint).
+was done; `EXIT_USAGE` (2) nothing could start (bad arguments, no checkpoint, an unreadable
+input); 128 + N when signal N (SIGINT, SIGTERM, SIGHUP) stopped the command.
+
+Every command starts through `run(main)`: a user's error (`USER_ERRORS`: a ValueError, an
+OSError or an ImportError, which include a missing or mismatching checkpoint, an unreadable
+image, a bad file to convert and a missing optional package) is logged as one line and exits
+with `EXIT_USAGE`, its traceback shown only with `-v` (`--verbosity=1`); SIGTERM and SIGHUP
+unwind the command as Ctrl-C does, so that `atomic.atomic_write` removes its temporary file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import jax.numpy as jnp
 from absl import app, flags, logging
-
-from deepgin_jax.inference import BLENDS, MODES, STRATEGIES, default_max_batch
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# The errors a user can fix (bad arguments, missing or corrupt files, a missing optional package
+# such as torch for the converters): one line, no traceback.
+USER_ERRORS = (ValueError, OSError, ImportError)
+UNWINDING_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+DTYPES = ("float32", "bfloat16", "float16")  # jax.numpy's names
 CHECKPOINT_HELP = (
     "Generator: a converted model, training checkpoint step, checkpoints/ folder, training "
     "workdir or shipped-model folder. Default: the DeepGIN-compact shipped with the package "
@@ -54,6 +69,9 @@ def define_checkpoint_flag(flag_values: flags.FlagValues, *, repeatable: bool = 
 def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
     """`--max_batch`, `--dtype`, `--mode`, `--strategy`, `--ensemble`, `--upscale` and `--blend`:
     how an `Inpainter` runs the generator (read them back with `inpainter_options`)."""
+    # Imported here: the commands without a generator (masks, converters) start without JAX.
+    from deepgin_jax.inference import BLENDS, MODES, STRATEGIES
+
     fv = {"flag_values": flag_values}
     flags.DEFINE_integer(
         "max_batch",
@@ -111,13 +129,17 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
 
 def inpainter_options(flag_values: flags.FlagValues) -> dict[str, Any]:
     """Keyword arguments of `Inpainter.from_checkpoint` from `define_inpainter_flags`'s flags."""
+    import jax.numpy as jnp
+
+    from deepgin_jax.inference import default_max_batch
+
     return {
         "mode": flag_values.mode,
         "strategy": flag_values.strategy,
         "ensemble": flag_values.ensemble,
         "upscale": flag_values.upscale,
         "blend": flag_values.blend,
-        "dtype": DTYPES[flag_values.dtype],
+        "dtype": getattr(jnp, flag_values.dtype),
         "max_batch": flag_values.max_batch or default_max_batch(),
     }
 
@@ -168,3 +190,97 @@ def usage_failure(message: str, *args: Any) -> int:
     """Logs why nothing could start (no traceback: the user's to fix) and returns EXIT_USAGE."""
     logging.error(message, *args)
     return EXIT_USAGE
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds the command as Ctrl-C's KeyboardInterrupt does (and,
+    like it, is not caught by `except Exception`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_unwind() -> Iterator[None]:
+    """Inside, SIGTERM and SIGHUP raise `Terminated` in the main thread (a second one while
+    that unwinds is ignored, so that clean-up code is not cut short); the previous handlers
+    are restored after."""
+    raised = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in UNWINDING_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (its type where the message is empty)."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def user_failure(error: BaseException) -> int:
+    """Logs `error` as one line (with its traceback at verbosity >= 1, `-v`) and returns
+    EXIT_USAGE."""
+    logging.error("%s", one_line(error))
+    if logging.get_verbosity() >= logging.DEBUG:
+        logging.error("Traceback:", exc_info=error)
+    return EXIT_USAGE
+
+
+def guarded(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
+    """`main` with `USER_ERRORS` reported by `user_failure` and SIGINT / SIGTERM / SIGHUP
+    unwinding it (atomic writers remove their temporary files) to exit status 128 + N."""
+
+    def guarded_main(argv: Sequence[str]) -> Any:
+        try:
+            with signals_unwind():
+                return main(argv)
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            logging.error("Stopped by %s.", signal.Signals(signum).name)
+            return 128 + signum
+        except app.UsageError as e:
+            logging.error("%s (see --help)", one_line(e))
+            return EXIT_USAGE
+        except USER_ERRORS as e:
+            return user_failure(e)
+
+    return guarded_main
+
+
+def expand_verbose(argv: Sequence[str]) -> list[str]:
+    """argv with a bare `-v` (no level after it) read as `-v 1`, absl's `--verbosity=1`."""
+    result = list(argv)
+    for i, arg in enumerate(result):
+        following = result[i + 1] if i + 1 < len(result) else ""
+        if arg == "-v" and not following.lstrip("-").isdigit():
+            result[i] = "--verbosity=1"
+    return result
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing, with a bad or missing flag reported as one line, exit EXIT_USAGE."""
+    try:
+        return flags.FLAGS(list(argv))
+    except flags.Error as e:
+        sys.stderr.write(f"{one_line(e)} (see --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def run(main: Callable[[Sequence[str]], Any]) -> None:
+    """`absl.app.run(main)` for a command line: `guarded(main)`, flag errors as one line (exit
+    EXIT_USAGE), and a bare `-v` accepted."""
+    app.run(guarded(main), argv=expand_verbose(sys.argv), flags_parser=parse_flags)

@@ -105,13 +105,10 @@ def run(flag_values: flags.FlagValues) -> dict[str, Any]:
 
 def main(argv: Sequence[str]) -> int:
     cli.reject_arguments(argv)
-    try:
-        run(flags.FLAGS)
-    except (ValueError, OSError) as e:  # bad inputs: name the problem, no traceback
-        return cli.usage_failure("%s", e)
+    run(flags.FLAGS)  # a bad input (ValueError, OSError) is reported by cli.run: one line
     return cli.EXIT_OK
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

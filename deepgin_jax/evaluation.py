@@ -6,7 +6,10 @@ Protocol (the same pairs for every method):
   (PIL bicubic, antialiased when shrinking);
 * masks: a set written by `python -m deepgin_jax.masks` at `size` x `size`, in index order;
 * pairing: image a gets the masks (a*K + k) mod M for k < K (K = masks_per_image, M = the
-  set's size): with K = 1, image i meets mask i, cycling through the set;
+  set's size): with K = 1, image i meets mask i, cycling through the set; an image that cannot
+  be read is logged, left out and listed in the reports (`protocol.unreadable_images`);
+* inputs: every method gets the image with its hole painted `HOLE_FILL` (white), never the
+  pixels it is scored on (a mask covering the whole image is scored like any other);
 * metrics, on the whole composited image against the original: PSNR (dB), SSIM, L1 error (%)
   and LPIPS per pair; on the hole's pixels alone (every channel of every hole pixel, nothing
   else): hole PSNR (dB) and hole L1 error (%), which the known pixels (identical in every
@@ -14,7 +17,8 @@ Protocol (the same pairs for every method):
   all pairs, and per mask type when the type has at least `fid_min_count` pairs (the count
   is reported; FID is strongly biased below a few thousand images);
 * summaries per mask type and per hole-ratio bucket (0-10%, 10-20%, ..., 50-60%, >60%; a
-  ratio on an edge goes to the lower bucket: (0, 10], (10, 20], ...).
+  ratio on an edge goes to the lower bucket: (0, 10], (10, 20], ...); an output identical to
+  the original has an infinite PSNR, left out of the means and counted (`infinite`).
 
 Outputs: `per_image.csv` (one row per method and pair), `results.md` (tables of means),
 `summary.json` (the same numbers) and `grid.png` (masked input | each method | original for the
@@ -57,6 +61,7 @@ METRIC_INFO = {
     "hole_l1_percent": ("hole L1 error (%) ↓", False, 3),
 }
 ALL = "all"
+HOLE_FILL = 255  # the methods' input in the hole (white, as the network was trained on)
 
 
 def hole_ratio_bucket(ratio: float) -> str:
@@ -248,19 +253,42 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def _load_batch(
-    pairs: Sequence[EvalPair], image_paths: Sequence[Path], mask_paths: Sequence[Path], size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(originals uint8 [B, size, size, 3], holes bool [B, size, size])."""
-    originals, holes = [], []
+    pairs: Sequence[EvalPair],
+    image_paths: Sequence[Path],
+    mask_paths: Sequence[Path],
+    size: int,
+    unreadable: dict[str, str],
+) -> tuple[list[EvalPair], np.ndarray, np.ndarray]:
+    """(the pairs whose image could be read, their originals uint8 [B, size, size, 3] and
+    holes bool [B, size, size]); an image that cannot be read is logged, added to
+    `unreadable` (name -> reason) and its pairs left out."""
+    kept, originals, holes = [], [], []
     for pair in pairs:
-        originals.append(center_square(image_io.read_rgb(image_paths[pair.image_index]), size))
+        if pair.image in unreadable:
+            continue
+        try:
+            rgb = image_io.read_rgb(image_paths[pair.image_index])
+        except (ValueError, OSError) as e:
+            unreadable[pair.image] = " ".join(str(e).split())
+            logging.error("Skipped %s: %s", pair.image, unreadable[pair.image])
+            continue
+        kept.append(pair)
+        originals.append(center_square(rgb, size))
         hole = image_io.load_mask(mask_paths[pair.mask_index])
         if hole.shape != (size, size):
             raise ValueError(
                 f"mask {pair.mask} is {hole.shape[1]}x{hole.shape[0]}, not {size}x{size}"
             )
         holes.append(hole)
-    return np.stack(originals), np.stack(holes)
+    if not kept:
+        return kept, np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), bool)
+    return kept, np.stack(originals), np.stack(holes)
+
+
+def masked_inputs(originals: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """What every method is given: the originals with their holes painted `HOLE_FILL`, so that
+    no method can read the pixels it is scored on."""
+    return np.where(holes[..., None], np.uint8(HOLE_FILL), originals)
 
 
 def _read_mask_set(mask_dir: str | os.PathLike, size: int) -> tuple[dict[str, Any], list[Path]]:
@@ -324,16 +352,22 @@ def evaluate(
     reference_fid = _FIDSet() if networks.fid is not None else None
     grid_rows: list[list[np.ndarray]] = []
 
+    unreadable: dict[str, str] = {}
+    scored = 0
     bar = tqdm.tqdm(
         total=len(pairs) * len(methods), desc="evaluating", unit="output", disable=not progress
     )
     for batch in _batches(pairs, batch_size):
-        originals, holes = _load_batch(batch, image_paths, mask_paths, size)
+        batch, originals, holes = _load_batch(batch, image_paths, mask_paths, size, unreadable)
+        if not batch:
+            continue
+        scored += len(batch)
         if reference_fid is not None:
             reference_fid.add(_padded_call(networks.fid, batch_size, originals), batch)
+        inputs = masked_inputs(originals, holes)
         outputs = {}
         for name, method in methods.items():
-            outputs[name] = np.stack(method.inpaint_many(list(originals), list(holes)))
+            outputs[name] = np.stack(method.inpaint_many(list(inputs), list(holes)))
             _record(
                 records[name], name, batch, outputs[name], originals, holes, networks, batch_size
             )
@@ -343,19 +377,32 @@ def evaluate(
                     image_io.save_image(path, outputs[name][row])
             bar.update(len(batch))
         for row in range(min(len(batch), grid_count - len(grid_rows))):
-            masked = np.where(holes[row][..., None], np.uint8(255), originals[row])
-            grid_rows.append([masked, *(outputs[n][row] for n in methods), originals[row]])
+            grid_rows.append([inputs[row], *(outputs[n][row] for n in methods), originals[row]])
     bar.close()
+    if not scored:
+        name, reason = next(iter(unreadable.items()))
+        raise ValueError(
+            f"none of the {len(image_paths)} images in {image_dir} could be read ({name}: "
+            f"{reason}); give a folder of readable images"
+        )
 
-    summary = _summarise(records, reference_fid, fid_min_count, len(pairs))
+    summary = _summarise(records, reference_fid, fid_min_count, scored)
     summary["protocol"] = {
-        "images": len(image_paths),
+        "images": len(image_paths) - len(unreadable),
         "masks": len(mask_paths),
-        "pairs": len(pairs),
+        "pairs": scored,
         "masks_per_image": masks_per_image,
         "size": size,
         "mask_set": {k: manifest[k] for k in ("seed", "type", "count") if k in manifest},
+        "unreadable_images": [{"image": k, "error": v} for k, v in unreadable.items()],
     }
+    if unreadable:
+        logging.warning(
+            "%d of %d images could not be read and were left out (listed in results.md): %s",
+            len(unreadable),
+            len(image_paths),
+            ", ".join(unreadable),
+        )
     _write_reports(output_dir, summary, records, grid_rows)
     return summary
 
@@ -460,15 +507,16 @@ def _fid(a: metrics.FeatureStatistics, b: metrics.FeatureStatistics) -> float | 
 
 
 def _mean(rows: Sequence[Mapping[str, Any]], metric: str) -> float | None:
-    values = [r[metric] for r in rows if metric in r and not math.isnan(r[metric])]
-    finite = [v for v in values if math.isfinite(v)]
-    if len(finite) != len(values):
-        logging.warning(
-            "%d infinite %s value(s) (identical images) left out of the mean",
-            len(values) - len(finite),
-            metric,
-        )
+    """The mean of the finite values (an exact output's PSNR is infinite: `_infinite` counts
+    those, and the report states them)."""
+    finite = [r[metric] for r in rows if metric in r and math.isfinite(r[metric])]
     return float(np.mean(finite)) if finite else None
+
+
+def _infinite(rows: Sequence[Mapping[str, Any]], metrics_: Sequence[str]) -> dict[str, int]:
+    """{metric: how many rows have it infinite (identical to the original)}, nonzero only."""
+    counts = {m: sum(1 for r in rows if m in r and math.isinf(r[m])) for m in metrics_}
+    return {m: n for m, n in counts.items() if n}
 
 
 def _summarise(
@@ -502,6 +550,14 @@ def _summarise(
                 group: {"count": len(rows), **{m: _mean(rows, m) for m in metric_names}}
                 for group, rows in grouped.items()
             }
+        if infinite := _infinite(record.rows, metric_names):
+            entry["infinite"] = infinite
+            logging.warning(
+                "%s: outputs identical to the original (infinite %s) left out of the means: %s",
+                name,
+                "/".join(infinite),
+                ", ".join(f"{m} {n}" for m, n in infinite.items()),
+            )
         if reference_fid is not None and record.fid is not None:
             fid = {ALL: {"fid": _fid(record.fid.all, reference_fid.all), "count": pair_count}}
             for mask_type, stats in sorted(record.fid.by_type.items()):
@@ -551,6 +607,21 @@ def results_markdown(summary: Mapping[str, Any]) -> str:
                 for name, entry in methods.items()
             ]
             lines += [f"## {label} by {title}", "", *_table(header, rows), ""]
+    infinite = {name: e["infinite"] for name, e in methods.items() if e.get("infinite")}
+    if infinite:
+        counts = "; ".join(
+            f"{name}: " + ", ".join(f"{n} {m}" for m, n in c.items())
+            for name, c in infinite.items()
+        )
+        lines += [
+            f"Outputs identical to the original have an infinite PSNR, left out of its means: "
+            f"{counts}.",
+            "",
+        ]
+    unreadable = protocol.get("unreadable_images", [])
+    if unreadable:
+        lines += [f"## Images left out ({len(unreadable)}, unreadable)", ""]
+        lines += [f"- {u['image']}: {u['error']}" for u in unreadable] + [""]
     if "fid" in first:
         groups = [ALL, *[t for t in summary["mask_types"] if t in first["fid"]]]
         header = ["method"] + [f"{g} (n={first['fid'][g]['count']})" for g in groups]

@@ -280,7 +280,21 @@ def mask_values(mask: Any) -> np.ndarray:
       uint8, uint16 (divided by 257) or float in [0, 1] (times 255). Colour counts through its
       luminance; a mask with alpha whose colour is constant is a painted layer, and its alpha
       channel is the mask.
+
+    Raises:
+      ValueError: a NaN or infinite value (neither hole nor known), or an unsupported shape.
     """
+    values = _mask_values(mask)
+    if not np.isfinite(values).all():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise ValueError(
+            f"the mask has {bad} NaN or infinite value(s), which are neither hole nor known; "
+            "give a mask of finite values (float: 0 = known, 1 = hole)"
+        )
+    return values
+
+
+def _mask_values(mask: Any) -> np.ndarray:
     if isinstance(mask, Image.Image):
         if mask.mode == "P":
             mask = mask.convert("RGBA" if "transparency" in mask.info else "L")

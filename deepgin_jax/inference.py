@@ -115,6 +115,9 @@ DEFAULT_THRESHOLD = 127  # "auto" mode's mask threshold (0-255 scale) when none 
 # The Poisson blend's largest system: its sparse LU grows faster than the hole (a 640x320 hole
 # took 0.85 s on 2 idle cores, a 1,144x714 one 9 s on busy ones); larger holes are pasted.
 POISSON_MAX_PIXELS = 1_000_000
+# What a method without a network sees in the hole (its own pixels never reach it), and its
+# output where nothing is known (a hole covering the whole image): the middle grey.
+HOLE_GREY = 128
 
 # The network as a function: masked images [B, H, W, 3] float32 in [0, 1] with white holes and
 # masks [B, H, W, 1] float32 (1 = hole) -> the reconstruction [B, H, W, 3] (reconst_img).
@@ -691,14 +694,17 @@ class _ReferencePlanner:
 
 @dataclasses.dataclass(frozen=True)
 class _WholeImagePlanner:
-    """A method that fills a whole uint8 image in one call, without a network."""
+    """A method that fills a whole uint8 image in one call, without a network. It sees the
+    hole painted `HOLE_GREY` (some methods, OpenCV's among them, return a fully covered image
+    unchanged, or read the hole's pixels); a hole covering the image is filled `HOLE_GREY`."""
 
     fill: Callable[[np.ndarray, np.ndarray], np.ndarray]
     prepare = staticmethod(_binary_hole)
 
     def plan(self, rgb: np.ndarray, hole: np.ndarray) -> _Job:
         def finish() -> tuple[np.ndarray, np.ndarray]:
-            filled = self.fill(np.ascontiguousarray(convert_pixels(rgb, np.uint8)), hole)
+            masked = np.where(hole[..., None], np.uint8(HOLE_GREY), convert_pixels(rgb, np.uint8))
+            filled = masked if hole.all() else self.fill(np.ascontiguousarray(masked), hole)
             return _composite(rgb, hole, filled)
 
         return _Job([], finish)
@@ -796,7 +802,7 @@ class InpainterBase:
         if hole.all():
             logging.warning(
                 "The mask covers the whole %dx%d image: nothing is known, the result is the "
-                "network's guess.",
+                "method's guess (a baseline's: flat grey).",
                 hole.shape[1],
                 hole.shape[0],
             )

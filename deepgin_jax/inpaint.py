@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import tqdm
-from absl import app, flags, logging
+from absl import flags, logging
 
 from deepgin_jax import cli, image_io, shipped
 from deepgin_jax.checkpointing import CheckpointNotFoundError
@@ -423,4 +423,4 @@ def main(argv: Sequence[str]) -> Any:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

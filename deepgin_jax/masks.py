@@ -275,6 +275,28 @@ def write_mask_set(
     return manifest
 
 
+_ENTRY_FIELDS = {"file": str, "type": str, "hole_ratio": (int, float)}
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What `write_mask_set`'s manifest would have that `manifest` lacks, or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON object was expected, not {type(manifest).__name__}"
+    for key in ("height", "width"):
+        if not isinstance(manifest.get(key), int) or manifest[key] < 1:
+            return f"{key!r} must be a positive integer, got {manifest.get(key)!r}"
+    entries = manifest.get("masks")
+    if not isinstance(entries, list):
+        return f"'masks' must be a list of masks, got {entries!r}"
+    for index, entry in enumerate(entries):
+        fields_ok = isinstance(entry, dict) and all(
+            isinstance(entry.get(k), t) for k, t in _ENTRY_FIELDS.items()
+        )
+        if not fields_ok:
+            return f"mask {index} ({entry!r:.80}) lacks a file name, type or hole_ratio"
+    return None
+
+
 def read_mask_set(mask_dir: str | os.PathLike) -> tuple[dict[str, Any], list[Path]]:
     """Reads a set written by `write_mask_set`: its manifest and the mask paths in index order."""
     mask_dir = Path(mask_dir)
@@ -283,7 +305,17 @@ def read_mask_set(mask_dir: str | os.PathLike) -> tuple[dict[str, Any], list[Pat
         raise FileNotFoundError(
             f"{manifest_path} not found: write a mask set with `python -m deepgin_jax.masks`."
         )
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as e:
+        problem = f"not JSON ({e})"
+    else:
+        problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ValueError(
+            f"{manifest_path} is not a mask set's manifest: {problem}; write the set again "
+            f"with `python -m deepgin_jax.masks --output {mask_dir}`"
+        )
     paths = [mask_dir / entry["file"] for entry in manifest["masks"]]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -349,7 +381,7 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from deepgin_jax import cli
 
     _define_flags()
-    app.run(_main)
+    cli.run(_main)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
+from deepgin_jax import cli
 from deepgin_jax.convert.packages import DEFAULT_SOURCES, fetch_and_convert, select_sources
 
 
@@ -37,4 +38,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -30,6 +30,7 @@ model's by at most 7.8e-4 (0.2 of an 8-bit level; mean 2.6e-4) with float16 and 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -162,7 +163,26 @@ def read_card(path: str | os.PathLike | None = None) -> dict[str, Any]:
             f"{card_path} has format_version {card.get('format_version')!r}; this version of "
             f"deepgin_jax reads version {FORMAT_VERSION}"
         )
+    if problem := _architecture_problem(card.get("architecture")):
+        raise ShippedWeightsError(
+            f"{card_path}: {problem}; write the folder again with "
+            "deepgin_jax.shipped.write_shipped_weights (or reinstall the package)"
+        )
     return card
+
+
+def _architecture_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(DeepGIN) if f.name not in ("parent", "name")}
+
+
+def _architecture_problem(architecture: Any) -> str | None:
+    """Why a card's `architecture` cannot be the keyword arguments of `DeepGIN`, or None."""
+    if not isinstance(architecture, dict):
+        return f"'architecture' must be an object of DeepGIN's fields, got {architecture!r:.60}"
+    unknown = sorted(set(architecture) - _architecture_fields())
+    if unknown:
+        return f"'architecture' has fields DeepGIN does not know: {', '.join(unknown)}"
+    return None
 
 
 def verify(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -259,8 +279,15 @@ def load_shipped_generator(
     except (OSError, ValueError) as e:
         raise ShippedWeightsError(f"{weights} cannot be read: {e}") from e
     params = jax.tree.map(lambda a: _to_float32(a, storage_dtype), stored)
-    model = DeepGIN(**_architecture(card), **model_overrides)
-    _check_fits(model, params, weights)
+    try:
+        model = DeepGIN(**_architecture(card), **model_overrides)
+        _check_fits(model, params, weights)
+    except (TypeError, ValueError) as e:  # a value of the card's that the model refuses
+        raise ShippedWeightsError(
+            f"{directory / CARD_FILE}: its architecture {card['architecture']} does not build "
+            f"a DeepGIN ({e}); write the folder again with "
+            "deepgin_jax.shipped.write_shipped_weights"
+        ) from e
     if path is None:
         logging.info("No checkpoint given: using %s.", describe(directory))
     return model, {"params": params}

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from deepgin_jax import cli
 from deepgin_jax.convert.commands import COMMANDS, run_command
 
 FLAGS = flags.FLAGS
@@ -35,4 +36,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

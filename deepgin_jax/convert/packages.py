@@ -148,9 +148,10 @@ def download_archive(requirement: str, distribution: str, dest: str | os.PathLik
     logging.info("downloading %s: %s", requirement, " ".join(command))
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(
+        raise OSError(
             f"pip download of {requirement} failed ({result.returncode}): "
-            f"{result.stderr.strip()[-2000:]}"
+            f"{' '.join(result.stderr.split())[-2000:]}; check the connection to PyPI, or "
+            "download the archives elsewhere and pass their folder as --archives"
         )
     return find_archive(dest, requirement, distribution)
 

@@ -46,7 +46,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         ) from e
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"state dict not found: {path}")
+        raise FileNotFoundError(f"state dict not found: {path}; give --input an existing file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several unrelated types for unreadable files

@@ -331,6 +331,52 @@ def test_generator_loss_terms_and_total():
     np.testing.assert_allclose(float(terms["tv"]), expected_tv, rtol=1e-6)
 
 
+def test_weight_zero_samples_count_for_nothing_in_every_term():
+    """Padding (data.pipeline.BatchLayout): the losses of 2 samples plus 2 weight-0 samples of
+    other content equal the losses of the 2 samples alone, term by term, discriminator too."""
+    outputs, target, mask = make_outputs()
+    padded_outputs, padded_target, padded_mask = make_outputs(batch=4)
+
+    def pad(real, other):
+        return jnp.concatenate([real, other[2:]]) if real is not None else None
+
+    joined = Outputs(
+        **{
+            f.name: pad(getattr(outputs, f.name), getattr(padded_outputs, f.name))
+            for f in dataclasses.fields(outputs)
+        }
+    )
+    weight = jnp.asarray([1.0, 1.0, 0.0, 0.0])
+    logits, other_logits = fake_logits(), fake_logits(4)
+    joined_logits = [pad(a, b) for a, b in zip(logits, other_logits, strict=True)]
+    config = losses.default_loss_config()
+    config.vgg_image_size = 32
+    _, alone = losses.generator_loss(outputs, target, mask, logits, RecordingFeatures(), config)
+    _, weighted = losses.generator_loss(
+        joined,
+        pad(target, padded_target),
+        pad(mask, padded_mask),
+        joined_logits,
+        RecordingFeatures(),
+        config,
+        weight,
+    )
+    _, unweighted = losses.generator_loss(
+        joined,
+        pad(target, padded_target),
+        pad(mask, padded_mask),
+        joined_logits,
+        RecordingFeatures(),
+        config,
+    )
+    for name in alone:
+        np.testing.assert_allclose(float(weighted[name]), float(alone[name]), rtol=1e-5)
+    assert all(abs(float(unweighted[n]) / float(alone[n]) - 1) > 1e-3 for n in alone)
+    d_alone = losses.discriminator_loss(logits, logits, config)[0]
+    d_weighted = losses.discriminator_loss(joined_logits, joined_logits, config, weight)[0]
+    np.testing.assert_allclose(float(d_weighted), float(d_alone), rtol=1e-6)
+
+
 def test_l1_only_stage_needs_neither_discriminator_nor_vgg():
     outputs, target, mask = make_outputs()
     config = losses.default_loss_config()

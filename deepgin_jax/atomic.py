@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from deepgin_jax.paths import as_path, is_remote
 
 
 def _read_umask() -> int:
@@ -23,8 +26,18 @@ _UMASK = _read_umask()  # read once at import: os.umask can only be read by sett
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Opens a temporary file beside `path`; on success it is fsynced and renamed onto `path`.
 
-    On an exception the temporary file is removed and `path` is left untouched.
+    On an exception the temporary file is removed and `path` is left untouched. A remote
+    `path` (`gs://...`) is written in one upload when the block ends: an object store replaces
+    an object whole or not at all.
     """
+    if is_remote(path):
+        buffer = io.BytesIO() if "b" in mode else io.StringIO()
+        yield buffer
+        data = buffer.getvalue()
+        remote = as_path(path)
+        remote.parent.mkdir(parents=True, exist_ok=True)
+        (remote.write_bytes if "b" in mode else remote.write_text)(data)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

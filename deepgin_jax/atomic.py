@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from deepgin_jax.paths import as_path, is_remote
 
 
 def _temporary_path(path: Path) -> Path:
@@ -21,7 +24,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     On an exception (KeyboardInterrupt and `cli.Terminated` from a signal included) the
     temporary file is removed and `path` is left untouched. The temporary file's name is chosen
     before it is created, so that an exception arriving at any point after that still finds it.
+    A remote `path` (`gs://...`) is written in one upload when the block ends: an object store
+    replaces an object whole or not at all.
     """
+    if is_remote(path):
+        buffer = io.BytesIO() if "b" in mode else io.StringIO()
+        yield buffer
+        data = buffer.getvalue()
+        remote = as_path(path)
+        remote.parent.mkdir(parents=True, exist_ok=True)
+        (remote.write_bytes if "b" in mode else remote.write_text)(data)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp: Path | None = _temporary_path(path)

@@ -17,19 +17,19 @@ training step directory, a `checkpoints/` folder (its latest step) or a training
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from deepgin_jax.models.discriminator import SPECTRAL_COLLECTION, MultiScaleDiscriminator
 from deepgin_jax.models.generator import DeepGIN
+from deepgin_jax.paths import as_path
 
 if TYPE_CHECKING:
     from deepgin_jax.train_state import TrainState
@@ -52,9 +52,10 @@ def _save_items(
     With `overwrite`, an existing `directory` is replaced only once the new checkpoint is
     complete: it is written to a temporary sibling, the old one is moved aside, the new one
     renamed into place and the old one deleted. A failure while writing leaves the old
-    checkpoint untouched.
+    checkpoint untouched. (On an object store such as GCS a rename copies, so the swap is not
+    atomic there; the old checkpoint stays under its `.old-` name until the new one is in place.)
     """
-    directory = Path(directory).absolute()
+    directory = as_path(directory)
     if directory.exists() and not overwrite:
         raise FileExistsError(
             f"{directory} exists; refusing to overwrite a checkpoint (pass overwrite=True, or "
@@ -69,23 +70,31 @@ def _save_items(
     try:
         _write_items(staging, items)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_quietly(staging)
         raise
     directory.rename(retired)
     try:
         staging.rename(directory)
     except BaseException:
         retired.rename(directory)  # put the old checkpoint back
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_quietly(staging)
         raise
     if retired.is_dir():
-        shutil.rmtree(retired)
+        retired.rmtree()
     else:
         retired.unlink()
     logging.info("replaced %s", directory)
 
 
-def _write_items(directory: Path, items: Mapping[str, Any]) -> None:
+def _remove_quietly(path: epath.Path) -> None:
+    try:
+        if path.exists():
+            path.rmtree()
+    except OSError as e:
+        logging.warning("could not remove %s: %s", path, e)
+
+
+def _write_items(directory: epath.Path, items: Mapping[str, Any]) -> None:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         # Orbax writes into a temporary directory and renames it when complete.
         checkpointer.save(directory, args=ocp.args.Composite(**items))
@@ -129,13 +138,15 @@ def save_discriminator(
     )
 
 
-def _is_step_directory(path: Path) -> bool:
-    return (path / META_ITEM).is_dir()
+def _is_step_directory(path: epath.Path) -> bool:
+    # Finalised: on GCS a step is written in place and marked complete by a file.
+    return (path / META_ITEM).is_dir() and ocp.utils.is_checkpoint_finalized(path)
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A step directory from a step directory, a `checkpoints/` folder or a workdir."""
-    path = Path(path)
+def resolve_checkpoint(path: str | os.PathLike) -> epath.Path:
+    """A step directory from a step directory, a `checkpoints/` folder or a workdir (local, or
+    a URL such as `gs://bucket/run`)."""
+    path = as_path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint path does not exist: {path}")
     if _is_step_directory(path):
@@ -158,13 +169,13 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     step_dir = resolve_checkpoint(path)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(
-            step_dir.absolute(), args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
+            step_dir, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
         )
     return dict(restored[META_ITEM])
 
 
 def _restore_on_this_device(
-    step_dir: Path, item: str, abstract: Any, description: str
+    step_dir: epath.Path, item: str, abstract: Any, description: str
 ) -> dict[str, Any]:
     """Restores `item` of a checkpoint into the tree of `abstract` (ShapeDtypeStructs), placed
     on this process's first device, so that a checkpoint written by any number of hosts or
@@ -176,7 +187,7 @@ def _restore_on_this_device(
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         try:
             restored = checkpointer.restore(
-                step_dir.absolute(),
+                step_dir,
                 args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}),
             )
         except (ValueError, KeyError) as e:
@@ -311,13 +322,13 @@ class TrainCheckpointManager:
                 [policies.LatestN(max_to_keep), policies.CustomSteps(list(keep_steps))]
             ),
         )
-        self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self._manager = ocp.CheckpointManager(as_path(directory), options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def step_directory(self, step: int) -> Path:
-        return Path(self._manager.directory) / str(step)
+    def step_directory(self, step: int) -> epath.Path:
+        return epath.Path(self._manager.directory) / str(step)
 
     def read_meta(self, step: int) -> dict[str, Any]:
         """The JSON meta of checkpoint `step`, without restoring the arrays."""

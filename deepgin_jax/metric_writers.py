@@ -1,21 +1,74 @@
 """Training logs without TensorFlow: one JSON line per logged step, TensorBoard scalars and
-images through tensorboardX, and sample grids as PNG files. Only process 0 writes."""
+images through tensorboardX, and sample grids as PNG files. Only process 0 writes.
+
+The workdir may be remote (`gs://...`, anything etils.epath reaches): sample grids are uploaded
+as written; metrics.jsonl (an object store cannot append) and TensorBoard's event files
+(tensorboardX writes them to a local temporary folder) are uploaded whole at most every
+`REMOTE_UPLOAD_SECONDS`, on `flush()` (before each checkpoint) and on `close()`."""
 
 from __future__ import annotations
 
 import json
 import logging as std_logging
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from deepgin_jax import image_io
 from deepgin_jax.atomic import atomic_write
+from deepgin_jax.paths import as_path, is_remote
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+REMOTE_UPLOAD_SECONDS = 120.0  # as tensorboardX's own flush period
+
+
+class _RemoteUploads:
+    """metrics.jsonl and TensorBoard's event files of a remote workdir: the metrics' text and
+    the event files are kept here and uploaded whole (an object store replaces an object whole
+    or not at all) when they changed, at most every `REMOTE_UPLOAD_SECONDS` or when asked."""
+
+    def __init__(self, workdir: epath.Path):
+        self._metrics_path = workdir / METRICS_FILE
+        self._metrics = self._metrics_path.read_text() if self._metrics_path.exists() else ""
+        self._metrics_changed = False
+        self._tensorboard = workdir / TENSORBOARD_DIR
+        self.tensorboard_local = Path(tempfile.mkdtemp(prefix="deepgin-tensorboard-"))
+        self._uploaded_sizes: dict[str, int] = {}
+        self._uploaded_at = time.monotonic()
+
+    def append_metrics(self, text: str) -> None:
+        self._metrics += text
+        self._metrics_changed = True
+        self.upload_if_due()
+
+    def upload_if_due(self) -> None:
+        if time.monotonic() - self._uploaded_at >= REMOTE_UPLOAD_SECONDS:
+            self.upload()
+
+    def upload(self) -> None:
+        if self._metrics_changed:
+            with atomic_write(self._metrics_path, "w") as f:
+                f.write(self._metrics)
+            self._metrics_changed = False
+        for local in sorted(self.tensorboard_local.iterdir()):
+            size = local.stat().st_size
+            if self._uploaded_sizes.get(local.name) != size:
+                with atomic_write(self._tensorboard / local.name, "wb") as f:
+                    f.write(local.read_bytes())
+                self._uploaded_sizes[local.name] = size
+        self._uploaded_at = time.monotonic()
+
+    def close(self) -> None:
+        self.upload()
+        shutil.rmtree(self.tensorboard_local, ignore_errors=True)
 
 
 class MetricWriter:
@@ -35,8 +88,9 @@ class MetricWriter:
         resumed_step: int | None = None,
     ):
         self.enabled = enabled
-        self.workdir = Path(workdir)
+        self.workdir = as_path(workdir)
         self._jsonl = None
+        self._remote = None
         self._tb = None
         if not enabled:
             return
@@ -49,40 +103,60 @@ class MetricWriter:
                     dropped,
                     resumed_step,
                 )
-        self._jsonl = open(self.workdir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115
+        if is_remote(self.workdir):
+            self._remote = _RemoteUploads(self.workdir)
+            tensorboard_dir = self._remote.tensorboard_local
+        else:
+            self._jsonl = open(self.workdir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115
+            tensorboard_dir = self.workdir / TENSORBOARD_DIR
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             purge_step = None if resumed_step is None else resumed_step + 1
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge_step)
+            self._tb = SummaryWriter(str(tensorboard_dir), purge_step=purge_step)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: _to_json_number(v) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for name, value in scalars.items():
                 if isinstance(value, (int, float, np.floating, np.integer)):
                     self._tb.add_scalar(name, float(value), int(step))
+        if self._remote is not None:
+            self._remote.append_metrics(json.dumps(record) + "\n")
+        else:
+            self._jsonl.write(json.dumps(record) + "\n")
 
-    def write_image(self, step: int, name: str, image: np.ndarray) -> Path | None:
+    def write_image(self, step: int, name: str, image: np.ndarray) -> epath.Path | None:
         """image: uint8 [H, W, 3]; saved as samples/<name>_<step>.png and to TensorBoard."""
         if not self.enabled:
             return None
         path = self.workdir / "samples" / f"{name}_{int(step):08d}.png"
-        image_io.save_image(path, image)
+        with atomic_write(path, "wb") as f:
+            f.write(image_io.encode_image(image, "PNG"))
         if self._tb is not None:
             self._tb.add_image(name, image, int(step), dataformats="HWC")
         return path
 
+    def flush(self) -> None:
+        """Makes the records written so far durable in a remote workdir (a local one has them
+        already: metrics.jsonl is line-buffered)."""
+        if self._remote is not None:
+            if self._tb is not None:
+                self._tb.flush()
+            self._remote.upload()
+
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
 
 
 def _to_json_number(value):
@@ -95,20 +169,19 @@ def _to_json_number(value):
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     """The records of `metrics.jsonl`, in order."""
-    path = Path(workdir) / METRICS_FILE
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    path = as_path(workdir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def truncate_metrics(workdir: str | os.PathLike, last_step: int) -> int:
     """Drops the records of `metrics.jsonl` with a step after `last_step` (atomically: a
     reader sees the old or the new file). Returns how many were dropped. A partial last line
     (a run killed mid-write) is dropped too."""
-    path = Path(workdir) / METRICS_FILE
+    path = as_path(workdir) / METRICS_FILE
     if not path.is_file():
         return 0
     kept, dropped = [], 0
-    with open(path) as f:
+    with path.open() as f:
         for line in f:
             if not line.strip():
                 continue

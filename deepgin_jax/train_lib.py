@@ -19,13 +19,13 @@ import contextlib
 import dataclasses
 import functools
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from deepgin_jax import checkpointing, metric_writers, preemption, sharding
 from deepgin_jax.config import (
@@ -42,6 +42,7 @@ from deepgin_jax.config import (
 )
 from deepgin_jax.data import pipeline
 from deepgin_jax.models import SPECTRAL_COLLECTION
+from deepgin_jax.paths import as_path
 from deepgin_jax.train_state import Setup, TrainState, build_setup, init_train_state, lr_schedule
 from deepgin_jax.train_steps import (
     clip_gradients,
@@ -101,10 +102,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     """Trains (resuming from `workdir` if it holds checkpoints) and returns the final state.
 
     A resumed run first checks its config against the saved one (`check_resume_config`).
-    SIGTERM and Ctrl-C save a checkpoint and stop.
+    SIGTERM and Ctrl-C save a checkpoint and stop. `workdir` may be local or a URL that
+    etils.epath and Orbax reach (`gs://bucket/run`).
     """
     validate_config(config)
-    workdir_path = Path(workdir)
+    workdir_path = as_path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     mesh = sharding.create_mesh()
     layout = _batch_layout(config)
@@ -184,6 +186,7 @@ def _train_loop(run: _Run, state: TrainState) -> TrainState:
             ):
                 _write_samples(p_generate(state.g_params, run.sample_batch), done, run.writer)
             if save:
+                run.writer.flush()  # a remote metrics.jsonl holds every record a resume keeps
                 run.manager.save(state, _meta(config, done))
             if stopping:
                 logging.warning(
@@ -368,7 +371,7 @@ def _load_vgg(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any
 # What the run writes: config.json, checkpoint meta, metrics, sample grids.
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+def _write_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     if jax.process_index() != 0:
         return
     from deepgin_jax.atomic import atomic_write

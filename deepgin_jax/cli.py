@@ -4,11 +4,13 @@ Flags are spelled as absl spells them, with underscores (`--max_batch`); every c
 accepts the hyphenated spellings of earlier versions (`--max-batch`) as aliases.
 
 Exit codes: `EXIT_OK` (0) everything done; `EXIT_FAILED` (1) some inputs failed and the rest
-was done; `EXIT_USAGE` (2) nothing could start (bad arguments, no checkpoint).
+was done; `EXIT_USAGE` (2) nothing could start (bad arguments, no checkpoint). Such an error is
+one line without a traceback; `-v 1` (`--verbosity=1`) or `DEEPGIN_TRACEBACK=1` adds it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ from deepgin_jax.inference import BLENDS, MODES, STRATEGIES, default_max_batch
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+TRACEBACK_ENV_VAR = "DEEPGIN_TRACEBACK"
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CHECKPOINT_HELP = (
@@ -168,3 +171,24 @@ def usage_failure(message: str, *args: Any) -> int:
     """Logs why nothing could start (no traceback: the user's to fix) and returns EXIT_USAGE."""
     logging.error(message, *args)
     return EXIT_USAGE
+
+
+def one_line(text: str) -> str:
+    """`text` with its lines joined by spaces: an error message as a one-line report."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def wants_traceback() -> bool:
+    """Whether errors that stop a command are logged with their traceback: `-v 1` or more, or
+    DEEPGIN_TRACEBACK set (to anything but 0)."""
+    return logging.get_verbosity() >= 1 or os.environ.get(TRACEBACK_ENV_VAR, "0") not in ("", "0")
+
+
+def error_failure(error: BaseException, message: str | None = None) -> int:
+    """`usage_failure` for an exception: `message` (default: the error's) in one line, with
+    the traceback only when `wants_traceback()`."""
+    text = one_line(message if message is not None else str(error))
+    if wants_traceback():
+        logging.error("%s", text, exc_info=error)
+        return EXIT_USAGE
+    return usage_failure("%s", text)

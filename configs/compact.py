@@ -6,9 +6,9 @@ side) of a folder of photos, three masks per photo (box, cellular automata, free
 scaled to 128 px): the L1 warm-up, then the GAN stage with both discriminators and the VGG-19
 perceptual and style losses (taken at 128 px). README, "Results", says how it was trained:
 
-    python -m deepgin_jax.pretrained --output weights/
+    python -m deepgin_jax.pretrained
     python -m deepgin_jax.train --config=configs/compact.py --workdir=~/runs/compact \\
-        --config.data.folder=/path/to/photos/train --config.vgg_weights=weights/vgg19.npz
+        --config.data.folder=/path/to/photos/train
 
 The shipped release then resumed that run with a longer GAN stage (a warm restart to step
 19,200): add `--config.gan_steps=7200 --config.optim.decay_steps=6600` to the same command.
@@ -22,6 +22,7 @@ def get_config(variant: str | None = None):
     config.model.base_features = 16
     config.discriminator.features = 16
     config.data.folder = ""  # set on the command line: a folder of training photos
+    config.data.dataset = ""  # no prepared dataset: without a folder the error asks for one
     config.data.augmentation = "crops"
     config.data.crop_size = 128
     config.data.crop_scale = (0.25, 1.0)
@@ -30,7 +31,6 @@ def get_config(variant: str | None = None):
     config.data.num_workers = 0
     config.data.num_threads = 2
     config.loss.vgg_image_size = 128
-    config.vgg_weights = ""  # set on the command line
     config.optim.g_lr = 2e-4
     config.optim.d_lr = 8e-4
     config.warmup_steps = 12_000

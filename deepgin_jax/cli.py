@@ -10,13 +10,15 @@ input); 128 + N when signal N (SIGINT, SIGTERM, SIGHUP) stopped the command.
 Every command starts through `run(main)`: a user's error (`USER_ERRORS`: a ValueError, an
 OSError or an ImportError, which include a missing or mismatching checkpoint, an unreadable
 image, a bad file to convert and a missing optional package) is logged as one line and exits
-with `EXIT_USAGE`, its traceback shown only with `-v` (`--verbosity=1`); SIGTERM and SIGHUP
-unwind the command as Ctrl-C does, so that `atomic.atomic_write` removes its temporary file.
+with `EXIT_USAGE`, its traceback shown only with `-v` (`--verbosity=1`) or DEEPGIN_TRACEBACK=1;
+SIGTERM and SIGHUP unwind the command as Ctrl-C does, so that `atomic.atomic_write` removes
+its temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -28,6 +30,7 @@ from absl import app, flags, logging
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+TRACEBACK_ENV_VAR = "DEEPGIN_TRACEBACK"
 
 # The errors a user can fix (bad arguments, missing or corrupt files, a missing optional package
 # such as torch for the converters): one line, no traceback.
@@ -225,17 +228,25 @@ def signals_unwind() -> Iterator[None]:
             signal.signal(signum, old)
 
 
-def one_line(error: BaseException) -> str:
-    """The error's message on one line (its type where the message is empty)."""
+def one_line(error: object) -> str:
+    """An error (or a message) on one line (an error's type where its message is empty)."""
     text = " ".join(str(error).split())
     return text or type(error).__name__
 
 
-def user_failure(error: BaseException) -> int:
-    """Logs `error` as one line (with its traceback at verbosity >= 1, `-v`) and returns
-    EXIT_USAGE."""
-    logging.error("%s", one_line(error))
-    if logging.get_verbosity() >= logging.DEBUG:
+def wants_traceback() -> bool:
+    """Whether a user's error is logged with its traceback: `-v` (verbosity >= 1), or
+    DEEPGIN_TRACEBACK set to anything but 0."""
+    return logging.get_verbosity() >= logging.DEBUG or os.environ.get(
+        TRACEBACK_ENV_VAR, "0"
+    ) not in ("", "0")
+
+
+def user_failure(error: BaseException, message: str | None = None) -> int:
+    """Logs `message` (default: the error's own) as one line, with the error's traceback when
+    `wants_traceback()`, and returns EXIT_USAGE."""
+    logging.error("%s", one_line(message if message is not None else error))
+    if wants_traceback():
         logging.error("Traceback:", exc_info=error)
     return EXIT_USAGE
 

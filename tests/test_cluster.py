@@ -237,12 +237,18 @@ def test_one_run_on_two_layouts_and_resumed_across_them_has_the_same_losses(tmp_
 
 
 def _assert_same_losses(workdir: Path, expected: dict[int, dict], steps: tuple[int, ...]) -> None:
+    """Step 1's losses (the starting weights on the first batch) to float32 round-off; later
+    ones to 1e-3. Adam's first steps move each parameter by about +-lr whatever the size of its
+    gradient, so round-off in near-zero gradients (another device count batches the
+    convolutions otherwise) moves some weights by 1e-4 and the losses by up to ~2e-4 relative
+    (4 steps, 8 fake devices against 1). Another batch moves them by percents."""
     records = [r for r in metric_writers.read_metrics(workdir) if "g_loss" in r]
     assert [r["step"] for r in records] == list(steps)
     for record in records:
         want = expected[record["step"]]
+        rtol = 1e-5 if record["step"] == 1 else 1e-3
         for key in ("g_loss", "g/coarse_l1", "g/output_l1", "d_loss", "g/adversarial"):
             if key in want:
                 np.testing.assert_allclose(
-                    record[key], want[key], rtol=2e-5, err_msg=f"{key} at step {record['step']}"
+                    record[key], want[key], rtol=rtol, err_msg=f"{key} at step {record['step']}"
                 )

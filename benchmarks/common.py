@@ -14,23 +14,16 @@ from typing import Any
 
 import jax
 
-# Dense peak throughput per device, TFLOP/s, for MFU: (float32, bfloat16). float32 on Hopper
-# uses TF32 tensor cores when XLA allows it; the float32 figure here is the non-tensor-core one.
-PEAK_TFLOPS = {
-    "NVIDIA H100 80GB HBM3": (67.0, 989.0),
-    "NVIDIA H200": (67.0, 989.0),
-    "NVIDIA A100-SXM4-80GB": (19.5, 312.0),
-}
+from deepgin_jax import throughput
 
 
 def peak_tflops(dtype: str, override: float | None = None) -> float | None:
+    """The device's dense peak TFLOP/s in `dtype` (`deepgin_jax.throughput.DEVICE_PEAKS`:
+    float32 at the TF32 rate on NVIDIA GPUs), `override` where given, None if unknown."""
     if override:
         return override
-    kind = jax.devices()[0].device_kind
-    peaks = PEAK_TFLOPS.get(kind)
-    if peaks is None:
-        return None
-    return peaks[1] if dtype == "bfloat16" else peaks[0]
+    peak = throughput.peak_flops(jax.devices()[0].device_kind, dtype)
+    return None if peak is None else peak / throughput.TERA
 
 
 def block(x: Any) -> Any:
@@ -52,19 +45,12 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> d
 def lowered_flops(lowered: Any) -> float | None:
     """FLOPs of a lowered (not yet compiled or partitioned) program from XLA's cost analysis
     (None if unavailable)."""
-    try:
-        analysis = lowered.cost_analysis()
-    except Exception:  # some backends have no cost analysis
-        return None
-    if isinstance(analysis, list):
-        analysis = analysis[0] if analysis else {}
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops else None
+    return throughput.cost_flops(lowered)
 
 
-def peak_memory_bytes() -> dict[str, float]:
+def peak_memory_bytes() -> dict[str, float | None]:
     """Device peak memory where the backend reports it, and the host's max RSS."""
-    stats = {}
+    stats: dict[str, float | None] = {"device_peak_bytes": None}  # None: not reported
     try:
         device_stats = jax.devices()[0].memory_stats() or {}
         if "peak_bytes_in_use" in device_stats:

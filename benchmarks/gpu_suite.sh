@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# The speed measurements of the full-size DeepGIN on an accelerator, in one run:
-# training steps (GAN stage, float32 and bfloat16, batches 1, 12 and 48), inference latency
-# (256 to 2560x1600) and the input pipeline. Results go to benchmarks/results/<device>/.
+# The full-size DeepGIN's speed measurements on one GPU host without network, in one call:
+# installs the carried wheels (benchmarks/gpu_wheels.sh made them, in .gpu-wheels/), checks the
+# imports, then runs benchmarks.gpu_suite's parts (each in its own process, each under 4
+# minutes, the whole under DEADLINE_S); each part writes OUT/suite/<part>.json.
 #
-#   benchmarks/gpu_suite.sh                       # a GPU host with the package installed
-#   WIDTH=8 SIZE=64 BATCHES=2 SIZES=64x64 OUT=/tmp/check benchmarks/gpu_suite.sh  # quick, CPU
+#   benchmarks/gpu_suite.sh                                  # every part, results in $OUT
+#   PARTS=train_step_bf16_xla,inference_fullsize benchmarks/gpu_suite.sh
+#   TINY=1 OUT=/tmp/check benchmarks/gpu_suite.sh            # the same parts, tiny, on a CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python=${PYTHON:-python}
-width=${WIDTH:-64}
-size=${SIZE:-256}
-batches=${BATCHES:-1,12,48}
-sizes=${SIZES:-256x256,512x512,1024x1024,2560x1600}
-dtypes=${DTYPES:-float32,bfloat16}
+python=${PYTHON:-python3}
 out=${OUT:-benchmarks/results}
+wheels=${WHEELS:-.gpu-wheels}
+site=${SITE:-/tmp/deepgin-site}
 
-"$python" -c "import jax; print(jax.devices())"
-"$python" -m benchmarks.train_step --width="$width" --size="$size" --batches="$batches" \
-  --dtypes="$dtypes" --repeats=10 --out="$out"
-"$python" -m benchmarks.train_step --width="$width" --size="$size" --batches="$batches" \
-  --dtypes="$dtypes" --repeats=10 --stage=warmup --out="$out"
-"$python" -m benchmarks.inference --width="$width" --sizes="$sizes" --dtypes="$dtypes" \
-  --max_batch=70 --repeats=10 --out="$out"
-"$python" -m benchmarks.input_pipeline --workers=0,4,8,16 --batches=50
+# The image's python3 is a virtual environment's: --user installs are refused there, and a
+# venv made from it with --system-site-packages would not see its packages; so the wheels go
+# to a folder of their own on PYTHONPATH.
+if compgen -G "$wheels/*.whl" >/dev/null; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$site" "$wheels"/*.whl
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+# Every import the parts need, before any part starts (no accelerator is touched here).
+"$python" -c "import benchmarks.train_step, deepgin_jax.inference, deepgin_jax.shipped"
+
+args=(--out="$out" --deadline_s="${DEADLINE_S:-560}" --part_timeout_s="${PART_TIMEOUT_S:-240}")
+[[ -n "${PARTS:-}" ]] && args+=(--parts="$PARTS")
+[[ -n "${TINY:-}" ]] && args+=(--tiny)
+"$python" -m benchmarks.gpu_suite "${args[@]}"

@@ -138,6 +138,7 @@ def main(argv: list[str]) -> None:
                     "min_ms": timing["min_s"] * 1e3,
                     "ms_per_megapixel": timing["median_s"] * 1e3 / (width * height / 1e6),
                     "network_batches": sorted(inpainter.batch_shapes),
+                    **common.peak_memory_bytes(),
                 }
             )
             print(rows[-1], flush=True)
@@ -155,6 +156,7 @@ def main(argv: list[str]) -> None:
         "min_ms",
         "ms_per_megapixel",
         "first_call_s",
+        "device_peak_bytes",
     ]
     print(common.write_results(FLAGS.name, rows, columns, FLAGS.out).read_text())
 

@@ -15,8 +15,12 @@ config. --batches stays the number of samples per step (DeepGIN-compact: 2 image
 6). Either way the step is bound as training binds it: the generator's gradient clipped to the
 config's optim.g_clip_norm (3.0 by default) in both stages.
 
-Reports compile time, step time, images/s, the step's FLOPs from XLA's cost analysis and MFU
-against the device's dense peak (or --peak_tflops). The FLOPs are counted on the step with
+Reports compile time, step time, images/s, the step's FLOPs from XLA's cost analysis, MFU
+against the device's dense peak (or --peak_tflops; float32 against the TF32 rate on NVIDIA
+GPUs), XLA's planned memory of the compiled step and the device's peak memory.
+--attention_impl picks the generator's attention (xla, cudnn, chunked). --estimate_only
+compiles without running (no device memory is used): FLOPs and planned memory per batch, e.g.
+on a CPU to choose the batches a GPU can hold. The FLOPs are counted on the step with
 XLA's attention, since the cost analysis counts a loop's body once and the chunked attention
 (a CPU's choice) is a loop over blocks of queries; both compute the same. Weights are random:
 speed does not depend on them. Writes benchmarks/results/<device>/<name>.{json,md}: <name> is
@@ -64,6 +68,17 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer("repeats", 5, "Timed steps.")
 flags.DEFINE_float("peak_tflops", None, "Device peak for MFU (default: from the device kind).")
+flags.DEFINE_enum(
+    "attention_impl",
+    None,
+    ["xla", "cudnn", "chunked"],
+    "The generator's self-attention (default: the config's, automatic).",
+)
+flags.DEFINE_bool(
+    "estimate_only",
+    False,
+    "Compile without running: XLA's FLOPs and memory analysis per batch (no device memory).",
+)
 flags.DEFINE_string("out", "benchmarks/results", "Where to write the results.")
 
 VGG_WIDTHS = (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512)
@@ -101,6 +116,8 @@ def measured_config(dtype_name: str) -> ml_collections.ConfigDict:
         config.model.base_features = FLAGS.width
     if not FLAGS.vgg:
         config.loss.perceptual_weight = config.loss.style_weight = 0.0
+    if FLAGS.attention_impl:
+        config.model.attention_impl = FLAGS.attention_impl
     return config
 
 
@@ -155,6 +172,28 @@ def jitted_step(setup: train_state.Setup, config: ml_collections.ConfigDict, mes
     )
 
 
+def abstract(tree, sharding: NamedSharding):
+    """Shapes and dtypes of `tree`'s leaves, placed by `sharding`: arguments to compile for."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def compiled_memory_bytes(compiled) -> float | None:
+    """The device memory XLA's buffer assignment plans for a compiled program: arguments,
+    outputs not aliased to (donated) arguments, and temporaries; None where unavailable."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # some backends have no memory analysis
+        return None
+    if stats is None:
+        return None
+    return float(
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        - stats.alias_size_in_bytes
+        + stats.temp_size_in_bytes
+    )
+
+
 def main(argv: list[str]) -> None:
     del argv
     rng = np.random.default_rng(0)
@@ -166,7 +205,8 @@ def main(argv: list[str]) -> None:
         counting_config = copy.deepcopy(config)
         counting_config.model.attention_impl = "xla"
         counting_setup = train_state.build_setup(counting_config)
-        state_host = random_tree(state_shapes(setup, size), rng)
+        shapes = state_shapes(setup, size)
+        state_host = None if FLAGS.estimate_only else random_tree(shapes, rng)
         vgg_host = random_vgg(rng) if FLAGS.vgg and FLAGS.stage == "gan" else None
         counts = [jax.device_count() if d == "all" else int(d) for d in FLAGS.devices]
         for num_devices in counts:
@@ -183,51 +223,48 @@ def main(argv: list[str]) -> None:
                     "image": rng.integers(0, 256, (batch_size, size, size, 3), np.uint8),
                     "mask": (rng.random((batch_size, size, size, 1)) > 0.6).astype(np.uint8),
                 }
-                batch = jax.device_put(batch, batched)
-                state = jax.device_put(state_host, replicated)
+                if FLAGS.estimate_only:
+                    batch = abstract(batch, batched)
+                    state = abstract(shapes, replicated)
+                else:
+                    batch = jax.device_put(batch, batched)
+                    state = jax.device_put(state_host, replicated)
                 args = (
                     (state, batch)
                     if FLAGS.stage == "warmup"
                     else (state, batch, jax.device_put(vgg_host, replicated))
                 )
                 start = time.perf_counter()
-                compiled = step.lower(*args).compile()
+                lowered = step.lower(*args)
+                compiled = lowered.compile()
                 compile_s = time.perf_counter() - start
-                # All devices' FLOPs: the program before it is partitioned.
-                flops = common.lowered_flops(jitted_step(counting_setup, config, mesh).lower(*args))
-                extra = args[2:]
-                state, metrics = compiled(state, batch, *extra)  # warm-up call
-                common.block(metrics)
-                times = []
-                for _ in range(FLAGS.repeats):
-                    start = time.perf_counter()
-                    state, metrics = compiled(state, batch, *extra)
-                    common.block(metrics)
-                    times.append(time.perf_counter() - start)
-                step_s = float(np.median(times))
-                peak = common.peak_tflops(dtype_name, FLAGS.peak_tflops)
-                mfu = flops / num_devices / step_s / (peak * 1e12) if flops and peak else None
-                rows.append(
-                    {
-                        "stage": FLAGS.stage,
-                        "dtype": dtype_name,
-                        "devices": num_devices,
-                        "batch": batch_size,
-                        "size": size,
-                        "width": config.model.base_features,
-                        "d_width": config.discriminator.features,
-                        "compile_s": compile_s,
-                        "step_ms": step_s * 1e3,
-                        "images_per_s": batch_size / step_s,
-                        "tflop_per_step": flops / 1e12 if flops else None,
-                        "mfu": mfu,
-                        **common.peak_memory_bytes(),
-                    }
-                )
+                # All devices' FLOPs: the program before it is partitioned, with XLA's
+                # attention (the same program unless another attention is measured).
+                if config.model.attention_impl != "xla":
+                    lowered = jitted_step(counting_setup, config, mesh).lower(*args)
+                flops = common.lowered_flops(lowered)
+                row = {
+                    "stage": FLAGS.stage,
+                    "dtype": dtype_name,
+                    "attention": config.model.attention_impl or "auto",
+                    "devices": num_devices,
+                    "batch": batch_size,
+                    "size": size,
+                    "width": config.model.base_features,
+                    "d_width": config.discriminator.features,
+                    "compile_s": compile_s,
+                    "tflop_per_step": flops / 1e12 if flops else None,
+                    "xla_memory_bytes": compiled_memory_bytes(compiled),
+                }
+                if not FLAGS.estimate_only:
+                    row.update(timed_steps(compiled, args, flops, dtype_name, num_devices))
+                rows.append(row)
+                del lowered, compiled, args, state, batch
                 print(rows[-1], flush=True)
     columns = [
         "stage",
         "dtype",
+        "attention",
         "devices",
         "batch",
         "size",
@@ -238,10 +275,36 @@ def main(argv: list[str]) -> None:
         "tflop_per_step",
         "mfu",
         "compile_s",
+        "xla_memory_bytes",
         "device_peak_bytes",
         "host_max_rss_bytes",
     ]
     print(common.write_results(results_name(), rows, columns, FLAGS.out).read_text())
+
+
+def timed_steps(compiled, args: tuple, flops: float | None, dtype_name: str, num_devices: int):
+    """Runs the compiled step once (warm-up) and --repeats timed times: step time, images/s,
+    MFU, and the process's device peak memory so far (a high-water mark: rows of growing
+    batches each show their own)."""
+    state, batch, *extra = args
+    state, metrics = compiled(state, batch, *extra)  # warm-up call
+    common.block(metrics)
+    times = []
+    for _ in range(FLAGS.repeats):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch, *extra)
+        common.block(metrics)
+        times.append(time.perf_counter() - start)
+    del state
+    step_s = float(np.median(times))
+    peak = common.peak_tflops(dtype_name, FLAGS.peak_tflops)
+    batch_size = batch["image"].shape[0]
+    return {
+        "step_ms": step_s * 1e3,
+        "images_per_s": batch_size / step_s,
+        "mfu": flops / num_devices / step_s / (peak * 1e12) if flops and peak else None,
+        **common.peak_memory_bytes(),
+    }
 
 
 if __name__ == "__main__":

@@ -140,6 +140,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.sample_every_steps = 1000
     config.checkpoint_every_steps = 2000
     config.keep_checkpoints = 3
+    # jax.profiler traces the steps numbered profile_first_step..profile_last_step (as logged,
+    # from 1) into <workdir>/profile (TensorBoard's profile plugin, Perfetto); 0 = no trace.
+    config.profile_first_step = 0
+    config.profile_last_step = 0
     config.lock()
     # The paper: 10 warm-up epochs, then 10 constant and 90 decaying (paper sec. 5.1).
     return epoch_schedule(config, ADE20K_STEPS_PER_EPOCH)
@@ -229,6 +233,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"optim.lr_scaling={config.optim.lr_scaling!r}; expected one of {list(LR_SCALINGS)}"
         )
+    _validate_profile(config)
     _validate_model(config.model)
     losses.validate_loss_config(config.loss)
     pipeline.validate_data_config(config.data)
@@ -287,6 +292,15 @@ def _validate_frequencies(config: ml_collections.ConfigDict) -> None:
     ):
         if config[name] < 0:
             raise ValueError(f"{name} must be >= 0, got {config[name]} (0 = {zero})")
+
+
+def _validate_profile(config: ml_collections.ConfigDict) -> None:
+    first, last = config.profile_first_step, config.profile_last_step
+    if (first, last) != (0, 0) and not 1 <= first <= last:
+        raise ValueError(
+            "profile_first_step and profile_last_step must both be 0 (no trace) or satisfy "
+            f"1 <= profile_first_step <= profile_last_step, got {first} and {last}"
+        )
 
 
 def _validate_model(model: ml_collections.ConfigDict) -> None:

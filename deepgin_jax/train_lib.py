@@ -15,6 +15,7 @@ the config against the saved one), checkpoints (`checkpointing`), metrics and sa
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -31,7 +32,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from deepgin_jax import checkpointing, metric_writers, preemption, sharding
+from deepgin_jax import checkpointing, metric_writers, preemption, sharding, throughput
 from deepgin_jax.config import (
     GAN,
     PAPER_ITEMS_PER_BATCH,
@@ -163,6 +164,11 @@ def _train_loop(run: _Run, state: TrainState) -> TrainState:
     total_steps = config.warmup_steps + config.gan_steps
     start_step = int(jax.device_get(state.step))
     log = _MetricsLog(run.writer, config, start_step, total_steps, run.layout.real_samples)
+    profiler = throughput.StepProfiler(
+        run.writer.workdir / "profile",
+        config.profile_first_step,
+        config.profile_last_step,
+    )
     stop_signal = preemption.StopSignal()
     stop = preemption.StopAgreement(stop_signal, run.mesh)
     stop_signal.install()
@@ -174,8 +180,12 @@ def _train_loop(run: _Run, state: TrainState) -> TrainState:
                 # (D's optimizer state is untouched by the warm-up.)
                 state = state.replace(g_opt_state=fresh_g_opt_state(state.g_params))
             batch = sharding.shard_batch(next(run.data_iterator), run.mesh)
-            state, step_metrics = steps[stage_at(step, config)](state, batch, run.vgg)
+            stage = stage_at(step, config)
+            log.count_flops(stage, steps[stage], (state, batch, run.vgg))
+            profiler.before_step(step + 1)
+            state, step_metrics = steps[stage](state, batch, run.vgg)
             done = step + 1
+            profiler.after_step(done, step_metrics)
             log.add(done, step_metrics)
             stopping = stop.should_stop()  # once per step: a later signal waits for the next
             save = (
@@ -200,6 +210,7 @@ def _train_loop(run: _Run, state: TrainState) -> TrainState:
                 break
     finally:
         stop_signal.uninstall()
+        profiler.stop()
         log.close()
     return state
 
@@ -397,7 +408,9 @@ def _meta(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
 
 class _MetricsLog:
     """Collects each step's metrics on the device and writes them at the logged steps: one
-    device sync per flush, a progress bar with images/s."""
+    device sync per flush, a progress bar with images/s. Each record has the interval's
+    throughput (`throughput.Throughput`: images/s, TFLOP/s, MFU, examples seen, device hours;
+    `images_per_step` real images a step)."""
 
     def __init__(
         self,
@@ -411,8 +424,13 @@ class _MetricsLog:
 
         self._writer, self._config = writer, config
         self._pending: list[tuple[int, dict]] = []
-        self._images_per_step = images_per_step
-        self._last_time, self._last_step = time.perf_counter(), start_step
+        self._throughput = throughput.Throughput(
+            images_per_step=images_per_step,
+            num_devices=jax.device_count(),
+            device_peak=throughput.peak_flops(jax.devices()[0].device_kind, config.compute_dtype),
+            start_time=time.perf_counter(),
+            **_resumed_totals(writer, start_step, images_per_step),
+        )
         self._progress = tqdm(
             total=total_steps,
             initial=start_step,
@@ -422,6 +440,12 @@ class _MetricsLog:
             smoothing=0.1,
         )
 
+    def count_flops(self, stage: str, jitted_step: Any, args: tuple) -> None:
+        """FLOPs of `stage`'s step from XLA's cost analysis of the step lowered for `args`
+        (a trace, no compile), once per stage."""
+        if stage not in self._throughput.flops:
+            self._throughput.set_flops(stage, throughput.cost_flops(jitted_step.lower(*args)))
+
     def add(self, step: int, step_metrics: dict) -> None:
         self._pending.append((step, step_metrics))
         self._progress.update(1)
@@ -430,9 +454,8 @@ class _MetricsLog:
         """Fetches the pending steps' metrics, raises NonFiniteLossError on a non-finite step,
         and writes the last one's scalars (metrics.jsonl, TensorBoard)."""
         pending, self._pending = self._pending, []
-        now, step = time.perf_counter(), pending[-1][0]
-        rate = (step - self._last_step) * self._images_per_step / max(now - self._last_time, 1e-9)
-        self._last_time, self._last_step = now, step
+        stage_steps = collections.Counter(stage_at(step - 1, self._config) for step, _ in pending)
+        rates = self._throughput.record(stage_steps, time.perf_counter())
         fetched = jax.device_get(pending)
         for step, values in fetched:
             if not bool(values["finite"]):
@@ -447,15 +470,31 @@ class _MetricsLog:
         step, values = fetched[-1]
         scalars = {k: float(v) for k, v in values.items() if k != "finite"}
         scalars["stage"] = stage_at(step - 1, self._config)
-        scalars["images_per_second"] = rate
-        self._progress.set_postfix(
-            {"img/s": f"{rate:.1f}", "g_loss": f"{scalars['g_loss']:.4f}"}, refresh=False
-        )
+        scalars.update(rates)
+        postfix = {"img/s": f"{rates['images_per_second']:.1f}"}
+        if "mfu" in rates:
+            postfix["MFU"] = f"{rates['mfu']:.1%}"
+        postfix["g_loss"] = f"{scalars['g_loss']:.4f}"
+        self._progress.set_postfix(postfix, refresh=False)
         self._writer.write_scalars(step, scalars)
         logging.log_every_n_seconds(logging.INFO, "step %d: %s", 30, step, scalars)
 
     def close(self) -> None:
         self._progress.close()
+
+
+def _resumed_totals(
+    writer: metric_writers.MetricWriter, start_step: int, images_per_step: int
+) -> dict[str, float]:
+    """A resumed run's examples seen and device hours so far: its last record's (every
+    checkpoint follows one), or for a run logged without them, its steps' images."""
+    records = []
+    if start_step and (Path(writer.workdir) / metric_writers.METRICS_FILE).is_file():
+        records = [r for r in metric_writers.read_metrics(writer.workdir) if "examples_seen" in r]
+    if records:
+        last = records[-1]
+        return {"examples_seen": last["examples_seen"], "device_hours": last["device_hours"]}
+    return {"examples_seen": float(start_step * images_per_step), "device_hours": 0.0}
 
 
 def _sample_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, Array]:

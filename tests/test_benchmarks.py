@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -289,3 +290,64 @@ def test_inference_benchmark_runs_a_shipped_folder_with_its_cards_settings(tmp_p
     assert row["network_batches"] == [[1, 80, 96]]  # 48 wide, 40 high: enlarged x2
     (row,) = rows("--blend=paste")
     assert (row["upscale"], row["blend"]) == (2.0, "paste")
+
+
+TRAIN_FIELDS = {
+    "stage", "dtype", "attention", "batch", "size", "width", "compile_s", "step_ms",
+    "images_per_s", "tflop_per_step", "mfu", "xla_memory_bytes", "device_peak_bytes",
+}  # fmt: skip
+INFERENCE_FIELDS = {
+    "model", "dtype", "size", "network_input", "first_call_s", "latency_ms", "min_ms",
+    "device_peak_bytes",
+}  # fmt: skip
+
+
+def test_gpu_suite_dry_run_writes_every_parts_results(tmp_path):
+    from benchmarks import gpu_suite
+
+    # The shell entry point as a GPU host runs it, at the tiny size (no wheels to install here).
+    env = {**os.environ, "PYTHON": sys.executable, "TINY": "1", "OUT": str(tmp_path)}
+    env["WHEELS"] = str(tmp_path / "no-wheels")
+    env["DEADLINE_S"] = env["PART_TIMEOUT_S"] = "3000"  # the GPU's limits; a loaded CPU is slower
+    subprocess.run(["bash", "benchmarks/gpu_suite.sh"], check=True, cwd=REPO, env=env)
+    parts = gpu_suite.plan(gpu_suite.TINY)
+    assert {p.name for p in parts} == {
+        "train_step_bf16_xla", "train_step_f32_xla", "train_step_bf16_cudnn",
+        "train_step_warmup_bf16_xla", "train_step_warmup_f32_xla", "train_step_warmup_bf16_cudnn",
+        "inference_fullsize", "inference_compact", "inference_compact_paste",
+    }  # fmt: skip
+    for part in parts:
+        record = json.loads((tmp_path / "suite" / f"{part.name}.json").read_text())
+        assert record["status"] == "ok", (part.name, record.get("log_tail"))
+        assert record["environment"]["backend"] == "cpu" and record["rows"], part.name
+        fields = TRAIN_FIELDS if part.module == "benchmarks.train_step" else INFERENCE_FIELDS
+        for row in record["rows"]:
+            assert fields <= set(row), (part.name, fields - set(row))
+        if part.module == "benchmarks.train_step":
+            (row,) = record["rows"]
+            assert row["step_ms"] > 0 and row["tflop_per_step"] > 0 and row["mfu"] is None
+            assert row["xla_memory_bytes"] > 0
+            assert row["dtype"] == ("bfloat16" if "bf16" in part.name else "float32")
+            assert row["stage"] == ("warmup" if "warmup" in part.name else "gan")
+        else:
+            sizes = [(r["dtype"], r["size"]) for r in record["rows"]]
+            images = gpu_suite.TINY.image_sizes
+            assert sizes == [(d, s) for d in ("float32", "bfloat16") for s in images]
+            assert all(r["latency_ms"] > 0 for r in record["rows"])
+
+
+def test_gpu_suite_goes_on_after_a_failed_part_and_skips_what_does_not_fit(tmp_path):
+    from benchmarks import gpu_suite
+
+    parts = [
+        gpu_suite.Part("broken", "benchmarks.no_such_module", (), 1, "fails"),
+        gpu_suite.Part("listed", "benchmarks.gpu_suite", ("--list",), 1, "succeeds, no results"),
+        gpu_suite.Part("too_long", "benchmarks.gpu_suite", ("--list",), 1e6, "over the budget"),
+    ]
+    records = gpu_suite.run(parts, tmp_path, deadline_s=600, part_timeout_s=60)
+    statuses = [r["status"] for r in records]
+    assert statuses[0].startswith("failed (exit") and "no_such_module" in records[0]["log_tail"]
+    assert statuses[1] == "failed (no results file)"
+    assert statuses[2].startswith("skipped")
+    for part in parts:  # every part has its file, whatever happened
+        assert json.loads((tmp_path / "suite" / f"{part.name}.json").read_text())["part"]

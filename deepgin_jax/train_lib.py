@@ -489,7 +489,7 @@ def _resumed_totals(
     """A resumed run's examples seen and device hours so far: its last record's (every
     checkpoint follows one), or for a run logged without them, its steps' images."""
     records = []
-    if start_step and (Path(writer.workdir) / metric_writers.METRICS_FILE).is_file():
+    if start_step and (writer.workdir / metric_writers.METRICS_FILE).is_file():
         records = [r for r in metric_writers.read_metrics(writer.workdir) if "examples_seen" in r]
     if records:
         last = records[-1]

@@ -12,11 +12,17 @@ OSError or an ImportError, which include a missing or mismatching checkpoint, an
 image, a bad file to convert and a missing optional package) is logged as one line and exits
 with `EXIT_USAGE`, its traceback shown only with `-v` (`--verbosity=1`); SIGTERM and SIGHUP
 unwind the command as Ctrl-C does, so that `atomic.atomic_write` removes its temporary file.
+
+The commands that run a generator define `--xla_cache` (`define_compilation_cache_flag`): `run`
+turns on the persistent compilation cache (`deepgin_jax.compile_cache`) before `main` starts.
+JAX's report of the backends it probed and did not find (`Unable to initialize backend 'tpu'`)
+is shown only with `-v`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging as std_logging
 import signal
 import sys
 import threading
@@ -66,6 +72,22 @@ def define_checkpoint_flag(flag_values: flags.FlagValues, *, repeatable: bool = 
         flags.DEFINE_string("checkpoint", None, CHECKPOINT_HELP, flag_values=flag_values)
 
 
+def define_compilation_cache_flag(flag_values: flags.FlagValues) -> None:
+    """`--xla_cache`: where `run` keeps compiled programs (`deepgin_jax.compile_cache`)."""
+    if "xla_cache" in flag_values:
+        return
+    flags.DEFINE_string(
+        "xla_cache",
+        None,
+        "Folder of the persistent XLA compilation cache (a later run reuses the compiled "
+        "network instead of compiling it again); 'off' disables it. Default: "
+        "$DEEPGIN_XLA_CACHE, else $JAX_COMPILATION_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/deepgin_jax/xla (~/.cache/deepgin_jax/xla).",
+        flag_values=flag_values,
+    )
+    define_hyphenated_aliases(flag_values, ["xla_cache"])
+
+
 def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
     """`--max_batch`, `--dtype`, `--mode`, `--strategy`, `--ensemble`, `--upscale` and `--blend`:
     how an `Inpainter` runs the generator (read them back with `inpainter_options`)."""
@@ -73,6 +95,7 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
     from deepgin_jax.inference import BLENDS, MODES, STRATEGIES
 
     fv = {"flag_values": flag_values}
+    define_compilation_cache_flag(flag_values)
     flags.DEFINE_integer(
         "max_batch",
         None,
@@ -246,6 +269,9 @@ def guarded(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], A
 
     def guarded_main(argv: Sequence[str]) -> Any:
         try:
+            quiet_backend_probes()
+            if "xla_cache" in flags.FLAGS:
+                enable_compilation_cache(flags.FLAGS.xla_cache)
             with signals_unwind():
                 return main(argv)
         except KeyboardInterrupt as e:
@@ -259,6 +285,52 @@ def guarded(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], A
             return user_failure(e)
 
     return guarded_main
+
+
+def enable_compilation_cache(setting: str | None) -> None:
+    """`compile_cache.enable(setting)`; a folder that cannot be created is a warning, and the
+    command goes on without the cache."""
+    from deepgin_jax import compile_cache
+
+    try:
+        folder = compile_cache.enable(setting)
+    except OSError as e:
+        logging.warning("Compilation cache off: %s (see --xla_cache)", one_line(e))
+        compile_cache.enable("off")
+        return
+    logging.debug("Compilation cache: %s", folder or "off")
+
+
+def quiet_backend_probes() -> None:
+    """Below verbosity 1, JAX's INFO lines about backends it looked for and did not find
+    (`Unable to initialize backend 'tpu'`) are dropped; its warnings (a GPU it cannot use)
+    still show."""
+    level = std_logging.NOTSET if logging.get_verbosity() >= logging.DEBUG else std_logging.WARNING
+    std_logging.getLogger("jax._src.xla_bridge").setLevel(level)
+
+
+@contextlib.contextmanager
+def logs_above_progress_bars() -> Iterator[None]:
+    """Inside, absl's log lines are written with `tqdm.write`: above any progress bar, which
+    is drawn again below them instead of being broken in two. (tqdm's own
+    `logging_redirect_tqdm` does not see absl's handler, which is no StreamHandler.)"""
+    import tqdm
+
+    handler = logging.get_absl_handler().python_handler
+    stream = handler.stream
+
+    class _AboveBars:
+        def write(self, text: str) -> None:
+            tqdm.tqdm.write(text, file=stream, end="")
+
+        def flush(self) -> None:
+            stream.flush()
+
+    handler.stream = _AboveBars()
+    try:
+        yield
+    finally:
+        handler.stream = stream
 
 
 def expand_verbose(argv: Sequence[str]) -> list[str]:

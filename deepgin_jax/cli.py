@@ -311,26 +311,29 @@ def quiet_backend_probes() -> None:
 
 @contextlib.contextmanager
 def logs_above_progress_bars() -> Iterator[None]:
-    """Inside, absl's log lines are written with `tqdm.write`: above any progress bar, which
-    is drawn again below them instead of being broken in two. (tqdm's own
-    `logging_redirect_tqdm` does not see absl's handler, which is no StreamHandler.)"""
-    import tqdm
+    """Inside, whatever goes to stderr (absl's log lines, Python's warnings) is written with
+    `tqdm.write`: above the progress bars, which are drawn again below it instead of being
+    broken in two. Create the bars before entering (they keep the real stderr). tqdm's own
+    `logging_redirect_tqdm` does not see absl's handler, which is no StreamHandler of the root
+    logger."""
+    from tqdm.contrib import DummyTqdmFile
 
+    stderr = sys.stderr
+    above_bars = DummyTqdmFile(stderr)
     handler = logging.get_absl_handler().python_handler
-    stream = handler.stream
-
-    class _AboveBars:
-        def write(self, text: str) -> None:
-            tqdm.tqdm.write(text, file=stream, end="")
-
-        def flush(self) -> None:
-            stream.flush()
-
-    handler.stream = _AboveBars()
+    handler_stream = handler.stream
+    sys.stderr = above_bars
+    if handler_stream is stderr:
+        handler.stream = above_bars
     try:
         yield
     finally:
-        handler.stream = stream
+        sys.stderr = stderr
+        if handler.stream is above_bars:
+            handler.stream = handler_stream
+        if unfinished := "".join(above_bars._buf):
+            stderr.write(unfinished)
+        above_bars._buf = []
 
 
 def expand_verbose(argv: Sequence[str]) -> list[str]:

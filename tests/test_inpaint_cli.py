@@ -544,8 +544,12 @@ def test_the_bar_advances_per_batch_of_sub_images_and_logs_do_not_break_it(
     mask = np.zeros((64, 64), np.uint8)
     mask[8:56, 8:56] = 255
     Image.fromarray(mask).save(tmp_path / "a_mask.png")
-    # The bar and absl's log lines on the one captured stream, as on a terminal.
-    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.stderr)
+    # The bar and absl's log lines on the one captured stream, as on a terminal (absl.app.run
+    # puts absl's handler on the root logger; other tests may have taken it off).
+    absl_handler = absl_logging.get_absl_handler()
+    monkeypatch.setattr(absl_handler.python_handler, "stream", sys.stderr)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [*root.handlers, absl_handler])
     reported = []
 
     def slow_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -135,9 +135,8 @@ def too_large_error(what: str, size: tuple[int, int], max_pixels: int) -> gr.Err
     return user_error(
         f"{what} is too large: {shown} pixels ({pixels / 1e6:.1f} megapixels); this page "
         f"accepts up to {max_pixels / 1e6:.1f} megapixels, a limit that bounds the server's "
-        "memory. Reduce "
-        "the photo and upload it again, or ask whoever runs this page to start it with a "
-        "larger --max_megapixels."
+        "memory. Reduce the photo and upload it again, or ask whoever runs this page to start "
+        "it with a larger --max_megapixels."
     )
 
 

@@ -762,7 +762,8 @@ class InpainterBase:
             of raising `MaskSizeError`.
           progress: called as progress(done, total) after each batch of network inputs
             (sub-images, ensemble variants) has gone through the network: `done` of `total`
-            inputs are done (a progress bar's unit of work).
+            inputs are done (a progress bar's unit of work). Methods without a network (the
+            baselines) do not call it.
 
         Returns:
           The same type, shape and dtype (PIL: mode) as `image`, alpha and PIL metadata kept.

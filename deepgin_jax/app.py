@@ -7,7 +7,9 @@ Without --checkpoint the page uses the DeepGIN-compact shipped with the package.
 The page (Gradio) has three steps:
 1. Photo: any format Pillow reads (16-bit PNG too), any size up to --max_megapixels (16 by
    default, to bound the server's memory; the message on the page names the limit and the
-   flag), EXIF orientation applied.
+   flag), EXIF orientation applied. The size is read from the file's header before anything
+   is decoded, for the photo and for the editor's layers alike, so that a small file declaring
+   a huge image costs the server nothing.
 2. Paint the hole in the editor: brush (the "Brush Size" button below the colour opens a size
    slider), eraser, undo/redo and layers. Every painted pixel of every layer is part of the
    hole, whatever its colour; the eraser takes pixels out again.
@@ -20,7 +22,9 @@ browser's colour management and JPEG decoder never touch the pixels that are kep
 inpainting work (mask preparation, padding, tiling, compositing) is `Inpainter.inpaint`'s.
 
 Problems (an unreadable or too large file, no photo, nothing painted, a painted layer that no
-longer matches the photo) are shown on the page as messages a visitor can act on. Nothing is
+longer matches the photo) are shown on the page as messages a visitor can act on. One photo is
+inpainted at a time; at most --max_queue visitors wait behind it (the next is told the queue is
+full). Nothing is
 fetched from the internet: Gradio's analytics and version check are off and the page uses fonts
 shipped with Gradio.
 """
@@ -35,9 +39,12 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import contextlib
 import dataclasses
 import html
+import io
+import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,12 +52,15 @@ from typing import Any
 import gradio as gr
 import numpy as np
 from absl import flags, logging
+from gradio.data_classes import FileData
+from PIL import Image
 
 from deepgin_jax import cli, image_io
 from deepgin_jax.checkpointing import CheckpointNotFoundError
 from deepgin_jax.inference import Inpainter, MaskSizeError
 
 DEFAULT_MAX_MEGAPIXELS = 16.0
+DEFAULT_MAX_QUEUE = 16  # visitors waiting while one photo is inpainted
 MAX_UPLOAD_SIZE = "100mb"
 RESULT_SUFFIX = "_inpainted.png"
 RESULT_LIFETIME_S = 3600  # results stay downloadable this long
@@ -97,6 +107,59 @@ def painted_hole(layers: Sequence[np.ndarray | None]) -> np.ndarray | None:
     return hole if hole.any() else None
 
 
+def declared_size(source: str | os.PathLike | bytes) -> tuple[int, int] | None:
+    """(width, height) that an image file's header declares, read without decoding its pixels;
+    None if Pillow cannot tell (not an image: the decoder's error says why later). A size
+    beyond Pillow's decompression-bomb limit is returned too (as (pixels, 1))."""
+    source = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(source) as image:  # reads the header only
+                return image.size
+        except Image.DecompressionBombError as e:
+            pixels = re.search(r"\((\d+) pixels\)", str(e))
+            return (int(pixels.group(1)), 1) if pixels else (2**62, 1)
+        except (OSError, ValueError):
+            return None
+
+
+def too_large_error(what: str, size: tuple[int, int], max_pixels: int) -> gr.Error | None:
+    """The page's message for an image of `size` (width, height) above `max_pixels`, or
+    None."""
+    width, height = size
+    pixels = width * height
+    if pixels <= max_pixels:
+        return None
+    shown = f"{width}x{height}" if height > 1 else str(pixels)
+    return user_error(
+        f"{what} is too large: {shown} pixels ({pixels / 1e6:.1f} megapixels); this page "
+        f"accepts up to {max_pixels / 1e6:.1f} megapixels, a limit that bounds the server's "
+        "memory. Reduce the photo and upload it again, or ask whoever runs this page to start "
+        "it with a larger --max_megapixels."
+    )
+
+
+def refuse_large_layers(editor: gr.ImageEditor, max_pixels: int) -> gr.ImageEditor:
+    """`editor`, refusing a background or layer whose header declares more than `max_pixels`
+    before Gradio decodes it (with the page's message, not Gradio's generic error). Wraps the
+    instance's method rather than subclassing: Gradio writes a .pyi file beside the module of
+    every component subclass."""
+    convert = editor.convert_and_format_image
+
+    def checked_convert(file: FileData | bytes | None, flatten_on_white: bool = False) -> Any:
+        if file is not None:
+            size = declared_size(file.path if isinstance(file, FileData) else file)
+            if size is not None and (
+                error := too_large_error("The painted layer", size, max_pixels)
+            ):
+                raise error
+        return convert(file, flatten_on_white)
+
+    editor.convert_and_format_image = checked_convert
+    return editor
+
+
 def user_error(message: str) -> gr.Error:
     """An error shown on the page as a message (HTML-escaped: it may quote file names), with no
     server-side traceback: it is the visitor's to fix."""
@@ -125,11 +188,15 @@ class InpaintingPage:
         if not path:
             return None, None, "", None, None
         name = Path(path).name
+        size = declared_size(path)
+        if size is not None and (error := too_large_error(name, size, self.max_pixels)):
+            raise error
         try:
             image = image_io.load_image(path, name=name, keep_16_bit=True)
         except image_io.ImageReadError as e:
             raise user_error(f"Cannot read the photo: {e}") from e
-        self._check_size(name, image)
+        if error := too_large_error(name, (image.width, image.height), self.max_pixels):
+            raise error  # a header that understated the size
         photo = Photo(Path(path).stem, image)
         editor_value = {"background": photo.preview, "layers": [], "composite": photo.preview}
         shown_name = name.replace("`", "'")  # a code span shows the name literally
@@ -137,17 +204,6 @@ class InpaintingPage:
         if image.bit_depth == 16:
             description += " (16 bits per channel, kept in the result)"
         return photo, editor_value, description, None, None
-
-    def _check_size(self, name: str, image: image_io.LoadedImage) -> None:
-        pixels = image.width * image.height
-        if pixels > self.max_pixels:
-            raise user_error(
-                f"{name} is too large: {image.width}x{image.height} pixels "
-                f"({pixels / 1e6:.1f} megapixels); this page accepts up to "
-                f"{self.max_pixels / 1e6:.1f} megapixels, a limit that bounds the server's "
-                "memory. Reduce the photo and upload it again, or ask whoever runs this page "
-                "to start it with a larger --max_megapixels."
-            )
 
     def inpaint(
         self, photo: Photo | None, editor_value: dict | None
@@ -235,6 +291,7 @@ def build_app(inpainter: Inpainter, *, max_megapixels: float = DEFAULT_MAX_MEGAP
                     layers=True,
                     interactive=True,
                 )
+                refuse_large_layers(editor, page.max_pixels)
                 run = gr.Button("3. Inpaint", variant="primary", elem_id="run")
             with gr.Column():
                 before_after = gr.ImageSlider(
@@ -254,6 +311,12 @@ def build_app(inpainter: Inpainter, *, max_megapixels: float = DEFAULT_MAX_MEGAP
         )
         run.click(page.inpaint, inputs=[photo_state, editor], outputs=[before_after, download])
     return blocks
+
+
+def queue_kwargs(max_queue: int = DEFAULT_MAX_QUEUE) -> dict[str, Any]:
+    """Arguments of `gr.Blocks.queue`: one inpainting at a time (each can take the machine's
+    cores and gigabytes), `max_queue` waiting."""
+    return {"max_size": max_queue, "default_concurrency_limit": 1}
 
 
 def launch_kwargs(host: str, port: int | None) -> dict[str, Any]:
@@ -277,6 +340,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).", **fv
     )
     flags.DEFINE_integer("port", 7860, "Port to listen on.", **fv)
+    flags.DEFINE_integer(
+        "max_queue",
+        DEFAULT_MAX_QUEUE,
+        "Most visitors waiting while one photo is inpainted; the next is told the queue is full.",
+        lower_bound=1,
+        **fv,
+    )
     flags.DEFINE_float(
         "max_megapixels",
         DEFAULT_MAX_MEGAPIXELS,
@@ -285,7 +355,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     cli.define_inpainter_flags(flag_values)
-    cli.define_hyphenated_aliases(flag_values, ["max_megapixels"])
+    cli.define_hyphenated_aliases(flag_values, ["max_megapixels", "max_queue"])
     flags.adopt_module_key_flags(cli, flag_values=flag_values)  # --help lists them here
 
 
@@ -298,8 +368,10 @@ def main(argv: Sequence[str]) -> int:
         inpainter = Inpainter.from_checkpoint(f.checkpoint, **cli.inpainter_options(f))
     except CheckpointNotFoundError as e:
         return cli.generator_failure(f.checkpoint, e)
+    # Pillow's own decompression-bomb limit must not refuse what the page accepts.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, int(f.max_megapixels * 1e6))
     blocks = build_app(inpainter, max_megapixels=f.max_megapixels)
-    blocks.queue().launch(**launch_kwargs(f.host, f.port))
+    blocks.queue(**queue_kwargs(f.max_queue)).launch(**launch_kwargs(f.host, f.port))
     return cli.EXIT_OK
 
 

@@ -13,11 +13,17 @@ image, a bad file to convert and a missing optional package) is logged as one li
 with `EXIT_USAGE`, its traceback shown only with `-v` (`--verbosity=1`) or DEEPGIN_TRACEBACK=1;
 SIGTERM and SIGHUP unwind the command as Ctrl-C does, so that `atomic.atomic_write` removes
 its temporary file.
+
+The commands that run a generator define `--xla_cache` (`define_compilation_cache_flag`): `run`
+turns on the persistent compilation cache (`deepgin_jax.compile_cache`) before `main` starts.
+JAX's report of the backends it probed and did not find (`Unable to initialize backend 'tpu'`)
+is shown only with `-v`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging as std_logging
 import os
 import signal
 import sys
@@ -69,6 +75,22 @@ def define_checkpoint_flag(flag_values: flags.FlagValues, *, repeatable: bool = 
         flags.DEFINE_string("checkpoint", None, CHECKPOINT_HELP, flag_values=flag_values)
 
 
+def define_compilation_cache_flag(flag_values: flags.FlagValues) -> None:
+    """`--xla_cache`: where `run` keeps compiled programs (`deepgin_jax.compile_cache`)."""
+    if "xla_cache" in flag_values:
+        return
+    flags.DEFINE_string(
+        "xla_cache",
+        None,
+        "Folder of the persistent XLA compilation cache (a later run reuses the compiled "
+        "network instead of compiling it again); 'off' disables it. Default: "
+        "$DEEPGIN_XLA_CACHE, else $JAX_COMPILATION_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/deepgin_jax/xla (~/.cache/deepgin_jax/xla).",
+        flag_values=flag_values,
+    )
+    define_hyphenated_aliases(flag_values, ["xla_cache"])
+
+
 def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
     """`--max_batch`, `--dtype`, `--mode`, `--strategy`, `--ensemble`, `--upscale` and `--blend`:
     how an `Inpainter` runs the generator (read them back with `inpainter_options`)."""
@@ -76,6 +98,7 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
     from deepgin_jax.inference import BLENDS, MODES, STRATEGIES
 
     fv = {"flag_values": flag_values}
+    define_compilation_cache_flag(flag_values)
     flags.DEFINE_integer(
         "max_batch",
         None,
@@ -257,6 +280,9 @@ def guarded(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], A
 
     def guarded_main(argv: Sequence[str]) -> Any:
         try:
+            quiet_backend_probes()
+            if "xla_cache" in flags.FLAGS:
+                enable_compilation_cache(flags.FLAGS.xla_cache)
             with signals_unwind():
                 return main(argv)
         except KeyboardInterrupt as e:
@@ -270,6 +296,55 @@ def guarded(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], A
             return user_failure(e)
 
     return guarded_main
+
+
+def enable_compilation_cache(setting: str | None) -> None:
+    """`compile_cache.enable(setting)`; a folder that cannot be created is a warning, and the
+    command goes on without the cache."""
+    from deepgin_jax import compile_cache
+
+    try:
+        folder = compile_cache.enable(setting)
+    except OSError as e:
+        logging.warning("Compilation cache off: %s (see --xla_cache)", one_line(e))
+        compile_cache.enable("off")
+        return
+    logging.debug("Compilation cache: %s", folder or "off")
+
+
+def quiet_backend_probes() -> None:
+    """Below verbosity 1, JAX's INFO lines about backends it looked for and did not find
+    (`Unable to initialize backend 'tpu'`) are dropped; its warnings (a GPU it cannot use)
+    still show."""
+    level = std_logging.NOTSET if logging.get_verbosity() >= logging.DEBUG else std_logging.WARNING
+    std_logging.getLogger("jax._src.xla_bridge").setLevel(level)
+
+
+@contextlib.contextmanager
+def logs_above_progress_bars() -> Iterator[None]:
+    """Inside, whatever goes to stderr (absl's log lines, Python's warnings) is written with
+    `tqdm.write`: above the progress bars, which are drawn again below it instead of being
+    broken in two. Create the bars before entering (they keep the real stderr). tqdm's own
+    `logging_redirect_tqdm` does not see absl's handler, which is no StreamHandler of the root
+    logger."""
+    from tqdm.contrib import DummyTqdmFile
+
+    stderr = sys.stderr
+    above_bars = DummyTqdmFile(stderr)
+    handler = logging.get_absl_handler().python_handler
+    handler_stream = handler.stream
+    sys.stderr = above_bars
+    if handler_stream is stderr:
+        handler.stream = above_bars
+    try:
+        yield
+    finally:
+        sys.stderr = stderr
+        if handler.stream is above_bars:
+            handler.stream = handler_stream
+        if unfinished := "".join(above_bars._buf):
+            stderr.write(unfinished)
+        above_bars._buf = []
 
 
 def expand_verbose(argv: Sequence[str]) -> list[str]:

@@ -359,6 +359,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_integer("opset", ONNX_OPSET, "ONNX only: the opset version.", **fv)
+    cli.define_compilation_cache_flag(flag_values)
     flags.adopt_module_key_flags(cli, flag_values=flag_values)  # --help lists them here
     flags.mark_flags_as_required(["format", "output"], flag_values=flag_values)
 

@@ -389,6 +389,14 @@ class _SubImageSum:
         return self.total / np.float32(self.variants)
 
 
+# progress(done, total): `done` of the `total` network inputs of a call have been run.
+ProgressFn = Callable[[int, int], None]
+
+
+def _no_progress(done: int, total: int) -> None:
+    del done, total
+
+
 def _next_power_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
@@ -735,6 +743,7 @@ class InpainterBase:
         threshold: int | None = None,
         dilate: int = 0,
         resize_mask: bool = False,
+        progress: ProgressFn | None = None,
     ) -> Any:
         """Fills the holes of one image.
 
@@ -751,6 +760,10 @@ class InpainterBase:
             dilation of the soft mask).
           resize_mask: resize a mask of another size to the image (nearest neighbour) instead
             of raising `MaskSizeError`.
+          progress: called as progress(done, total) after each batch of network inputs
+            (sub-images, ensemble variants) has gone through the network: `done` of `total`
+            inputs are done (a progress bar's unit of work). Methods without a network (the
+            baselines) do not call it.
 
         Returns:
           The same type, shape and dtype (PIL: mode) as `image`, alpha and PIL metadata kept.
@@ -767,6 +780,7 @@ class InpainterBase:
             threshold=threshold,
             dilate=dilate,
             resize_mask=resize_mask,
+            progress=progress,
         )
         return result
 
@@ -779,14 +793,16 @@ class InpainterBase:
         threshold: int | None = None,
         dilate: int = 0,
         resize_mask: bool = False,
+        progress: ProgressFn | None = None,
     ) -> list[Any]:
-        """`inpaint` for several images at once; their network inputs share batches."""
+        """`inpaint` for several images at once; their network inputs share batches (and
+        `progress` counts them all together)."""
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
         options = MaskOptions(invert_mask, threshold, dilate, resize_mask)
         views = [image_io.as_rgb(image) for image in images]
         jobs = [self._job(view.rgb, mask, options) for view, mask in zip(views, masks, strict=True)]
-        self._run([item for job in jobs for item in job.items])
+        self._run([item for job in jobs for item in job.items], progress or _no_progress)
         results = []
         for image, view, job in zip(images, views, jobs, strict=True):
             rgb, changed = job.finish()
@@ -808,7 +824,7 @@ class InpainterBase:
             )
         return self._planner.plan(rgb, prepared)
 
-    def _run(self, items: list[_WorkItem]) -> None:
+    def _run(self, items: list[_WorkItem], progress: ProgressFn) -> None:
         if items:
             raise NotImplementedError(f"{type(self).__name__} runs no network")
 
@@ -983,8 +999,10 @@ class Inpainter(InpainterBase):
         """The constructor under its older name: an Inpainter around a network function."""
         return cls(forward, **options)
 
-    def _run(self, items: list[_WorkItem]) -> None:
-        """Runs every item through the network, batched by shape, and delivers the results."""
+    def _run(self, items: list[_WorkItem], progress: ProgressFn) -> None:
+        """Runs every item through the network, batched by shape, delivers the results and
+        reports each batch to `progress`."""
+        done = 0
         by_shape: dict[tuple[int, int], list[_WorkItem]] = collections.defaultdict(list)
         for item in items:
             by_shape[item.hole.shape].append(item)
@@ -1002,6 +1020,8 @@ class Inpainter(InpainterBase):
                 prediction = np.asarray(self._forward(masked, mask), np.float32)
                 for row, item in enumerate(chunk):
                     item.deliver(prediction[row])
+                done += count
+                progress(done, len(items))
 
 
 def _pil_resize(array: np.ndarray, width: int, height: int, method: Image.Resampling) -> np.ndarray:

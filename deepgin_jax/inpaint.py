@@ -48,11 +48,12 @@ nothing could be started (bad arguments, no checkpoint, no shipped weights).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import glob
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ from absl import flags, logging
 from deepgin_jax import cli, image_io, shipped
 from deepgin_jax.checkpointing import CheckpointNotFoundError
 from deepgin_jax.image_io import IMAGE_EXTENSIONS, MASK_SUFFIX, is_image_file, list_images
-from deepgin_jax.inference import Inpainter, InpainterBase, MaskOptions
+from deepgin_jax.inference import Inpainter, InpainterBase, MaskOptions, ProgressFn
 
 OUTPUT_EXTENSIONS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
 OUTPUT_FORMATS = ("png", "jpg", "webp")
@@ -224,9 +225,11 @@ def inpaint_file(
     mask_options: MaskOptions,
     quality: int = 95,
     lossless_webp: bool = True,
+    progress: ProgressFn | None = None,
 ) -> None:
     """Reads, inpaints and writes (atomically) one task's image, at the input's bit depth: the
-    RGB goes through the inpainter, the alpha channel and metadata straight to the output.
+    RGB goes through the inpainter, the alpha channel and metadata straight to the output;
+    `progress` follows the network's work (`InpainterBase.inpaint`).
 
     Raises:
       image_io.ImageReadError, inference.MaskSizeError (both ValueError), OSError, and
@@ -240,6 +243,7 @@ def inpaint_file(
         threshold=mask_options.threshold,
         dilate=mask_options.dilate,
         resize_mask=mask_options.resize,
+        progress=progress,
     )
     image_io.save_image(
         task.output,
@@ -271,32 +275,39 @@ def inpaint_tasks(
     tasks = list(tasks)
     summary = Summary()
     warned_lossy = False
-    for task in tqdm.tqdm(tasks, desc="inpainting", unit="image", disable=not progress):
-        if task.error is not None:
-            summary.failed[task.image] = task.error
-            logging.error("%s: %s", task.image, task.error)
-            continue
-        if task.output.exists() and not overwrite:
-            summary.skipped.append(task.image)
-            logging.info("%s exists; skipped (use --overwrite to replace it)", task.output)
-            continue
-        if not isinstance(inpainter, InpainterBase):
-            inpainter = inpainter()
-        if not warned_lossy and _is_lossy(task.output, lossless_webp):
-            warned_lossy = True
-            logging.warning(
-                "%s output is lossy: pixels outside the holes will not be bit-identical to the "
-                "input; write PNG or lossless WebP to keep them exactly.",
-                task.output.suffix.lstrip(".").upper(),
-            )
-        try:
-            inpaint_file(inpainter, task, mask_options, quality, lossless_webp)
-        except Exception as e:  # one bad file must not end the run; Ctrl-C still does
-            summary.failed[task.image] = _failure_message(task.image, e)
-            logging.error("%s", summary.failed[task.image])
-            logging.debug("Traceback of the failure on %s", task.image, exc_info=True)
-            continue
-        summary.inpainted.append(task.image)
+    bar = tqdm.tqdm(
+        total=len(tasks), desc="inpainting", unit="image", disable=not progress, bar_format=BAR
+    )
+    with cli.logs_above_progress_bars(), bar:
+        for task in tasks:
+            with _one_image_of(bar) as image_progress:
+                if task.error is not None:
+                    summary.failed[task.image] = task.error
+                    logging.error("%s: %s", task.image, task.error)
+                    continue
+                if task.output.exists() and not overwrite:
+                    summary.skipped.append(task.image)
+                    logging.info("%s exists; skipped (use --overwrite to replace it)", task.output)
+                    continue
+                if not isinstance(inpainter, InpainterBase):
+                    inpainter = inpainter()
+                if not warned_lossy and _is_lossy(task.output, lossless_webp):
+                    warned_lossy = True
+                    logging.warning(
+                        "%s output is lossy: pixels outside the holes will not be bit-identical "
+                        "to the input; write PNG or lossless WebP to keep them exactly.",
+                        task.output.suffix.lstrip(".").upper(),
+                    )
+                try:
+                    inpaint_file(
+                        inpainter, task, mask_options, quality, lossless_webp, image_progress
+                    )
+                except Exception as e:  # one bad file must not end the run; Ctrl-C still does
+                    summary.failed[task.image] = _failure_message(task.image, e)
+                    logging.error("%s", summary.failed[task.image])
+                    logging.debug("Traceback of the failure on %s", task.image, exc_info=True)
+                    continue
+                summary.inpainted.append(task.image)
     logging.info(
         "Inpainted %d image(s), skipped %d existing output(s), %d failed.",
         len(summary.inpainted),
@@ -304,6 +315,25 @@ def inpaint_tasks(
         len(summary.failed),
     )
     return summary
+
+
+# The count of images done is fractional while one is in the network ("0.25/1 image").
+BAR = "{l_bar}{bar}| {n:.2f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]"
+
+
+@contextlib.contextmanager
+def _one_image_of(bar: tqdm.tqdm) -> Iterator[ProgressFn]:
+    """A `progress` callback that moves `bar` through one image as its network inputs are
+    done ("sub-images 3/12" beside it); the image is counted whole on leaving."""
+    start = bar.n
+
+    def image_progress(done: int, total: int) -> None:
+        bar.set_postfix_str(f"sub-images {done}/{total}", refresh=False)
+        bar.update(start + done / total - bar.n)
+
+    yield image_progress
+    bar.set_postfix_str("", refresh=False)
+    bar.update(start + 1 - bar.n)
 
 
 def _is_lossy(output: Path, lossless_webp: bool) -> bool:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +106,51 @@ def test_too_large_photo_is_a_message_naming_the_limit_and_its_flag(tmp_path):
     with pytest.raises(gr.Error, match=r"451x300 pixels \(0.1 megapixels\).* up to 0.1") as e:
         page.load_photo(str(PHOTO))
     assert "--max_megapixels" in e.value.message and "memory" in e.value.message
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    """A PNG declaring a 16-bit RGB image of width x height, with no pixel data: a few dozen
+    bytes that decoding would turn into gigabytes, or an error about the missing data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [5000, 13000], ids=["above-the-limit", "above-pillows-limit"])
+def test_huge_photo_is_refused_from_its_header_without_decoding(page, tmp_path, monkeypatch, side):
+    upload = tmp_path / "huge.png"
+    upload.write_bytes(huge_png_header(side, side))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(webapp.image_io, "load_image", no_decoding)
+    with pytest.raises(gr.Error, match=r"huge\.png is too large: .*up to 1\.0 megapixels") as e:
+        page.load_photo(str(upload))
+    assert f"{side * side / 1e6:.1f} megapixels" in e.value.message
+    assert "--max_megapixels" in e.value.message
+
+
+def test_huge_editor_layer_is_refused_from_its_header_without_decoding(tmp_path, monkeypatch):
+    from gradio.data_classes import FileData
+
+    editor = webapp.refuse_large_layers(
+        gr.ImageEditor(type="numpy", image_mode="RGBA"), max_pixels=10**6
+    )
+    layer = tmp_path / "layer.png"
+    layer.write_bytes(huge_png_header(13000, 13000))
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded"))
+    with pytest.raises(gr.Error, match=r"painted layer is too large: 13000x13000 pixels"):
+        editor.convert_and_format_image(FileData(path=str(layer)))
+    with pytest.raises(gr.Error, match=r"painted layer is too large"):
+        editor.convert_and_format_image(layer.read_bytes())
+    monkeypatch.undo()
+    Image.new("RGBA", (30, 20)).save(layer)  # within the limit: decoded as Gradio does
+    assert editor.convert_and_format_image(FileData(path=str(layer))).shape == (20, 30, 4)
 
 
 def test_painted_layer_of_another_size_is_a_message_a_visitor_can_act_on(page):
@@ -209,8 +256,10 @@ class FakeBlocks:
 
     def __init__(self) -> None:
         self.launched: dict | None = None
+        self.queued: dict | None = None
 
-    def queue(self) -> FakeBlocks:
+    def queue(self, **kwargs) -> FakeBlocks:
+        self.queued = kwargs
         return self
 
     def launch(self, **kwargs) -> None:
@@ -221,7 +270,7 @@ def test_cli_without_checkpoint_serves_the_shipped_model(monkeypatch, caplog):
     monkeypatch.setenv(shipped.ENV_VAR, str(tiny_shipped()))
     flag_values = flags.FlagValues()
     webapp.define_flags(flag_values)
-    flag_values(["app", "--port=7999", "--strategy=crop"])
+    flag_values(["app", "--port=7999", "--strategy=crop", "--max_queue=3"])
     monkeypatch.setattr(webapp.flags, "FLAGS", flag_values)
     built: list[tuple[Inpainter, FakeBlocks]] = []
 
@@ -235,6 +284,7 @@ def test_cli_without_checkpoint_serves_the_shipped_model(monkeypatch, caplog):
     [(inpainter, blocks)] = built
     assert inpainter.model.base_features == TINY_WIDTH and inpainter.strategy == "crop"
     assert blocks.launched["server_port"] == 7999
+    assert blocks.queued == {"max_size": 3, "default_concurrency_limit": 1}
     notes = [r.getMessage() for r in caplog.records if "using the shipped" in r.getMessage()]
     assert len(notes) == 1 and "DeepGIN-tiny" in notes[0]
 
@@ -271,7 +321,7 @@ def served_app(tmp_path_factory, tiny_generator) -> Iterator[tuple[str, Recordin
     recorder = RecordingInpainter(Inpainter(checkpoint, max_direct_size=512))
     blocks = webapp.build_app(recorder)
     port = free_port()
-    blocks.queue().launch(
+    blocks.queue(**webapp.queue_kwargs()).launch(
         prevent_thread_lock=True, quiet=True, **webapp.launch_kwargs("127.0.0.1", port)
     )
     try:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -531,3 +533,44 @@ def test_upscale_and_blend_flags_reach_the_inpainter_and_are_refused_in_referenc
         np.testing.assert_array_equal(results[-1][~hole], source[~hole])
     assert (results[0][hole] != results[1][hole]).any()
     assert (results[0][hole] != results[2][hole]).any()
+
+
+def test_the_bar_advances_per_batch_of_sub_images_and_logs_do_not_break_it(
+    tmp_path, capsys, monkeypatch
+):
+    from absl import logging as absl_logging
+
+    Image.fromarray(photo(0, 64, 64)).save(tmp_path / "a.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:56, 8:56] = 255
+    Image.fromarray(mask).save(tmp_path / "a_mask.png")
+    # The bar and absl's log lines on the one captured stream, as on a terminal (absl.app.run
+    # puts absl's handler on the root logger; other tests may have taken it off).
+    absl_handler = absl_logging.get_absl_handler()
+    monkeypatch.setattr(absl_handler.python_handler, "stream", sys.stderr)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [*root.handlers, absl_handler])
+    reported = []
+
+    def slow_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        time.sleep(0.15)  # past tqdm's 0.1 s between redraws
+        absl_logging.warning("batch of %d", masked.shape[0])
+        return masked
+
+    inpainter = Inpainter.from_function(
+        slow_network, tile_size=16, max_batch=4, strategy="whole", blend="paste"
+    )
+    inpainter.inpaint(photo(0, 64, 64), mask, progress=lambda *done: reported.append(done))
+    assert reported == [(4, 16), (8, 16), (12, 16), (16, 16)]
+    tasks = inpaint.plan_tasks(tmp_path / "a.png", None, tmp_path / "out.png")
+    capsys.readouterr()
+    summary = inpaint.inpaint_tasks(inpainter, tasks, inpaint.MaskOptions())
+    assert summary.inpainted == [tmp_path / "a.png"]
+    screen = capsys.readouterr().err
+    shown = {float(n) for n in re.findall(r"\| (\d\.\d\d)/1 image", screen)}
+    assert {0.25, 0.5, 0.75, 1.0} <= shown, screen
+    assert "sub-images 2/4" not in screen and "sub-images 8/16" in screen
+    assert screen.count("batch of 4") == 4
+    for line in screen.splitlines():  # each log line starts a line of its own
+        if "batch of 4" in line:
+            assert line.split("\r")[-1].lstrip().startswith("W"), repr(line)

@@ -4,8 +4,9 @@ Flags are spelled as absl spells them, with underscores (`--max_batch`); every c
 accepts the hyphenated spellings of earlier versions (`--max-batch`) as aliases.
 
 Exit codes: `EXIT_OK` (0) everything done; `EXIT_FAILED` (1) some inputs failed and the rest
-was done; `EXIT_USAGE` (2) nothing could start (bad arguments, no checkpoint). Such an error is
-one line without a traceback; `-v 1` (`--verbosity=1`) or `DEEPGIN_TRACEBACK=1` adds it.
+was done; `EXIT_USAGE` (2) nothing could start (bad arguments, no checkpoint), reported in one
+line without a traceback (`usage_failure`; `error_failure` for an exception, whose traceback
+`-v 1` or DEEPGIN_TRACEBACK=1 adds).
 """
 
 from __future__ import annotations

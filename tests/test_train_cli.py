@@ -138,6 +138,7 @@ def test_the_traceback_is_shown_on_request(tmp_path):
     assert "Traceback" in result.stderr and "CannotStartError" in result.stderr
     verbose = run_train("--config=configs/nope.py", f"--workdir={tmp_path / 'run'}", "-v=1")
     assert verbose.returncode == 2 and "no such config file" in verbose.stderr
+    assert "Traceback" in verbose.stderr
     assert not (tmp_path / "run").exists()
 
 

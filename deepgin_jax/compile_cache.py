@@ -2,7 +2,7 @@
 
 Compiling the generator takes a CPU ~10-20 s, every process, every input size; with the cache a
 later run reads the compiled program back instead. The command lines (`inpaint`, `app`,
-`evaluate`, `export`) turn it on before anything compiles (`--xla_cache`); a program using
+`evaluate`, `export`, `train`) turn it on before anything compiles (`--xla_cache`); a program using
 the library turns it on with one line before its first JAX computation:
 
   from deepgin_jax import compile_cache; compile_cache.enable()
@@ -27,6 +27,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from deepgin_jax import user_cache
+
 ENV_VAR = "DEEPGIN_XLA_CACHE"
 OFF_VALUES = ("off", "none", "0", "false", "no", "")
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -37,8 +39,7 @@ MIN_COMPILE_TIME_S = 0.2
 
 def default_dir() -> Path:
     """$XDG_CACHE_HOME/deepgin_jax/xla, or ~/.cache/deepgin_jax/xla."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "deepgin_jax" / "xla"
+    return user_cache.cache_root() / "xla"
 
 
 def is_off(setting: str) -> bool:

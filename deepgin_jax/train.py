@@ -12,15 +12,17 @@ DEEPGIN_TRACEBACK=1 adds the traceback.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from deepgin_jax import cli, metric_writers, sharding, train_lib
+from deepgin_jax import cli, compile_cache, metric_writers, sharding, train_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -77,6 +79,29 @@ def _flag_problem(error: Exception, argv: Sequence[str]) -> str:
     return f"{config_arg}: {type(error).__name__}: {cli.one_line(text)}"
 
 
+FAST_COMPILE_XLA_FLAGS = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
+
+
+def _apply_fast_compile(config: Any) -> None:
+    """`config.fast_compile`: XLA reads its flags when JAX starts its backend, which is later."""
+    if config.fast_compile and "xla_backend_optimization_level" not in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAGS}"
+
+
+def _cache_compiled_programs() -> None:
+    """Keeps the compiled steps in the persistent compilation cache (`compile_cache`: the
+    user's cache folder, or $DEEPGIN_XLA_CACHE, --jax_compilation_cache_dir or
+    $JAX_COMPILATION_CACHE_DIR): compiling takes minutes on a CPU, and a rerun or a resumed run
+    then starts in seconds. DEEPGIN_XLA_CACHE=off or --jax_enable_compilation_cache=false turns
+    it off."""
+    if jax.config.jax_enable_compilation_cache:
+        compile_cache.enable(jax.config.jax_compilation_cache_dir or None)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return cli.usage_failure(
@@ -88,6 +113,8 @@ def main(argv: list[str]) -> int:
     # Its INFO lines list the backends it could not start (libtpu on every other host); a GPU
     # that JAX cannot use still gets its warning.
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+    _apply_fast_compile(FLAGS.config)
+    _cache_compiled_programs()
     sharding.maybe_initialize_distributed(FLAGS.distributed)
     try:
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)

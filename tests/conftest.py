@@ -21,7 +21,7 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Pretrained networks in the user's cache must not change what a test sees: the default folder
-# (deepgin_jax.pretrained_paths) is one that no test writes unless it sets its own.
+# (deepgin_jax.user_cache) is one that no test writes unless it sets its own.
 os.environ["DEEPGIN_PRETRAINED_DIR"] = str(
     Path(__file__).resolve().parent.parent / ".pytest_cache" / "no_pretrained_networks"
 )

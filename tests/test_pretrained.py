@@ -224,5 +224,15 @@ def test_command_line_runs_the_table_and_checks_the_pinned_sha1(archives, tmp_pa
     assert result.returncode != 0
     assert "expected 4df72ca817b39e6c37ccbcfa3b00d9d1b32abd64" in result.stderr
     assert not (tmp_path / "out").exists()
-    missing_flag = subprocess.run(command[:3], capture_output=True, text=True, check=False)
-    assert missing_flag.returncode != 0 and "--output" in missing_flag.stderr
+    # Without --output the same run reads and checks the same, for the default folder.
+    default = tmp_path / "default"
+    without_output = subprocess.run(
+        [*command[:3], *command[4:]],
+        env={**os.environ, "DEEPGIN_PRETRAINED_DIR": str(default)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert without_output.returncode != 0
+    assert "expected 4df72ca817b39e6c37ccbcfa3b00d9d1b32abd64" in without_output.stderr
+    assert not default.exists()

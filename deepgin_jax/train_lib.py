@@ -115,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     )
     with contextlib.ExitStack() as stack:
         stack.callback(manager.close)
-        resumed_step = manager.latest_step()
+        resumed_step = manager.latest_verified_step()
         if resumed_step is not None:
             check_resume_config(
                 config,

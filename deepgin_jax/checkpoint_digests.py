@@ -42,6 +42,7 @@ def _files(directory: epath.Path) -> list[str]:
             for root, _, names in os.walk(directory)
             for name in names
         )
+    _forget_cached_listings(directory)
     found = []
     pending = [(directory, "")]
     while pending:
@@ -53,6 +54,14 @@ def _files(directory: epath.Path) -> list[str]:
             else:
                 found.append(relative)
     return sorted(found)
+
+
+def _forget_cached_listings(directory: epath.Path) -> None:
+    """gcsfs caches listings, and TensorStore writes Orbax's arrays past it."""
+    from etils.epath import backend
+
+    if directory._backend is backend.fsspec_backend:  # epath has no public accessor
+        backend.fsspec_backend.fs(directory).invalidate_cache(os.fspath(directory))
 
 
 def _sha256(path: epath.Path) -> tuple[int, str]:

@@ -10,7 +10,9 @@ Every checkpoint directory is an Orbax composite whose items are named alike:
   `data_iter` (the Grain iterator position).
 
 So `load_generator` and `load_discriminator` read a converted reference model, a single
-training step directory, a `checkpoints/` folder (its latest step) or a training workdir alike.
+training step directory, a `checkpoints/` folder (its latest step) or a training workdir alike,
+local or remote (`gs://...`). Every checkpoint written here also holds the sha256 of its files
+(`checkpoint_digests`), checked before it is read.
 """
 
 from __future__ import annotations
@@ -371,7 +373,8 @@ class TrainCheckpointManager:
     def latest_verified_step(self) -> int | None:
         """The newest checkpoint whose files match their digests (or that has none: written
         before digests). Newer ones that fail are logged with the file at fault and moved aside
-        to `<step>.corrupt-<tag>`, so that the run can write those steps again."""
+        to `<step>.corrupt-<tag>`, so that the run can write those steps again. Raises
+        CheckpointCorruptError when checkpoints exist and none verifies."""
         failed = []
         verified = None
         for step in sorted(self._manager.all_steps(), reverse=True):
@@ -383,9 +386,15 @@ class TrainCheckpointManager:
                 continue
             verified = step
             break
+        if failed and verified is None:
+            raise CheckpointCorruptError(
+                self.step_directory(failed[0]),
+                f"no checkpoint in {self._manager.directory} verifies (steps {failed}; see the "
+                "log for each one's file); move them away to start afresh",
+            )
         if failed:
             logging.warning(
-                "falling back to checkpoint %s: later checkpoint(s) %s failed verification",
+                "falling back to checkpoint %d: later checkpoint(s) %s failed verification",
                 verified,
                 failed,
             )

@@ -219,3 +219,17 @@ def test_inference_refuses_a_corrupt_checkpoint_naming_the_file(reference, tmp_p
     fake.write_bytes(b"not a checkpoint")
     with pytest.raises(checkpointing.CheckpointNotFoundError, match="is a file"):
         checkpointing.load_generator(fake)
+
+
+def test_training_refuses_when_no_checkpoint_verifies(reference, tmp_path):
+    workdir = copy_until(reference, tmp_path / "run", 1)
+    inject(step_dir(workdir, 1) / "meta" / "metadata", "truncate", np.random.default_rng(3))
+    manager = checkpointing.TrainCheckpointManager(
+        workdir / checkpointing.CHECKPOINT_SUBDIR, max_to_keep=10
+    )
+    try:
+        with pytest.raises(checkpointing.CheckpointCorruptError, match=r"no checkpoint.*verifies"):
+            manager.latest_verified_step()
+    finally:
+        manager.close()
+    assert step_dir(workdir, 1).is_dir(), "nothing is moved aside when nothing verifies"

@@ -11,7 +11,9 @@ Every checkpoint directory is an Orbax composite whose items are named alike:
   also hold a `data_iter` item, which is ignored.
 
 So `load_generator` and `load_discriminator` read a converted reference model, a single
-training step directory, a `checkpoints/` folder (its latest step) or a training workdir alike.
+training step directory, a `checkpoints/` folder (its latest step) or a training workdir alike,
+local or remote (`gs://...`). Every checkpoint written here also holds the sha256 of its files
+(`checkpoint_digests`), checked before it is read.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from deepgin_jax import checkpoint_digests
 from deepgin_jax.models.discriminator import SPECTRAL_COLLECTION, MultiScaleDiscriminator
 from deepgin_jax.models.generator import DeepGIN
 from deepgin_jax.paths import as_path
@@ -42,6 +45,26 @@ DISCRIMINATOR_ITEM = "discriminator"
 
 class CheckpointNotFoundError(FileNotFoundError):
     """No usable checkpoint at the given path."""
+
+
+class CheckpointCorruptError(CheckpointNotFoundError):
+    """A checkpoint file is missing, truncated or altered: `file` names it (its digest, written
+    with the checkpoint, no longer matches; `checkpoint_digests`)."""
+
+    def __init__(self, file: epath.Path, problem: str):
+        super().__init__(f"corrupt checkpoint: {file}: {problem}")
+        self.file = file
+
+
+def verify_checkpoint(step_dir: epath.Path, items: Sequence[str] | None = None) -> None:
+    """Checks `step_dir`'s files (the named items' only, when given) against the digests
+    written with it; a checkpoint from before digests is read unchecked, with a note."""
+    try:
+        verified = checkpoint_digests.verify(step_dir, items)
+    except checkpoint_digests.CorruptFileError as e:
+        raise CheckpointCorruptError(e.path, e.problem) from e
+    if not verified:
+        logging.info("%s has no digests (written before they were kept): not verified", step_dir)
 
 
 def _save_items(
@@ -98,6 +121,7 @@ def _write_items(directory: epath.Path, items: Mapping[str, Any]) -> None:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         # Orbax writes into a temporary directory and renames it when complete.
         checkpointer.save(directory, args=ocp.args.Composite(**items))
+    checkpoint_digests.write_digests(directory)
 
 
 def save_generator(
@@ -149,6 +173,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> epath.Path:
     path = as_path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint path does not exist: {path}")
+    if not path.is_dir():
+        raise CheckpointNotFoundError(
+            f"{path} is a file; a checkpoint is a directory (written by `deepgin_jax.convert` "
+            "or by training), its 'checkpoints/' folder or a training workdir"
+        )
     if _is_step_directory(path):
         return path
     root = path / CHECKPOINT_SUBDIR if (path / CHECKPOINT_SUBDIR).is_dir() else path
@@ -167,6 +196,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> epath.Path:
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON `meta` item of a checkpoint (see `resolve_checkpoint` for accepted paths)."""
     step_dir = resolve_checkpoint(path)
+    verify_checkpoint(step_dir, [META_ITEM])
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(
             step_dir, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
@@ -180,6 +210,7 @@ def _restore_on_this_device(
     """Restores `item` of a checkpoint into the tree of `abstract` (ShapeDtypeStructs), placed
     on this process's first device, so that a checkpoint written by any number of hosts or
     devices restores here. A mismatch is a ValueError that says what was expected."""
+    verify_checkpoint(step_dir, [item])
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
@@ -307,7 +338,9 @@ class TrainCheckpointManager:
     on any number of processes and devices. Saving is asynchronous and
     collective (every process calls `save` at the same step); a checkpoint only appears under
     its final name once complete, so a run killed mid-save leaves the previous checkpoint as
-    the latest.
+    the latest. Once a save has finished on every process (at the next `save` or at `close`),
+    process 0 records the digests of its files (`checkpoint_digests`); restoring checks them
+    and falls back past checkpoints that fail (`latest_verified_step`).
     """
 
     def __init__(
@@ -323,6 +356,8 @@ class TrainCheckpointManager:
             ),
         )
         self._manager = ocp.CheckpointManager(as_path(directory), options=options)
+        self._undigested_step: int | None = None
+        self._verified_steps: set[int] = set()
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -334,21 +369,86 @@ class TrainCheckpointManager:
         """The JSON meta of checkpoint `step`, without restoring the arrays."""
         return read_meta(self.step_directory(step))
 
+    def latest_verified_step(self) -> int | None:
+        """The newest checkpoint whose files match their digests (or that has none: written
+        before digests). Newer ones that fail are logged with the file at fault and moved aside
+        to `<step>.corrupt-<tag>`, so that the run can write those steps again. Raises
+        CheckpointCorruptError when checkpoints exist and none verifies."""
+        failed = []
+        verified = None
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                self._verify(step)
+            except CheckpointCorruptError as e:
+                logging.warning("checkpoint %d is unusable: %s", step, e)
+                failed.append(step)
+                continue
+            verified = step
+            break
+        if failed and verified is None:
+            raise CheckpointCorruptError(
+                self.step_directory(failed[0]),
+                f"no checkpoint in {self._manager.directory} verifies (steps {failed}; see the "
+                "log for each one's file); move them away to start afresh",
+            )
+        if failed:
+            logging.warning(
+                "falling back to checkpoint %d: later checkpoint(s) %s failed verification",
+                verified,
+                failed,
+            )
+            self._set_aside(failed)
+        return verified
+
+    def _verify(self, step: int) -> None:
+        if step not in self._verified_steps:
+            verify_checkpoint(self.step_directory(step))
+            self._verified_steps.add(step)
+
+    def _set_aside(self, steps: Sequence[int]) -> None:
+        if jax.process_index() == 0:
+            for step in steps:
+                source = self.step_directory(step)
+                target = source.with_name(f"{step}.corrupt-{uuid.uuid4().hex[:8]}")
+                source.rename(target)
+                logging.warning("moved %s aside to %s", source, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("deepgin_set_aside_corrupt_checkpoints")
+        self._manager.reload()
+
+    def _write_pending_digests(self) -> None:
+        """Records the digests of the last save once it finished on every process (Orbax
+        finalises on process 0 after all processes wrote), on process 0 only."""
+        if self._undigested_step is None:
+            return
+        self._manager.wait_until_finished()
+        step, self._undigested_step = self._undigested_step, None
+        if jax.process_index() == 0 and step in self._manager.all_steps():
+            checkpoint_digests.write_digests(self.step_directory(step))
+
     def save(self, state: TrainState, meta: Mapping[str, Any]) -> None:
         """Saves `state` at `meta["step"]` with its meta (`train_meta`)."""
+        self._write_pending_digests()
+
         items = train_items(state)
         args = {name: ocp.args.StandardSave(items[name]) for name in TRAIN_ITEMS}
         args[META_ITEM] = ocp.args.JsonSave(dict(meta))
         self._manager.save(meta["step"], args=ocp.args.Composite(**args))
+        self._undigested_step = meta["step"]
 
     def restore(
         self, abstract_state: TrainState, step: int | None = None
     ) -> tuple[TrainState, dict[str, Any]]:
-        """Restores checkpoint `step` (default: the latest) into the structure and shardings of
-        `abstract_state` (ShapeDtypeStructs). Returns (state, meta)."""
-        step = self._manager.latest_step() if step is None else step
+        """Restores checkpoint `step` (default: the latest that verifies,
+        `latest_verified_step`) into the structure and shardings of `abstract_state`
+        (ShapeDtypeStructs). Returns (state, meta). Raises CheckpointCorruptError when the given
+        `step` fails verification."""
+        step = self.latest_verified_step() if step is None else step
         if step is None:
             raise CheckpointNotFoundError(f"no checkpoint in {self._manager.directory}")
+        self._verify(step)
         abstract_items = train_items(abstract_state)
         args = {name: ocp.args.StandardRestore(abstract_items[name]) for name in TRAIN_ITEMS}
         args[META_ITEM] = ocp.args.JsonRestore()
@@ -358,4 +458,5 @@ class TrainCheckpointManager:
 
     def close(self) -> None:
         self._manager.wait_until_finished()
+        self._write_pending_digests()
         self._manager.close()

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import functools
 import logging as std_logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -130,7 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     )
     with contextlib.ExitStack() as stack:
         stack.callback(manager.close)
-        resumed_step = manager.latest_step()
+        resumed_step = manager.latest_verified_step()
         _write_config(config, workdir_path)
         if resumed_step is None:
             state = initial_state(config, setup, mesh)
@@ -551,10 +550,11 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
     except ValueError as e:
         raise CannotStartError(_one_line(e)) from e
     _check_training_images(config.data)
-    resumed = _latest_checkpoint(as_path(workdir))
+    resumed = _latest_readable_meta(as_path(workdir))
     if resumed is not None:
+        step_dir, meta = resumed
         try:
-            check_resume_config(config, checkpointing.read_meta(resumed), str(resumed))
+            check_resume_config(config, meta, str(step_dir))
         except ValueError as e:
             raise CannotStartError(_one_line(e)) from e
         return
@@ -627,14 +627,24 @@ def _check_training_images(data: ml_collections.ConfigDict) -> None:
         raise CannotStartError("the training split has no images: add some, or set another one")
 
 
-def _latest_checkpoint(workdir: os.PathLike) -> os.PathLike | None:
-    """The step folder a run in `workdir` resumes from, or None for a fresh run."""
-    if not (workdir / checkpointing.CHECKPOINT_SUBDIR).is_dir():
+def _latest_readable_meta(workdir: epath.Path) -> tuple[epath.Path, dict] | None:
+    """(step folder, meta) of the newest checkpoint in `workdir` whose meta verifies and
+    reads, or None for a fresh run. (Which checkpoint the run resumes from is decided later,
+    by `TrainCheckpointManager.latest_verified_step`, which checks every file.)"""
+    root = workdir / checkpointing.CHECKPOINT_SUBDIR
+    if not root.is_dir():
         return None
-    try:
-        return checkpointing.resolve_checkpoint(workdir / checkpointing.CHECKPOINT_SUBDIR)
-    except checkpointing.CheckpointNotFoundError:
-        return None
+    steps = sorted(
+        ((int(p.name), p) for p in root.iterdir() if p.name.isdigit()),
+        key=lambda step: step[0],
+        reverse=True,
+    )
+    for _, step_dir in steps:
+        try:
+            return step_dir, checkpointing.read_meta(step_dir)
+        except checkpointing.CheckpointNotFoundError:  # corrupt or unfinished: an older one
+            continue
+    return None
 
 
 class _DropTfdsWarnings(std_logging.Filter):

@@ -10,6 +10,7 @@ arrays).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from deepgin_jax import checkpointing, metric_writers, train_lib
+from deepgin_jax import checkpoint_digests, checkpointing, metric_writers, train_lib
 from tests.test_train import REPO, losses_by_step, smoke_config
 
 BUCKET = "deepgin-test"
@@ -94,6 +95,12 @@ def remote_files(url: str) -> list[str]:
     return sorted(p.removeprefix(root + "/") for p in fs.find(root))
 
 
+def remote_read(url: str) -> str:
+    import gcsfs
+
+    return gcsfs.GCSFileSystem(token="anon").cat(url.removeprefix("gs://")).decode()
+
+
 def local_gs_folders(*roots: Path) -> list[Path]:
     return [p for root in roots for p in root.rglob("gs:*")]
 
@@ -114,6 +121,10 @@ def test_a_run_in_a_bucket_writes_there_and_a_new_process_resumes(
     assert any(f.startswith("samples/samples_") and f.endswith(".png") for f in files)
     assert any(f.startswith("tensorboard/events.out.tfevents.") for f in files)
     assert local_gs_folders(tmp_path, REPO) == []
+    # The digests of the last checkpoint cover every file of it in the bucket.
+    record = json.loads(remote_read(f"{workdir}/checkpoints/4/{checkpoint_digests.DIGESTS_FILE}"))
+    in_bucket = [f.removeprefix("checkpoints/4/") for f in files if f.startswith("checkpoints/4/")]
+    assert sorted(record["files"]) == sorted(set(in_bucket) - {checkpoint_digests.DIGESTS_FILE})
 
     first = losses_by_step(workdir)
     assert sorted(first) == [1, 2, 3, 4]

@@ -56,14 +56,17 @@ class CheckpointCorruptError(CheckpointNotFoundError):
         self.file = file
 
 
-def verify_checkpoint(step_dir: epath.Path, items: Sequence[str] | None = None) -> None:
+def verify_checkpoint(
+    step_dir: epath.Path, items: Sequence[str] | None = None, *, note_unverified: bool = True
+) -> None:
     """Checks `step_dir`'s files (the named items' only, when given) against the digests
-    written with it; a checkpoint from before digests is read unchecked, with a note."""
+    written with it; a checkpoint from before digests is read unchecked, with a note (left to
+    the weights' loader where only the meta is read)."""
     try:
         verified = checkpoint_digests.verify(step_dir, items)
     except checkpoint_digests.CorruptFileError as e:
         raise CheckpointCorruptError(e.path, e.problem) from e
-    if not verified:
+    if not verified and note_unverified:
         logging.info("%s has no digests (written before they were kept): not verified", step_dir)
 
 
@@ -196,7 +199,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> epath.Path:
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON `meta` item of a checkpoint (see `resolve_checkpoint` for accepted paths)."""
     step_dir = resolve_checkpoint(path)
-    verify_checkpoint(step_dir, [META_ITEM])
+    verify_checkpoint(step_dir, [META_ITEM], note_unverified=False)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(
             step_dir, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})

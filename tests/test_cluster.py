@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from deepgin_jax import checkpointing, metric_writers, sharding, train_lib, train_state
+from deepgin_jax import checkpointing, metric_writers, sharding, train_state
 from deepgin_jax import config as config_lib
 from tests.test_train import free_slurm_job_id, read_logs, smoke_config
 
@@ -197,12 +197,16 @@ def rewind(workdir: Path, to_step: int) -> None:
             shutil.rmtree(path)
 
 
-def test_one_run_on_two_layouts_and_resumed_across_them_has_the_same_losses(tmp_path):
-    """1 process x 1 device against 2 processes x 4 devices (the paper's 12 samples padded to
-    16); then 2 processes -> 1 process (with 2 Grain workers) -> 2 processes x 2 devices."""
+def test_one_run_on_one_or_two_processes_and_resumed_across_them_has_the_same_losses(tmp_path):
+    """1 process x 4 devices against 2 processes x 2 devices (a simulated 2-node SLURM job),
+    then that run moved 2 processes -> 1 process with 2 Grain workers -> 2 processes. Each
+    device holds 3 of the 12 samples in every layout, so only the cross-process reductions
+    differ. (Other per-device batches differ by round-off that the first steps of training
+    amplify: 8 padded devices against 1, 1.7e-3 in the losses by step 4; the padding itself
+    is exact, see test_the_papers_batch_on_eight_devices_has_the_one_device_gradients.)"""
     logs = tmp_path / "logs"
     logs.mkdir()
-    # Both runs start from the same saved generator: init_from on two processes.
+    # Every run starts from the same saved generator: init_from on two processes.
     init_config = smoke_config(seed=7)
     setup = train_state.build_setup(init_config)
     init = functools.partial(train_state.init_train_state, setup, crop_size=64)
@@ -212,43 +216,36 @@ def test_one_run_on_two_layouts_and_resumed_across_them_has_the_same_losses(tmp_
     )
     run = {**LAYOUT_RUN, "init_from": str(tmp_path / "start")}
     single = tmp_path / "single"
-    train_lib.train_and_evaluate(smoke_config(**run), str(single))
+    run_training(single, run, processes=1, devices=4, logs=logs)
     expected = {r["step"]: r for r in metric_writers.read_metrics(single) if "g_loss" in r}
     assert sorted(expected) == [1, 2, 3, 4]
 
     wide = tmp_path / "wide"
-    texts = run_training(wide, run, processes=2, devices=4, logs=logs)
+    texts = run_training(wide, run, processes=2, devices=2, logs=logs)
     for rank, text in enumerate(texts):
-        assert f"process {rank} of 2, 4 local / 8 global devices" in text, text[-3000:]
-        assert "local device ids [0, 1, 2, 3]" in text
-    assert "8 devices on 2 processes" in texts[0]
-    assert "= 12 samples on 2 process(es) x 4 device(s), padded to 16" in texts[0]
+        assert f"process {rank} of 2, 2 local / 4 global devices" in text, text[-3000:]
+        assert "local device ids [0, 1]" in text
+    assert "4 devices on 2 processes" in texts[0]
+    assert "= 12 samples on 2 process(es) x 2 device(s), 3 per device" in texts[0]
     _assert_same_losses(wide, expected, steps=(1, 2, 3, 4))
 
     moved = tmp_path / "moved"
     shutil.copytree(wide, moved)
     rewind(moved, 2)
-    run_training(moved, {**run, "data.num_workers": 2}, processes=1, devices=1, logs=logs)
+    run_training(moved, {**run, "data.num_workers": 2}, processes=1, devices=4, logs=logs)
     rewind(moved, 3)
     texts = run_training(moved, run, processes=2, devices=2, logs=logs)
     assert "resumed from step 3" in texts[0]
-    assert "= 12 samples on 2 process(es) x 2 device(s), padded to 16" in texts[0]
     _assert_same_losses(moved, expected, steps=(1, 2, 3, 4))
 
 
 def _assert_same_losses(workdir: Path, expected: dict[int, dict], steps: tuple[int, ...]) -> None:
-    """Step 1's losses (the starting weights on the first batch) to float32 round-off; later
-    ones to 1e-3. Adam's first steps move each parameter by about +-lr whatever the size of its
-    gradient, so round-off in near-zero gradients (another device count batches the
-    convolutions otherwise) moves some weights by 1e-4 and the losses by up to ~2e-4 relative
-    (4 steps, 8 fake devices against 1). Another batch moves them by percents."""
     records = [r for r in metric_writers.read_metrics(workdir) if "g_loss" in r]
     assert [r["step"] for r in records] == list(steps)
     for record in records:
         want = expected[record["step"]]
-        rtol = 1e-5 if record["step"] == 1 else 1e-3
-        for key in ("g_loss", "g/coarse_l1", "g/output_l1", "d_loss", "g/adversarial"):
+        for key in ("g_loss", "g/coarse_l1", "g/output_l1", "d/real", "d/fake", "g/adversarial"):
             if key in want:
                 np.testing.assert_allclose(
-                    record[key], want[key], rtol=rtol, err_msg=f"{key} at step {record['step']}"
+                    record[key], want[key], rtol=1e-4, err_msg=f"{key} at step {record['step']}"
                 )

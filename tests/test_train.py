@@ -551,13 +551,14 @@ print("REPORT", json.dumps(report))
 """
 
 
-def test_step_on_four_devices_equals_the_one_device_step():
+def run_on_fake_devices(script: str, devices: int) -> dict:
+    """Runs `script` in a process with `devices` CPU devices; returns its `REPORT` JSON line."""
     env = {
         **os.environ,
-        "XLA_FLAGS": os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}",
     }
     result = subprocess.run(
-        [sys.executable, "-c", SHARDED_CHECK],
+        [sys.executable, "-c", script],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -566,7 +567,11 @@ def test_step_on_four_devices_equals_the_one_device_step():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(l for l in result.stdout.splitlines() if l.startswith("REPORT"))
-    report = json.loads(line.removeprefix("REPORT"))
+    return json.loads(line.removeprefix("REPORT"))
+
+
+def test_step_on_four_devices_equals_the_one_device_step():
+    report = run_on_fake_devices(SHARDED_CHECK, 4)
     # Reductions run in another order on 4 devices: float32 round-off, far from the factor of
     # 4 that a gradient summed instead of averaged over devices would show.
     assert max(report[k] for k in ("g_grad", "d_grad", "spectral")) < 1e-4, report

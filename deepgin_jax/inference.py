@@ -43,7 +43,7 @@ Strategies ("auto" mode): how a photo larger than `max_direct_size` reaches the 
   holes get boxes of their own. A box larger than the network's input is area-downscaled
   (known pixels only) to `scaled_size` (`max_direct_size`) on its long side and filled in ONE
   pass; the fill is upsampled (bicubic), Poisson-blended (the `blend` setting) and, with
-  `colour_match` (on), its mean CIELAB colour is kept within 2 of the colour the hole's border
+  `colour_match` (on), its mean CIELAB colour is kept within 1 of the colour the hole's border
   predicts (a membrane interpolation): no sub-image grid and no colour that the network
   brought from elsewhere. `detail=True` adds the known region's full-resolution texture
   (`deepgin_jax.detail_transfer`, contextual residual aggregation): lower LPIPS, but a
@@ -81,7 +81,7 @@ Both default to the network's `recommended` settings: a shipped model's card
 step 4), inverse-transformed and averaged; it defaults to on in "reference" mode, off in "auto".
 
 Compiled shapes (`deepgin_jax.shape_buckets`). Every network input is mirror-padded to the
-smallest square bucket that holds it (`buckets`, default 64, 128 and 256 for the generator;
+smallest square bucket that holds it (`buckets`, default 64, 128, 192 and 256 for the generator;
 none for a network function of your own), and inputs of one bucket are batched together
 across boxes, sub-images, ensemble variants and images (`inpaint_many`): a call holds up to
 `max_batch` inputs and a smaller remainder is padded up to the next power of two, so the
@@ -887,11 +887,11 @@ class Inpainter(InpainterBase):
         `tile_size`, 0.5).
       detail: "scaled": add the known region's full-resolution texture to a downscaled fill
         (`deepgin_jax.detail_transfer`).
-      colour_match: "scaled": keep the fill's mean colour within 2 CIELAB units of what the
+      colour_match: "scaled": keep the fill's mean colour within 1 CIELAB unit of what the
         hole's border predicts.
       scaled_size: "scaled": the long side a large box is downscaled to (`max_direct_size`).
-      buckets: square input sides the network sees (module docstring); None = 1/4, 1/2 and
-        all of `max_direct_size` and `tile_size` for the generator, none (exact shapes) for
+      buckets: square input sides the network sees (module docstring); None = 1/4, 1/2, 3/4
+        and all of `max_direct_size` and `tile_size` for the generator, none (exact shapes) for
         a network function.
       upscale: "auto" mode: run an image smaller than `max_direct_size` enlarged up to this
         many times (module docstring); None = the network's `recommended` one (the shipped

@@ -35,7 +35,7 @@ from deepgin_jax.image_io import convert_pixels, to_unit_float
 FACTOR = 3.0  # a box side per hole side: the hole a third of the box (training: 30-70 %)
 # The hole's mean colour may differ from what its surroundings predict by this much (CIELAB;
 # 2.3 is a just-noticeable difference); a larger difference is the network's colour cast.
-COLOUR_TOLERANCE = 2.0
+COLOUR_TOLERANCE = 1.0
 POISSON_MAX_PIXELS = 1_000_000  # larger holes are pasted (the sparse solve grows too fast)
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right)

@@ -15,9 +15,9 @@ MIN_SIZE = 16  # ... and at least 16
 
 
 def default_buckets(max_side: int, tile_size: int) -> tuple[int, ...]:
-    """A quarter, half and all of `max_side` (the network's largest direct input), and the
-    sub-image `tile_size`, each rounded up to a multiple of 8 and at least 16."""
-    sides = {max_side // 4, max_side // 2, max_side, tile_size}
+    """A quarter, half, three quarters and all of `max_side` (the network's largest direct
+    input), and the sub-image `tile_size`, each rounded up to a multiple of 8 and at least 16."""
+    sides = {max_side // 4, max_side // 2, 3 * max_side // 4, max_side, tile_size}
     return tuple(
         sorted({max(MIN_SIZE, -(-side // SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in sides})
     )

@@ -119,8 +119,8 @@ def test_detail_transfer_brings_the_known_texture_into_the_hole():
 
 
 def test_buckets_and_batch_sizes():
-    assert shape_buckets.default_buckets(256, 256) == (64, 128, 256)
-    assert shape_buckets.default_buckets(64, 64) == (16, 32, 64)
+    assert shape_buckets.default_buckets(256, 256) == (64, 128, 192, 256)
+    assert shape_buckets.default_buckets(64, 64) == (16, 32, 48, 64)
     assert shape_buckets.bucket_shape(40, 56, (16, 32, 64)) == (64, 64)
     assert shape_buckets.bucket_shape(16, 8, (16, 32, 64)) == (16, 16)
     assert shape_buckets.bucket_shape(80, 64, (16, 32, 64)) == (80, 64)  # none holds it
@@ -132,8 +132,9 @@ def test_buckets_and_batch_sizes():
 
 
 def test_after_warm_up_new_holes_in_new_photos_compile_nothing():
-    inpainter = Inpainter.from_checkpoint(tiny_checkpoint(), tile_size=32, max_batch=2)
-    assert inpainter.buckets == (16, 32)
+    inpainter = Inpainter.from_checkpoint(
+        tiny_checkpoint(), tile_size=32, max_batch=2, buckets=(16, 32)
+    )
     reports = []
     worker = threading.Thread(target=inpainter.warm_up, args=(lambda *a: reports.append(a),))
     worker.start()

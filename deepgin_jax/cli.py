@@ -151,6 +151,14 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
         "for the shipped DeepGIN-compact, else paste).",
         **fv,
     )
+    flags.DEFINE_bool(
+        "detail",
+        False,
+        "--strategy auto/scaled: bring the known region's full-resolution texture into a fill "
+        "made at low resolution (contextual residual aggregation): lower LPIPS, a slight "
+        "phase-mean spread.",
+        **fv,
+    )
     define_hyphenated_aliases(flag_values, ["max_batch"])
 
 
@@ -166,6 +174,7 @@ def inpainter_options(flag_values: flags.FlagValues) -> dict[str, Any]:
         "ensemble": flag_values.ensemble,
         "upscale": flag_values.upscale,
         "blend": flag_values.blend,
+        "detail": flag_values.detail,
         "dtype": getattr(jnp, flag_values.dtype),
         "max_batch": flag_values.max_batch or default_max_batch(),
     }

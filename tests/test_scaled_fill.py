@@ -175,3 +175,15 @@ def test_shipped_model_fills_a_sky_without_grid_or_colour_cast():
     out = Inpainter(max_batch=2).inpaint(photo, hole)
     grid, colour = grid_excess(out, photo, hole), mean_colour_error(out, photo, hole)
     assert grid <= 0.25 and colour <= 2.3, (grid, colour)
+
+
+def test_detail_flag_reaches_the_inpainter_options():
+    from absl import flags
+
+    from deepgin_jax import cli, inpaint
+
+    for argv, expected in (([], False), (["--detail"], True)):
+        flag_values = flags.FlagValues()
+        inpaint.define_flags(flag_values)
+        flag_values(["inpaint", "--image=x", "--output=y", *argv])
+        assert cli.inpainter_options(flag_values)["detail"] is expected

@@ -29,7 +29,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from deepgin_jax import cli, evaluation
+from deepgin_jax import baselines, cli, evaluation
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -39,7 +39,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("masks", None, "Mask set folder (python -m deepgin_jax.masks).", **fv)
     flags.DEFINE_string("output", None, "Folder for the reports.", **fv)
     cli.define_checkpoint_flag(flag_values, repeatable=True)
-    flags.DEFINE_list("baselines", [], "Classical baselines: telea, ns, patchmatch.", **fv)
+    flags.DEFINE_list(
+        "baselines", [], f"Classical baselines: {', '.join(baselines.BASELINES)}.", **fv
+    )
     flags.DEFINE_float("inpaint_radius", 3.0, "Neighbourhood radius of telea and ns (px).", **fv)
     flags.DEFINE_integer("size", 256, "Evaluation image size (square).", lower_bound=16, **fv)
     flags.DEFINE_integer("masks_per_image", 1, "Masks per image.", lower_bound=1, **fv)

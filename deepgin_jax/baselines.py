@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from skimage.restoration import inpaint_biharmonic
 
 from deepgin_jax.inference import HOLE_GREY, WholeImageInpainter, mirror_pad
 
@@ -126,6 +125,8 @@ class BiharmonicInpainter(WholeImageInpainter):
 
     def fill(self, rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """rgb uint8 [H, W, 3], hole bool [H, W] -> uint8 [H, W, 3]."""
+        from skimage.restoration import inpaint_biharmonic  # imported on first use only
+
         if hole.all():  # no known pixel to meet: the grey
             return np.full_like(rgb, HOLE_GREY)
         filled = inpaint_biharmonic(rgb, hole, split_into_regions=True, channel_axis=-1)

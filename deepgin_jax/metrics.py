@@ -18,7 +18,6 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
-from skimage import color
 
 Array = jax.Array
 GRID_PERIODS = range(2, 9)
@@ -268,6 +267,8 @@ def hole_colour_error(result: np.ndarray, original: np.ndarray, hole: np.ndarray
     """A colour cast: the CIE76 colour difference (Euclidean in CIELAB, D65) between the mean
     CIELAB colour of the hole's pixels in `result` and in `original`. About 2.3 is a
     just-noticeable difference."""
+    from skimage import color  # on first use: importing metrics stays light (GPU images lack it)
+
     result, original = _pixels_255(result) / 255.0, _pixels_255(original) / 255.0
     if result.shape != original.shape:
         raise ValueError(f"result {result.shape} and original {original.shape} differ in shape")

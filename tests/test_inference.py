@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepgin_jax import inference
+from deepgin_jax import blending, inference
 from deepgin_jax.checkpointing import load_generator
 from deepgin_jax.inference import Inpainter, MaskSizeError, prepare_mask, prepare_soft_mask
 from tests.inpainting_helpers import RecordingNetwork, ramp_network, tiny_checkpoint
@@ -761,7 +761,7 @@ def test_poisson_blend_removes_an_offset_and_keeps_the_fills_detail():
     hole[:, 2] = True  # a thin stripe across the image, touching its border
     detail = 0.05 * rng.standard_normal((height, width, 3))
     fill = photo + detail + 0.3  # the right content and detail, 0.3 too bright
-    blended = inference.blending.poisson_blend(photo, hole, fill)
+    blended = blending.poisson_blend(photo, hole, fill)
     np.testing.assert_array_equal(blended[~hole], photo[~hole])
     # The offset is gone (pasting the fill would leave 0.3), the detail is kept.
     assert np.abs(blended[hole] - (photo + detail)[hole]).mean() < 0.1 * 0.3
@@ -773,12 +773,12 @@ def test_poisson_blend_removes_an_offset_and_keeps_the_fills_detail():
     # An offset alone is removed exactly, and a hole without known pixels keeps the fill.
     flat = np.full((height, width, 3), 0.4)
     np.testing.assert_allclose(
-        inference.blending.poisson_blend(flat, hole, flat + 0.3), flat, atol=1e-4
+        blending.poisson_blend(flat, hole, flat + 0.3), flat, atol=1e-4
     )
     everything = np.ones((height, width), bool)
-    np.testing.assert_allclose(inference.blending.poisson_blend(photo, everything, fill), fill)
+    np.testing.assert_allclose(blending.poisson_blend(photo, everything, fill), fill)
     with pytest.raises(ValueError, match="must match"):
-        inference.blending.poisson_blend(photo, hole[:-1], fill)
+        blending.poisson_blend(photo, hole[:-1], fill)
 
 
 def offset_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -799,7 +799,7 @@ def test_poisson_blend_in_the_inpainter_meets_the_photo_without_a_seam(size, cap
     assert error(blended) < 0.25 * error(pasted), (error(blended), error(pasted))
     assert (blended[hole] != pasted[hole]).any()
     with caplog.at_level(logging.WARNING), monkeypatch.context() as patch:
-        patch.setattr(inference, "POISSON_MAX_PIXELS", int(hole.sum()) - 1)
+        patch.setattr(blending, "POISSON_MAX_PIXELS", int(hole.sum()) - 1)
         too_large = Inpainter.from_function(offset_network, blend="poisson").inpaint(image, hole)
     np.testing.assert_array_equal(too_large, pasted)
     assert "more than the Poisson blend solves" in caplog.text

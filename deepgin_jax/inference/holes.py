@@ -1,0 +1,132 @@
+"""Masks: the caller's mask -> the hole the network sees.
+
+Grey values by `image_io.mask_values` (white / 255 / 1.0 / True = hole; `invert` for the other
+polarity), binarised at `threshold` on the 0-255 scale, optionally dilated by a disc of radius
+`dilate` pixels. "reference" mode keeps the soft 8-bit mask instead (`prepare_soft_mask`): it is
+not thresholded, and `invert` (255 - m) and `dilate` (a grey max filter) apply to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from deepgin_jax.image_io import mask_values
+
+DEFAULT_THRESHOLD = 127  # "auto" mode's mask threshold (0-255 scale) when none is given
+
+
+class MaskSizeError(ValueError):
+    """The mask's size differs from the image's (and resizing it was not asked for)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskOptions:
+    """How a mask is read: `invert` (it marks the known region white), `threshold` (0-255, a
+    value above it is a hole; None = 127, and the only choice in reference mode), `dilate`
+    (grow the hole by a disc of this radius in pixels), `resize` (resize a mask of another size
+    to the image, nearest neighbour, instead of raising `MaskSizeError`)."""
+
+    invert: bool = False
+    threshold: int | None = None
+    dilate: int = 0
+    resize: bool = False
+
+
+def _match_size(values: np.ndarray, size: tuple[int, int], resize: bool) -> np.ndarray:
+    height, width = size
+    if values.shape == (height, width):
+        return values
+    if not resize:
+        raise MaskSizeError(
+            f"the mask is {values.shape[1]}x{values.shape[0]} (width x height) but the image is "
+            f"{width}x{height}; pass resize_mask=True (CLI: --resize-mask) to resize the mask "
+            "with nearest-neighbour sampling"
+        )
+    resized = Image.fromarray(values.astype(np.float32), "F").resize(
+        (width, height), Image.Resampling.NEAREST
+    )
+    return np.asarray(resized, np.float32)
+
+
+def disc(radius: int) -> np.ndarray:
+    """The disc structuring element of `dilate`: uint8 [2r+1, 2r+1], 1 where x^2 + y^2 <= r^2."""
+    offsets = np.arange(-radius, radius + 1)
+    return (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2).astype(np.uint8)
+
+
+def _dilate(values: np.ndarray, radius: int) -> np.ndarray:
+    """Grey-level dilation (a max filter) of uint8 [H, W] with `disc(radius)`; no-op for 0."""
+    if radius < 0:
+        raise ValueError(f"dilate must be >= 0 pixels, got {radius}")
+    if radius == 0:
+        return values
+    return cv2.dilate(values, disc(radius), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def prepare_mask(
+    mask: Any,
+    size: tuple[int, int],
+    *,
+    invert: bool = False,
+    threshold: float = DEFAULT_THRESHOLD,
+    dilate: int = 0,
+    resize: bool = False,
+) -> np.ndarray:
+    """The binary hole mask the network sees: bool [H, W], True = hole.
+
+    Steps: grey values on the 0-255 scale (`image_io.mask_values`); nearest-neighbour resize to
+    `size` = (H, W) if `resize`, else `MaskSizeError` on a mismatch; hole = value > threshold;
+    `invert` swaps hole and known; `dilate` grows the hole by a disc of that radius.
+    """
+    values = _match_size(mask_values(mask), size, resize)
+    hole = values > threshold
+    if invert:
+        hole = ~hole
+    return _dilate(hole.astype(np.uint8), dilate).astype(bool)
+
+
+def prepare_soft_mask(
+    mask: Any, size: tuple[int, int], *, invert: bool = False, dilate: int = 0, resize: bool = False
+) -> np.ndarray:
+    """The reference's un-binarised 8-bit mask, uint8 [H, W], 255 = hole (spec 7 step 7).
+
+    Values are rounded to 8 bits, resized (nearest) if asked, inverted (255 - m) if asked and
+    grey-dilated (max filter over a disc) by `dilate`; no threshold is applied.
+    """
+    values = _match_size(mask_values(mask), size, resize)
+    soft = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    if invert:
+        soft = 255 - soft
+    return _dilate(soft, dilate)
+
+
+def _binary_hole(mask: Any, size: tuple[int, int], options: MaskOptions) -> np.ndarray:
+    """`prepare_mask` with `options`: bool [H, W]."""
+    threshold = DEFAULT_THRESHOLD if options.threshold is None else options.threshold
+    return prepare_mask(
+        mask,
+        size,
+        invert=options.invert,
+        threshold=threshold,
+        dilate=options.dilate,
+        resize=options.resize,
+    )
+
+
+def _soft_hole(mask: Any, size: tuple[int, int], options: MaskOptions) -> np.ndarray:
+    """`prepare_soft_mask` with `options`: uint8 [H, W]; a threshold is refused."""
+    if options.threshold is not None:
+        raise ValueError(
+            f"threshold={options.threshold} (CLI: --mask-threshold) cannot apply in reference "
+            "mode: the reference does not threshold the mask (any value above 0 after its "
+            "bilinear resize is a hole, and the result is blended by the soft mask); "
+            "leave it unset, or use mode='auto'"
+        )
+    return prepare_soft_mask(
+        mask, size, invert=options.invert, dilate=options.dilate, resize=options.resize
+    )

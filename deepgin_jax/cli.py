@@ -153,41 +153,37 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
     define_hyphenated_aliases(flag_values, ["max_batch"])
 
 
+def inpaint_options(flag_values: flags.FlagValues) -> Any:
+    """The `inference.InpaintOptions` of `define_inpainter_flags`'s flags."""
+    from deepgin_jax.inference import InpaintOptions, default_max_batch
+
+    return InpaintOptions(
+        mode=flag_values.mode,
+        strategy=flag_values.strategy,
+        ensemble=flag_values.ensemble,
+        upscale=flag_values.upscale,
+        blend=flag_values.blend,
+        max_batch=flag_values.max_batch or default_max_batch(),
+    )
+
+
 def inpainter_options(flag_values: flags.FlagValues) -> dict[str, Any]:
-    """Keyword arguments of `Inpainter.from_checkpoint` from `define_inpainter_flags`'s flags."""
+    """Keyword arguments of `Inpainter.from_checkpoint` from `define_inpainter_flags`'s flags:
+    `options` (`inpaint_options`) and `dtype`."""
     import jax.numpy as jnp
 
-    from deepgin_jax.inference import default_max_batch
-
-    return {
-        "mode": flag_values.mode,
-        "strategy": flag_values.strategy,
-        "ensemble": flag_values.ensemble,
-        "upscale": flag_values.upscale,
-        "blend": flag_values.blend,
-        "dtype": getattr(jnp, flag_values.dtype),
-        "max_batch": flag_values.max_batch or default_max_batch(),
-    }
+    return {"options": inpaint_options(flag_values), "dtype": getattr(jnp, flag_values.dtype)}
 
 
-def inpainter_flags_problem(flag_values: flags.FlagValues) -> str | None:
-    """Why `define_inpainter_flags`'s flags cannot work together, or None."""
-    if flag_values.mode == "reference" and flag_values.strategy == "crop":
-        return (
-            "--strategy crop cannot apply with --mode reference, which resamples the whole "
-            "photo as the original test script does; drop --strategy or use --mode auto"
-        )
-    if flag_values.mode == "reference" and flag_values.upscale not in (None, 1.0):
-        return (
-            f"--upscale {flag_values.upscale:g} cannot apply with --mode reference, which "
-            "resamples the photo as the original test script does; drop --upscale or use "
-            "--mode auto"
-        )
-    if flag_values.mode == "reference" and flag_values.blend not in (None, "paste"):
-        return (
-            f"--blend {flag_values.blend} cannot apply with --mode reference, which blends by "
-            "the soft mask as the original test script does; drop --blend or use --mode auto"
-        )
+def inpainter_flags_problem(flag_values: flags.FlagValues, mask: Any = None) -> str | None:
+    """Why `define_inpainter_flags`'s flags (and `mask`, an `inference.MaskOptions`) cannot work
+    together (`inference.check_options`), or None."""
+    from deepgin_jax.inference import check_options
+
+    try:
+        check_options(inpaint_options(flag_values), mask)
+    except ValueError as e:
+        return str(e)
     return None
 
 

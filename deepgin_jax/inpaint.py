@@ -410,13 +410,10 @@ def run(flag_values: flags.FlagValues) -> int:
     """Runs the command for parsed `flag_values`; returns the exit status (module docstring)."""
     f = flag_values
     cli.require_flags(f, ["image", "output"])
-    if f.mode == "reference" and f.mask_threshold is not None:
-        return cli.usage_failure(
-            "--mask-threshold cannot apply with --mode reference: the reference does not "
-            "threshold the mask (any value above 0 is a hole, and the result is blended with "
-            "the mask's grey levels); drop --mask-threshold or use --mode auto"
-        )
-    if (problem := cli.inpainter_flags_problem(f)) is not None:
+    mask_options = MaskOptions(
+        invert=f.invert_mask, threshold=f.mask_threshold, dilate=f.dilate, resize=f.resize_mask
+    )
+    if (problem := cli.inpainter_flags_problem(f, mask_options)) is not None:
         return cli.usage_failure("%s", problem)
     try:
         shipped.check_generator_path(f.checkpoint)
@@ -428,9 +425,6 @@ def run(flag_values: flags.FlagValues) -> int:
         return cli.usage_failure("%s", e)
     inpainter = functools.partial(
         Inpainter.from_checkpoint, f.checkpoint, **cli.inpainter_options(f)
-    )
-    mask_options = MaskOptions(
-        invert=f.invert_mask, threshold=f.mask_threshold, dilate=f.dilate, resize=f.resize_mask
     )
     try:
         summary = inpaint_tasks(

@@ -46,7 +46,7 @@ from flax import traverse_util
 
 from deepgin_jax import checkpointing, weights_io
 from deepgin_jax.atomic import atomic_write
-from deepgin_jax.blending import BLENDS
+from deepgin_jax.inference.options import PLAIN_SETTINGS, check_settings
 from deepgin_jax.models.generator import DeepGIN
 
 MODEL_NAME = "DeepGIN-compact"
@@ -218,29 +218,23 @@ def recommended_inference(path: str | os.PathLike | None = None) -> dict[str, An
     """The card's settings for running the model, `{"upscale": ..., "blend": ...}` (how far
     `Inpainter` enlarges a small image, and how the fill meets the photo; see
     `deepgin_jax.inference`), for a shipped folder or None (the default one); a key the card
-    lacks, and anything that is not a shipped folder, gets the `Inpainter`'s plain default.
+    lacks, and anything that is not a shipped folder, gets the `Inpainter`'s plain default
+    (`inference.options.PLAIN_SETTINGS`).
 
     Raises:
       ShippedWeightsError: the card records a value that is not allowed.
     """
-    settings: dict[str, Any] = {"upscale": 1.0, "blend": "paste"}
+    settings = dict(PLAIN_SETTINGS)
     if path is not None and shipped_dir(path) is None:
         return settings
     directory = default_dir() if path is None else shipped_dir(path)
     card = read_card(directory)
     settings.update({key: card[key] for key in settings if key in card})
-    if problem := _inference_problem(settings):
-        raise ShippedWeightsError(f"{directory / CARD_FILE}: {problem}")
+    try:
+        check_settings(settings)
+    except ValueError as e:
+        raise ShippedWeightsError(f"{directory / CARD_FILE}: {e}") from e
     return settings
-
-
-def _inference_problem(card: Mapping[str, Any]) -> str | None:
-    upscale = card.get("upscale", 1.0)
-    if not isinstance(upscale, (int, float)) or isinstance(upscale, bool) or not upscale >= 1:
-        return f"upscale must be a number >= 1, got {upscale!r}"
-    if card.get("blend", "paste") not in BLENDS:
-        return f"blend must be one of {BLENDS}, got {card.get('blend')!r}"
-    return None
 
 
 def _to_float32(array: np.ndarray, storage_dtype: str) -> np.ndarray:
@@ -420,8 +414,10 @@ def write_shipped_weights(
     clashes = sorted(set(card) & set(OWN_CARD_KEYS))
     if clashes:
         raise ValueError(f"card keys {clashes} are the format's own; rename them")
-    if problem := _inference_problem(card):
-        raise ValueError(f"card: {problem}")
+    try:
+        check_settings(card)
+    except ValueError as e:
+        raise ValueError(f"card: {e}") from e
     if isinstance(checkpoint_path, (str, os.PathLike)):
         if averaging_weights is not None:
             raise ValueError("averaging_weights need a list of checkpoints to average")

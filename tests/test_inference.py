@@ -7,6 +7,7 @@ cost nothing to run; the tiny generator runs on two compiled shapes only, (1, 40
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import cv2
@@ -737,7 +738,7 @@ def test_settings_default_to_the_networks_recommendation_and_are_checked():
     assert (inpainter.upscale, inpainter.blend) == (1.0, "paste")
     inpainter = Inpainter(Recommending(), mode="reference")
     assert (inpainter.upscale, inpainter.blend) == (1.0, "paste")
-    with pytest.raises(ValueError, match="upscale must be >= 1"):
+    with pytest.raises(ValueError, match="upscale must be a number >= 1"):
         Inpainter.from_function(ramp_network, upscale=0.5)
     with pytest.raises(ValueError, match="blend must be one of"):
         Inpainter.from_function(ramp_network, blend="feather")
@@ -772,9 +773,7 @@ def test_poisson_blend_removes_an_offset_and_keeps_the_fills_detail():
     )
     # An offset alone is removed exactly, and a hole without known pixels keeps the fill.
     flat = np.full((height, width, 3), 0.4)
-    np.testing.assert_allclose(
-        blending.poisson_blend(flat, hole, flat + 0.3), flat, atol=1e-4
-    )
+    np.testing.assert_allclose(blending.poisson_blend(flat, hole, flat + 0.3), flat, atol=1e-4)
     everything = np.ones((height, width), bool)
     np.testing.assert_allclose(blending.poisson_blend(photo, everything, fill), fill)
     with pytest.raises(ValueError, match="must match"):
@@ -808,3 +807,41 @@ def test_poisson_blend_in_the_inpainter_meets_the_photo_without_a_seam(size, cap
     )
     assert sixteen.dtype == np.uint16
     np.testing.assert_array_equal(sixteen[~hole], image[~hole].astype(np.uint16) * 257)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options: one frozen object and one check
+
+
+def test_one_frozen_options_object_with_one_check_for_every_caller():
+    options = inference.InpaintOptions(strategy="whole", upscale=1.5)
+    inpainter = Inpainter.from_function(ramp_network, options=options)
+    assert inpainter.options == dataclasses.replace(
+        options, ensemble=False, max_direct_size=256, crop_min_size=256, blend="paste"
+    )
+    assert Inpainter.from_function(ramp_network, options=options, strategy="crop").strategy == (
+        "crop"
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.mode = "reference"
+    with pytest.raises(TypeError, match="upscal"):
+        Inpainter.from_function(ramp_network, upscal=2.0)
+    reference = inference.InpaintOptions(mode="reference")
+    assert reference.resolved({"upscale": 2.0, "blend": "poisson"}) == dataclasses.replace(
+        reference,
+        strategy="whole",
+        ensemble=True,
+        max_direct_size=256,
+        crop_min_size=256,
+        upscale=1.0,
+        blend="paste",
+    )
+    crop = r"strategy='crop' \(CLI: --strategy crop\) cannot apply in reference mode"
+    with pytest.raises(ValueError, match=crop):
+        inference.check_options(dataclasses.replace(reference, strategy="crop"))
+    with pytest.raises(ValueError, match=r"threshold=9 \(CLI: --mask-threshold\) cannot apply"):
+        inference.check_options(reference, inference.MaskOptions(threshold=9))
+    with pytest.raises(ValueError, match=r"threshold .* from 0 to 254, got 255"):
+        inference.check_options(options, inference.MaskOptions(threshold=255))
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        inference.check_options(dataclasses.replace(options, max_batch=0))

@@ -62,7 +62,6 @@ from deepgin_jax.inference.geometry import (
 )
 from deepgin_jax.inference.holes import (
     DEFAULT_THRESHOLD,
-    MaskOptions,
     MaskSizeError,
     disc,
     prepare_mask,
@@ -70,7 +69,16 @@ from deepgin_jax.inference.holes import (
 )
 from deepgin_jax.inference.inpainter import Inpainter, InpainterBase, WholeImageInpainter
 from deepgin_jax.inference.network import ForwardFn, GeneratorForward, forward_cache_size
-from deepgin_jax.inference.options import CROP_MAX_FRACTION, MODES, STRATEGIES
+from deepgin_jax.inference.options import (
+    CROP_MAX_FRACTION,
+    MAX_DILATE,
+    MODES,
+    PLAIN_SETTINGS,
+    STRATEGIES,
+    InpaintOptions,
+    MaskOptions,
+    check_options,
+)
 from deepgin_jax.inference.planners import HOLE_GREY
 
 __all__ = [
@@ -81,14 +89,17 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "ENSEMBLE_TRANSFORMS",
     "HOLE_GREY",
+    "MAX_DILATE",
     "MIN_SIZE",
     "MODES",
+    "PLAIN_SETTINGS",
     "POISSON_MAX_PIXELS",
     "SIZE_MULTIPLE",
     "STRATEGIES",
     "TILE_SIZE",
     "ForwardFn",
     "GeneratorForward",
+    "InpaintOptions",
     "Inpainter",
     "InpainterBase",
     "MaskOptions",
@@ -96,6 +107,7 @@ __all__ = [
     "ProgressFn",
     "WholeImageInpainter",
     "blending",
+    "check_options",
     "crop_box",
     "default_max_batch",
     "disc",

@@ -8,7 +8,6 @@ not thresholded, and `invert` (255 - m) and `dilate` (a grey max filter) apply t
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import cv2
@@ -16,25 +15,13 @@ import numpy as np
 from PIL import Image
 
 from deepgin_jax.image_io import mask_values
+from deepgin_jax.inference.options import MaskOptions
 
 DEFAULT_THRESHOLD = 127  # "auto" mode's mask threshold (0-255 scale) when none is given
 
 
 class MaskSizeError(ValueError):
     """The mask's size differs from the image's (and resizing it was not asked for)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskOptions:
-    """How a mask is read: `invert` (it marks the known region white), `threshold` (0-255, a
-    value above it is a hole; None = 127, and the only choice in reference mode), `dilate`
-    (grow the hole by a disc of this radius in pixels), `resize` (resize a mask of another size
-    to the image, nearest neighbour, instead of raising `MaskSizeError`)."""
-
-    invert: bool = False
-    threshold: int | None = None
-    dilate: int = 0
-    resize: bool = False
 
 
 def _match_size(values: np.ndarray, size: tuple[int, int], resize: bool) -> np.ndarray:
@@ -119,14 +106,8 @@ def _binary_hole(mask: Any, size: tuple[int, int], options: MaskOptions) -> np.n
 
 
 def _soft_hole(mask: Any, size: tuple[int, int], options: MaskOptions) -> np.ndarray:
-    """`prepare_soft_mask` with `options`: uint8 [H, W]; a threshold is refused."""
-    if options.threshold is not None:
-        raise ValueError(
-            f"threshold={options.threshold} (CLI: --mask-threshold) cannot apply in reference "
-            "mode: the reference does not threshold the mask (any value above 0 after its "
-            "bilinear resize is a hole, and the result is blended by the soft mask); "
-            "leave it unset, or use mode='auto'"
-        )
+    """`prepare_soft_mask` with `options` (whose threshold `options.check_options` refused in
+    reference mode): uint8 [H, W]."""
     return prepare_soft_mask(
         mask, size, invert=options.invert, dilate=options.dilate, resize=options.resize
     )

@@ -6,6 +6,7 @@ and `WholeImageInpainter` (methods without a network: the classical baselines in
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,6 @@ import numpy as np
 from absl import logging
 
 from deepgin_jax import image_io
-from deepgin_jax.blending import BLENDS
 from deepgin_jax.image_io import to_unit_float
 from deepgin_jax.inference.batching import (
     ProgressFn,
@@ -25,15 +25,10 @@ from deepgin_jax.inference.batching import (
     _WorkItem,
 )
 from deepgin_jax.inference.geometry import (
-    CROP_FACTOR,
     ENSEMBLE_TRANSFORMS,
-    MIN_SIZE,
-    SIZE_MULTIPLE,
-    TILE_SIZE,
 )
-from deepgin_jax.inference.holes import MaskOptions
 from deepgin_jax.inference.network import ForwardFn, GeneratorForward
-from deepgin_jax.inference.options import CROP_MAX_FRACTION, MODES, STRATEGIES
+from deepgin_jax.inference.options import InpaintOptions, MaskOptions, check_options
 from deepgin_jax.inference.planners import (
     _AutoPlanner,
     _CropPlanner,
@@ -50,8 +45,9 @@ class InpainterBase:
     mask and plans each image, `_run` runs the work items of all images together, and the
     results go back to the caller's types. An empty mask returns a copy of the image."""
 
-    def __init__(self, planner: _Planner):
+    def __init__(self, planner: _Planner, options: InpaintOptions | None = None):
         self._planner = planner
+        self.options = InpaintOptions() if options is None else options
 
     def inpaint(
         self,
@@ -119,6 +115,7 @@ class InpainterBase:
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
         options = MaskOptions(invert_mask, threshold, dilate, resize_mask)
+        check_options(self.options, options)
         views = [image_io.as_rgb(image) for image in images]
         jobs = [self._job(view.rgb, mask, options) for view, mask in zip(views, masks, strict=True)]
         self._run([item for job in jobs for item in job.items], progress or _no_progress)
@@ -170,114 +167,47 @@ class Inpainter(InpainterBase):
 
     Args:
       forward: forward(masked [B, H, W, 3] float32 in [0, 1], holes white; mask [B, H, W, 1]
-        float32, 1 = hole) -> the reconstruction [B, H, W, 3] (array-like). A path is read as
-        `from_checkpoint` reads it; None (the default) loads the shipped model.
-      mode: "auto" or "reference".
-      strategy: how much of the photo the network sees in "auto" mode: "whole" (all of it),
-        "crop" (only `crop_box`: the holes' bounding box grown `crop_factor` times and at least
-        `crop_min_size` a side; the rest of the photo is never touched), or "auto" (crop when
-        that box covers at most `crop_max_fraction` of the photo, else whole). "reference"
-        mode always works on the whole photo ("crop" is refused there).
-      ensemble: the x5 self-ensemble; None = on in "reference" mode, off in "auto" mode.
-      max_batch: the most network inputs per call.
-      tile_size: sub-image size (the training crop size, 256); smaller only for tests (a
-        multiple of 8, at least 16).
-      max_direct_size: "auto" runs images up to this long side in one piece (default
-        `tile_size`).
-      crop_factor, crop_min_size, crop_max_fraction: the "crop" strategy's box (defaults 2.0,
-        `tile_size`, 0.5).
-      upscale: "auto" mode: run an image smaller than `max_direct_size` enlarged up to this
-        many times (`deepgin_jax.inference`); None = the network's `recommended` one (the shipped
-        model's card: 2 for DeepGIN-compact), else 1 (off). Must be 1 in "reference" mode.
-      blend: "auto" mode: how the fill meets the photo, "paste" (its pixels as they are) or
-        "poisson" (`blending.poisson_blend`: seam-free); None = the network's `recommended`
-        one (the shipped model's card: "poisson" for DeepGIN-compact), else "paste". Must be
-        "paste" in "reference" mode, which blends by the soft mask.
+        float32, 1 = hole) -> the reconstruction [B, H, W, 3] (array-like). A path (or a name)
+        is read as `from_checkpoint` reads it; None (the default) loads the shipped model.
+      options: an `InpaintOptions` (default: its defaults).
       dtype: with a path (or None) only: the computation dtype (default float32).
+      **fields: `InpaintOptions` fields that replace those of `options` (mode, strategy,
+        ensemble, max_batch, tile_size, max_direct_size, crop_factor, crop_min_size,
+        crop_max_fraction, upscale, blend); None-valued `upscale` and `blend` take the
+        network's `recommended` settings (the shipped model's card: upscale 2 and "poisson"
+        for DeepGIN-compact), else `options.PLAIN_SETTINGS` (1 and "paste").
+
+    Raises:
+      ValueError: an invalid option, or one that does not fit the mode
+        (`options.check_options`), before any network is loaded.
     """
 
     def __init__(
         self,
         forward: ForwardFn | str | os.PathLike | None = None,
         *,
-        mode: str = "auto",
-        strategy: str = "auto",
-        ensemble: bool | None = None,
-        max_batch: int = 16,
-        tile_size: int = TILE_SIZE,
-        max_direct_size: int | None = None,
-        crop_factor: float = CROP_FACTOR,
-        crop_min_size: int | None = None,
-        crop_max_fraction: float = CROP_MAX_FRACTION,
-        upscale: float | None = None,
-        blend: str | None = None,
+        options: InpaintOptions | None = None,
         dtype: Any = None,
+        **fields: Any,
     ):
+        options = _checked(options, fields)
         if forward is None or isinstance(forward, (str, os.PathLike)):
             forward = GeneratorForward.from_checkpoint(forward, dtype=dtype or jnp.float32)
         elif dtype is not None:
             raise TypeError("dtype applies to a checkpoint; use from_model(..., dtype=...)")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if mode == "reference" and strategy == "crop":
-            raise ValueError(
-                "strategy='crop' (CLI: --strategy crop) cannot apply in reference mode, which "
-                "resamples the whole photo as the original test script does; use mode='auto'"
-            )
-        recommended = {} if mode == "reference" else getattr(forward, "recommended", {})
-        upscale = recommended.get("upscale", 1.0) if upscale is None else upscale
-        blend = recommended.get("blend", "paste") if blend is None else blend
-        if not upscale >= 1:
-            raise ValueError(f"upscale must be >= 1 (1 = off), got {upscale}")
-        if blend not in BLENDS:
-            raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
-        if mode == "reference" and (upscale != 1 or blend != "paste"):
-            raise ValueError(
-                f"upscale={upscale} and blend={blend!r} (CLI: --upscale, --blend) cannot apply "
-                "in reference mode, which resamples the photo and blends by the soft mask as "
-                "the original test script does; leave them unset, or use mode='auto'"
-            )
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if tile_size < MIN_SIZE or tile_size % SIZE_MULTIPLE:
-            raise ValueError(
-                f"tile_size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE}, "
-                f"got {tile_size}"
-            )
-        if crop_factor < 1 or not 0 < crop_max_fraction <= 1:
-            raise ValueError(
-                f"need crop_factor >= 1 and 0 < crop_max_fraction <= 1, got {crop_factor} and "
-                f"{crop_max_fraction}"
-            )
+        options = options.resolved(getattr(forward, "recommended", {}))
         self._forward = forward
         self.model: DeepGIN | None = getattr(forward, "model", None)
-        self.mode = mode
-        self.strategy = "whole" if mode == "reference" else strategy
-        self.ensemble = (mode == "reference") if ensemble is None else bool(ensemble)
-        self.max_batch = max_batch
-        self.tile_size = tile_size
-        self.max_direct_size = tile_size if max_direct_size is None else max_direct_size
-        self.upscale = float(upscale)
-        self.blend = blend
+        self.mode = options.mode
+        self.strategy = options.strategy
+        self.ensemble = options.ensemble
+        self.max_batch = options.max_batch
+        self.tile_size = options.tile_size
+        self.max_direct_size = options.max_direct_size
+        self.upscale = options.upscale
+        self.blend = options.blend
         self.batch_shapes: set[tuple[int, int, int]] = set()  # (B, H, W) sent to the network
-        transforms = ENSEMBLE_TRANSFORMS if self.ensemble else ENSEMBLE_TRANSFORMS[:1]
-        if mode == "reference":
-            super().__init__(_ReferencePlanner(tile_size, transforms))
-            return
-        planner = _AutoPlanner(
-            tile_size, self.max_direct_size, transforms, self.upscale, self.blend
-        )
-        if self.strategy != "whole":
-            planner = _CropPlanner(
-                planner,
-                factor=float(crop_factor),
-                min_size=tile_size if crop_min_size is None else int(crop_min_size),
-                max_fraction=float(crop_max_fraction),
-                automatic=self.strategy == "auto",
-            )
-        super().__init__(planner)
+        super().__init__(_planner(options), options)
 
     def crop_box(self, hole: np.ndarray) -> tuple[int, int, int, int] | None:
         """(top, left, bottom, right) of the region the network sees for bool [H, W] `hole`
@@ -304,7 +234,8 @@ class Inpainter(InpainterBase):
         `checkpoints/` folder, a training workdir or a shipped-model folder (None: the shipped
         model; `deepgin_jax.shipped.load_generator`), computing in `dtype` (e.g. jnp.bfloat16
         on GPU; the parameters stay float32)."""
-        return cls(GeneratorForward.from_checkpoint(checkpoint, dtype=dtype), **options)
+        checked = _checked(options.pop("options", None), options)
+        return cls(GeneratorForward.from_checkpoint(checkpoint, dtype=dtype), options=checked)
 
     @classmethod
     def from_model(
@@ -341,3 +272,29 @@ class Inpainter(InpainterBase):
                     item.deliver(prediction[row])
                 done += count
                 progress(done, len(items))
+
+
+def _checked(options: InpaintOptions | None, fields: dict[str, Any]) -> InpaintOptions:
+    """`options` (default: `InpaintOptions()`) with `fields` replaced, after `check_options`."""
+    options = dataclasses.replace(InpaintOptions() if options is None else options, **fields)
+    check_options(options)
+    return options
+
+
+def _planner(options: InpaintOptions) -> _Planner:
+    """The planner of resolved `options` (`InpaintOptions.resolved`)."""
+    transforms = ENSEMBLE_TRANSFORMS if options.ensemble else ENSEMBLE_TRANSFORMS[:1]
+    if options.mode == "reference":
+        return _ReferencePlanner(options.tile_size, transforms)
+    planner = _AutoPlanner(
+        options.tile_size, options.max_direct_size, transforms, options.upscale, options.blend
+    )
+    if options.strategy == "whole":
+        return planner
+    return _CropPlanner(
+        planner,
+        factor=float(options.crop_factor),
+        min_size=int(options.crop_min_size),
+        max_fraction=float(options.crop_max_fraction),
+        automatic=options.strategy == "auto",
+    )

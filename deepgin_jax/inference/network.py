@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepgin_jax import shipped
 from deepgin_jax.models.generator import DeepGIN
 
 # The network as a function: masked images [B, H, W, 3] float32 in [0, 1] with white holes and
@@ -78,6 +77,8 @@ class GeneratorForward:
         folder, a training workdir or a shipped-model folder; None = the shipped model
         (`deepgin_jax.shipped.load_generator`); a shipped model's card gives the settings it
         is `recommended` to run with (`shipped.recommended_inference`)."""
+        from deepgin_jax import shipped  # which reads its cards' settings with our options
+
         model, variables = shipped.load_generator(checkpoint, dtype=dtype)
         return cls(model, variables, recommended=shipped.recommended_inference(checkpoint))
 

@@ -48,8 +48,9 @@ UNWINDING_SIGNALS = tuple(
 DTYPES = ("float32", "bfloat16", "float16")  # jax.numpy's names
 CHECKPOINT_HELP = (
     "Generator: a converted model, training checkpoint step, checkpoints/ folder, training "
-    "workdir or shipped-model folder. Default: the DeepGIN-compact shipped with the package "
-    "(deepgin_jax/weights/compact, or the folder $DEEPGIN_SHIPPED_WEIGHTS names)."
+    "workdir, shipped-model folder (or its generator.npz), or 'shipped'. Default: the "
+    "DeepGIN-compact shipped with the package (deepgin_jax/weights/compact, or the folder "
+    "$DEEPGIN_SHIPPED_WEIGHTS names)."
 )
 
 

@@ -230,10 +230,11 @@ class Inpainter(InpainterBase):
         dtype: Any = jnp.float32,
         **options: Any,
     ) -> Inpainter:
-        """An Inpainter for the generator of a converted model, a training checkpoint step, a
-        `checkpoints/` folder, a training workdir or a shipped-model folder (None: the shipped
-        model; `deepgin_jax.shipped.load_generator`), computing in `dtype` (e.g. jnp.bfloat16
-        on GPU; the parameters stay float32)."""
+        """An Inpainter for any generator `deepgin_jax.shipped.load_any_generator` reads (a
+        converted model, a training checkpoint step, a `checkpoints/` folder, a training
+        workdir, a shipped-model folder or its generator.npz; None or "shipped": the shipped
+        model), computing in `dtype` (e.g. jnp.bfloat16 on GPU; the parameters stay
+        float32). The options are checked before the generator is loaded."""
         checked = _checked(options.pop("options", None), options)
         return cls(GeneratorForward.from_checkpoint(checkpoint, dtype=dtype), options=checked)
 

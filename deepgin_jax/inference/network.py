@@ -73,13 +73,12 @@ class GeneratorForward:
     def from_checkpoint(
         cls, checkpoint: str | os.PathLike | None, *, dtype: Any = jnp.float32
     ) -> GeneratorForward:
-        """The generator of a converted model, a training checkpoint step, a `checkpoints/`
-        folder, a training workdir or a shipped-model folder; None = the shipped model
-        (`deepgin_jax.shipped.load_generator`); a shipped model's card gives the settings it
-        is `recommended` to run with (`shipped.recommended_inference`)."""
+        """The generator `deepgin_jax.shipped.load_any_generator` reads from `checkpoint`
+        (None: the shipped model); a shipped model's card gives the settings it is
+        `recommended` to run with (`shipped.recommended_inference`)."""
         from deepgin_jax import shipped  # which reads its cards' settings with our options
 
-        model, variables = shipped.load_generator(checkpoint, dtype=dtype)
+        model, variables = shipped.load_any_generator(checkpoint, dtype=dtype)
         return cls(model, variables, recommended=shipped.recommended_inference(checkpoint))
 
     def __call__(self, masked: np.ndarray, mask: np.ndarray) -> jax.Array:

@@ -63,7 +63,7 @@ from absl import flags, logging
 from deepgin_jax import cli, image_io, shipped
 from deepgin_jax.checkpointing import CheckpointNotFoundError
 from deepgin_jax.image_io import IMAGE_EXTENSIONS, MASK_SUFFIX, is_image_file, list_images
-from deepgin_jax.inference import Inpainter, InpainterBase, MaskOptions, ProgressFn
+from deepgin_jax.inference import MAX_DILATE, Inpainter, InpainterBase, MaskOptions, ProgressFn
 
 OUTPUT_EXTENSIONS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
 OUTPUT_FORMATS = ("png", "jpg", "webp")
@@ -373,7 +373,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_integer(
-        "dilate", 0, "Grow holes by a disc of this radius (pixels).", lower_bound=0, **fv
+        "dilate",
+        0,
+        f"Grow holes by a disc of this radius (pixels, at most {MAX_DILATE}).",
+        lower_bound=0,
+        upper_bound=MAX_DILATE,
+        **fv,
     )
     flags.DEFINE_bool(
         "resize_mask",

@@ -17,7 +17,7 @@ import pytest
 from absl import flags
 from PIL import Image, ImageCms
 
-from deepgin_jax import cli, image_io, inpaint, shipped
+from deepgin_jax import cli, image_io, inference, inpaint, shipped
 from deepgin_jax.inference import Inpainter
 from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped
 
@@ -577,3 +577,12 @@ def test_the_bar_advances_per_batch_of_sub_images_and_logs_do_not_break_it(
     for line in screen.splitlines():  # each log line starts a line of its own
         if "batch of 4" in line:
             assert line.split("\r")[-1].lstrip().startswith("W"), repr(line)
+
+
+def test_dilate_flag_is_bounded():
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    with pytest.raises(flags.IllegalFlagValueError, match=r"dilate.*10000"):
+        flag_values(["inpaint", "--dilate=10000", "--image=x", "--output=y"])
+    flag_values(["inpaint", f"--dilate={inference.MAX_DILATE}", "--image=x", "--output=y"])
+    assert flag_values.dilate == inference.MAX_DILATE

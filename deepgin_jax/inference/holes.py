@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from deepgin_jax.image_io import mask_values
-from deepgin_jax.inference.options import MaskOptions
+from deepgin_jax.inference.options import MAX_DILATE, MaskOptions
 
 DEFAULT_THRESHOLD = 127  # "auto" mode's mask threshold (0-255 scale) when none is given
 
@@ -46,13 +46,35 @@ def disc(radius: int) -> np.ndarray:
     return (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2).astype(np.uint8)
 
 
+# `_dilate` runs the max filter while radius^2 is at most this times the mask's grey levels
+# (measured: about where the two methods cost the same).
+_DISC_AREA_PER_LEVEL = 1000
+
+
 def _dilate(values: np.ndarray, radius: int) -> np.ndarray:
-    """Grey-level dilation (a max filter) of uint8 [H, W] with `disc(radius)`; no-op for 0."""
-    if radius < 0:
-        raise ValueError(f"dilate must be >= 0 pixels, got {radius}")
+    """Grey-level dilation (a max filter) of uint8 [H, W] with `disc(radius)`; no-op for 0.
+
+    A small disc runs `cv2.dilate`, whose cost grows with the disc's area (radius 64 on
+    2560x1600: 2.3 s, radius 256: 46 s); a larger one runs a threshold decomposition, one
+    Euclidean distance transform per grey level the mask holds (one for a binary mask; 0.4-1
+    s each on 2560x1600 at any radius): a pixel reaches level v when a pixel of level >= v
+    lies within the disc, x^2 + y^2 <= r^2. Both give the same result."""
+    if not 0 <= radius <= MAX_DILATE:
+        raise ValueError(f"dilate must be from 0 to {MAX_DILATE} pixels, got {radius}")
     if radius == 0:
         return values
-    return cv2.dilate(values, disc(radius), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    levels = np.unique(values[values > 0])
+    if radius * radius <= _DISC_AREA_PER_LEVEL * len(levels):
+        return cv2.dilate(values, disc(radius), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    result = np.zeros_like(values)
+    for level in levels:  # ascending: a higher level overwrites
+        # Distance to the nearest pixel of this level or above (exact Euclidean); the squared
+        # distances are integers, so comparing them with r^2 + 1/2 absorbs round-off.
+        distance = cv2.distanceTransform(
+            (values < level).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+        ).astype(np.float64)
+        result[distance * distance <= radius * radius + 0.5] = level
+    return result
 
 
 def prepare_mask(

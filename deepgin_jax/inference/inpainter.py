@@ -64,15 +64,16 @@ class InpainterBase:
 
         Args:
           image: np.ndarray [H, W] / [H, W, 1|2|3|4] (gray, gray + alpha, RGB, RGBA) of uint8,
-            uint16 or float in [0, 1], or a PIL image of any mode; any size from 1x1.
+            uint16 or float in [0, 1], or a PIL image of any mode; any size from 1x1. Float
+            pixels inside the hole may be NaN or infinite (they are replaced), not outside.
           mask: np.ndarray (bool / uint8 / uint16 / float; [H, W] or [H, W, 1|2|3|4]) or a PIL
             image; white / 255 / 1.0 / True = hole (`image_io.mask_values`).
           invert_mask: the mask marks the known region instead.
           threshold: a value above it (0-255 scale) is a hole; None = 127. "auto" mode only:
             "reference" mode binarises at > 0 after its resize, like the reference, and
             raises ValueError for any other threshold.
-          dilate: grow the hole by a disc of this radius in pixels (in "reference" mode a grey
-            dilation of the soft mask).
+          dilate: grow the hole by a disc of this radius in pixels, 0 to `MAX_DILATE` (1024)
+            (in "reference" mode a grey dilation of the soft mask).
           resize_mask: resize a mask of another size to the image (nearest neighbour) instead
             of raising `MaskSizeError`.
           progress: called as progress(done, total) after each batch of network inputs
@@ -81,12 +82,15 @@ class InpainterBase:
             baselines) do not call it.
 
         Returns:
-          The same type, shape and dtype (PIL: mode) as `image`, alpha and PIL metadata kept.
-          An empty mask returns a copy of `image` without running the network.
+          The same type, shape and dtype (PIL: mode; a palette image as RGB(A), see
+          `image_io.as_rgb`) as `image`, alpha and PIL metadata kept. An empty mask returns a
+          copy of `image` without running the network.
 
         Raises:
           MaskSizeError: the mask's size differs and `resize_mask` is off.
-          ValueError / TypeError: an unsupported shape, dtype or option.
+          ValueError / TypeError: an unsupported shape, dtype or option (`check_options`),
+            float pixels outside [0, 1] (e.g. 0-255: divide by 255), or non-finite pixels
+            outside the hole (the message counts them and gives the first one's position).
         """
         [result] = self.inpaint_many(
             [image],
@@ -138,7 +142,7 @@ class InpainterBase:
                 hole.shape[1],
                 hole.shape[0],
             )
-        return self._planner.plan(rgb, prepared)
+        return self._planner.plan(_finite_known(rgb, hole), prepared)
 
     def _run(self, items: list[_WorkItem], progress: ProgressFn) -> None:
         if items:
@@ -299,3 +303,22 @@ def _planner(options: InpaintOptions) -> _Planner:
         max_fraction=float(options.crop_max_fraction),
         automatic=options.strategy == "auto",
     )
+
+
+def _finite_known(rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """rgb [H, W, 3] with its non-finite (NaN, infinite) hole pixels set to 0, since they are
+    replaced; ValueError naming the non-finite pixels outside the hole, which would spread
+    into the fill."""
+    if rgb.dtype.kind != "f":
+        return rgb
+    bad = ~np.isfinite(rgb).all(axis=-1)
+    if not bad.any():
+        return rgb
+    rows, cols = np.nonzero(bad & ~hole)
+    if rows.size:
+        raise ValueError(
+            f"the image has {rows.size} non-finite (NaN or infinite) pixel(s) outside the hole, "
+            f"the first at row {rows[0]}, column {cols[0]}: the fill is made from the known "
+            "pixels, so replace them or add them to the mask"
+        )
+    return np.where(bad[..., None], np.float32(0), rgb)

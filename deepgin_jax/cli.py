@@ -29,9 +29,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from absl import app, flags, logging
+
+if TYPE_CHECKING:
+    from deepgin_jax.inference import InpaintOptions, MaskOptions
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -154,7 +157,7 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
     define_hyphenated_aliases(flag_values, ["max_batch"])
 
 
-def inpaint_options(flag_values: flags.FlagValues) -> Any:
+def inpaint_options(flag_values: flags.FlagValues) -> InpaintOptions:
     """The `inference.InpaintOptions` of `define_inpainter_flags`'s flags."""
     from deepgin_jax.inference import InpaintOptions, default_max_batch
 
@@ -176,7 +179,9 @@ def inpainter_options(flag_values: flags.FlagValues) -> dict[str, Any]:
     return {"options": inpaint_options(flag_values), "dtype": getattr(jnp, flag_values.dtype)}
 
 
-def inpainter_flags_problem(flag_values: flags.FlagValues, mask: Any = None) -> str | None:
+def inpainter_flags_problem(
+    flag_values: flags.FlagValues, mask: MaskOptions | None = None
+) -> str | None:
     """Why `define_inpainter_flags`'s flags (and `mask`, an `inference.MaskOptions`) cannot work
     together (`inference.check_options`), or None."""
     from deepgin_jax.inference import check_options

@@ -279,6 +279,16 @@ def test_init_from_accepts_every_generator_that_checkpoint_accepts(tmp_path, mon
         ):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=str(source))
     assert Inpainter.from_checkpoint("shipped").model.base_features == 16
+    narrow = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    narrow.model.base_features = 8
+    narrow.init_from = str(tiny_shipped())
+    init = functools.partial(
+        train_state.init_train_state, train_state.build_setup(narrow), crop_size=64
+    )
+    with pytest.raises(ValueError, match=r"another architecture .* 'base_features': 16"):
+        train_lib._generator_from(
+            narrow, jax.eval_shape(init, jax.random.key(0)), sharding.replicated(mesh)
+        )
     config.init_from = str(tmp_path / "absent")
     with pytest.raises(train_lib.CannotStartError, match=r"init_from=.*absent.*does not exist"):
         train_lib.preflight(config, str(tmp_path / "workdir"))

@@ -65,8 +65,8 @@ def _composite(
 def _blend(
     rgb: np.ndarray, hole: np.ndarray, prediction: np.ndarray, blend: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`_composite` of the prediction as the `blend` named (`blending.BLENDERS`) makes it meet
-    the known pixels."""
+    """`_composite` of the prediction once the blend named `blend` (`blending.BLENDERS`) has
+    made it meet the known pixels."""
     return _composite(rgb, hole, BLENDERS[blend](rgb, hole, prediction))
 
 

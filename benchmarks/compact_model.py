@@ -6,7 +6,8 @@
     # full photos as a user has them: masked | OpenCV Telea | the model | original
     python -m benchmarks.compact_model grid --checkpoint=shipped --photos=PHOTOS/eval \
         --output=docs/results_grid.jpg
-    # the same photos scored inside the hole, for each Inpainter tile size, beside Telea
+    # the same photos scored inside the hole, for each Inpainter tile size, beside Telea,
+    # biharmonic and FSR_FAST
     python -m benchmarks.compact_model fullsize --checkpoint=shipped --photos=PHOTOS/eval \
         --tile_sizes=128,256
 
@@ -28,6 +29,7 @@ from absl import app, flags
 
 from benchmarks import common
 from benchmarks.heldout import (
+    STRONGER_BASELINES,
     baseline_scores,
     fullsize_holes,
     hole_errors,
@@ -37,6 +39,7 @@ from benchmarks.heldout import (
     object_hole,
 )
 from deepgin_jax import image_io, metric_writers, shipped
+from deepgin_jax.baselines import make_baseline
 from deepgin_jax.data.sources import list_image_files
 from deepgin_jax.data.transforms import resize_bicubic
 from deepgin_jax.inference import Inpainter
@@ -192,7 +195,8 @@ def grid() -> None:
 
 def fullsize() -> None:
     """Hole PSNR and L1 on whole photos at their own size, per hole kind, for the model at
-    each `--tile_sizes` (the Inpainter's defaults otherwise) and OpenCV Telea."""
+    each `--tile_sizes` (the Inpainter's defaults otherwise), OpenCV Telea and the
+    `STRONGER_BASELINES`."""
     import cv2
 
     checkpoint = None if FLAGS.checkpoint == "shipped" else FLAGS.checkpoint
@@ -203,6 +207,7 @@ def fullsize() -> None:
     methods["telea"] = lambda image, hole: cv2.inpaint(
         image, hole.astype(np.uint8) * 255, 3.0, cv2.INPAINT_TELEA
     )
+    methods.update({name: make_baseline(name).inpaint for name in STRONGER_BASELINES})
     scores = {}  # (method, kind) -> one dict of hole_errors per photo
     for index, path in enumerate(list_image_files(FLAGS.photos)):
         image = image_io.read_rgb(path)

@@ -10,10 +10,14 @@ import cv2
 import numpy as np
 
 from deepgin_jax import masks
+from deepgin_jax.baselines import make_baseline
 from deepgin_jax.data.transforms import resize_bicubic
 from deepgin_jax.image_io import read_rgb
 
 MASK_KINDS = ("rect", "ca", "freeform")
+# The classical methods scored beside Telea (`deepgin_jax.baselines`); PatchMatch is left out
+# of the per-checkpoint curves for its time.
+STRONGER_BASELINES = ("biharmonic", "fsr_fast")
 
 
 def masked_crops(photos: Sequence[Path], size: int, seed: int) -> dict[str, np.ndarray]:
@@ -68,6 +72,14 @@ def telea_fills(batch: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack(fills).astype(np.float64) / 255.0
 
 
+def baseline_fills(batch: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """`deepgin_jax.baselines.make_baseline(name)` on every sample: float [N, S, S, 3] in
+    [0, 1]."""
+    holes = batch["mask"][..., 0] > 0
+    fills = make_baseline(name).inpaint_many(list(batch["image"]), list(holes))
+    return np.stack(fills).astype(np.float64) / 255.0
+
+
 def lpips_scores(
     distance: Callable[[np.ndarray, np.ndarray], np.ndarray],
     completed: np.ndarray,
@@ -88,22 +100,23 @@ def baseline_scores(
     batch: dict[str, np.ndarray],
     distance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Hole scores of a flat fill of the known pixels' mean colour and of Telea, and the
-    originals' hole std; with `distance`, Telea's LPIPS too (`lpips_scores`)."""
+    """Hole scores of a flat fill of the known pixels' mean colour, of Telea and of the
+    `STRONGER_BASELINES`, and the originals' hole std; with `distance`, the classical methods'
+    LPIPS too (`lpips_scores`)."""
     images = batch["image"].astype(np.float64) / 255.0
     holes = batch["mask"][..., 0] > 0
     mean_fill = images.copy()
     for result, image, hole in zip(mean_fill, images, holes, strict=True):
         result[hole] = image[~hole].mean(axis=0)
-    telea = telea_fills(batch)
-    telea_scores = hole_scores(telea, batch)
-    if distance is not None:
-        telea_scores.update(lpips_scores(distance, telea, batch))
-    return {
-        "mean_colour": hole_scores(mean_fill, batch),
-        "telea": telea_scores,
-        "target": {"hole_std": hole_scores(images, batch)["hole_std"]},
-    }
+    scores = {"mean_colour": hole_scores(mean_fill, batch)}
+    fills = {"telea": telea_fills(batch)}
+    fills.update({name: baseline_fills(batch, name) for name in STRONGER_BASELINES})
+    for name, completed in fills.items():
+        scores[name] = hole_scores(completed, batch)
+        if distance is not None:
+            scores[name].update(lpips_scores(distance, completed, batch))
+    scores["target"] = {"hole_std": hole_scores(images, batch)["hole_std"]}
+    return scores
 
 
 def object_hole(height: int, width: int, seed: int) -> np.ndarray:

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "DeepGIN": "deepgin_jax.models",
     "MultiScaleDiscriminator": "deepgin_jax.models",
-    "load_generator": "deepgin_jax.checkpointing",
+    "load_generator": "deepgin_jax.shipped",  # shipped.load_any_generator
     "Inpainter": "deepgin_jax.inference",
 }
 

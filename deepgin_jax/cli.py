@@ -29,9 +29,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from absl import app, flags, logging
+
+if TYPE_CHECKING:
+    from deepgin_jax.inference import InpaintOptions, MaskOptions
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -48,8 +51,9 @@ UNWINDING_SIGNALS = tuple(
 DTYPES = ("float32", "bfloat16", "float16")  # jax.numpy's names
 CHECKPOINT_HELP = (
     "Generator: a converted model, training checkpoint step, checkpoints/ folder, training "
-    "workdir or shipped-model folder. Default: the DeepGIN-compact shipped with the package "
-    "(deepgin_jax/weights/compact, or the folder $DEEPGIN_SHIPPED_WEIGHTS names)."
+    "workdir, shipped-model folder (or its generator.npz), or 'shipped'. Default: the "
+    "DeepGIN-compact shipped with the package (deepgin_jax/weights/compact, or the folder "
+    "$DEEPGIN_SHIPPED_WEIGHTS names)."
 )
 
 
@@ -92,8 +96,8 @@ def define_compilation_cache_flag(flag_values: flags.FlagValues) -> None:
 
 
 def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
-    """`--max_batch`, `--dtype`, `--mode`, `--strategy`, `--ensemble`, `--upscale` and `--blend`:
-    how an `Inpainter` runs the generator (read them back with `inpainter_options`)."""
+    """`--max_batch`, `--dtype`, `--mode`, `--strategy`, `--ensemble`, `--upscale`, `--blend` and
+    `--detail`: how an `Inpainter` runs the generator (read them back with `inpainter_options`)."""
     # Imported here: the commands without a generator (masks, converters) start without JAX.
     from deepgin_jax.inference import BLENDS, MODES, STRATEGIES
 
@@ -162,43 +166,40 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
     define_hyphenated_aliases(flag_values, ["max_batch"])
 
 
+def inpaint_options(flag_values: flags.FlagValues) -> InpaintOptions:
+    """The `inference.InpaintOptions` of `define_inpainter_flags`'s flags."""
+    from deepgin_jax.inference import InpaintOptions, default_max_batch
+
+    return InpaintOptions(
+        mode=flag_values.mode,
+        strategy=flag_values.strategy,
+        ensemble=flag_values.ensemble,
+        upscale=flag_values.upscale,
+        blend=flag_values.blend,
+        detail=flag_values.detail,
+        max_batch=flag_values.max_batch or default_max_batch(),
+    )
+
+
 def inpainter_options(flag_values: flags.FlagValues) -> dict[str, Any]:
-    """Keyword arguments of `Inpainter.from_checkpoint` from `define_inpainter_flags`'s flags."""
+    """Keyword arguments of `Inpainter.from_checkpoint` from `define_inpainter_flags`'s flags:
+    `options` (`inpaint_options`) and `dtype`."""
     import jax.numpy as jnp
 
-    from deepgin_jax.inference import default_max_batch
-
-    return {
-        "mode": flag_values.mode,
-        "strategy": flag_values.strategy,
-        "ensemble": flag_values.ensemble,
-        "upscale": flag_values.upscale,
-        "blend": flag_values.blend,
-        "detail": flag_values.detail,
-        "dtype": getattr(jnp, flag_values.dtype),
-        "max_batch": flag_values.max_batch or default_max_batch(),
-    }
+    return {"options": inpaint_options(flag_values), "dtype": getattr(jnp, flag_values.dtype)}
 
 
-def inpainter_flags_problem(flag_values: flags.FlagValues) -> str | None:
-    """Why `define_inpainter_flags`'s flags cannot work together, or None."""
-    if flag_values.mode == "reference" and flag_values.strategy not in ("auto", "whole"):
-        return (
-            f"--strategy {flag_values.strategy} cannot apply with --mode reference, which "
-            "resamples the whole photo as the original test script does; drop --strategy or use "
-            "--mode auto"
-        )
-    if flag_values.mode == "reference" and flag_values.upscale not in (None, 1.0):
-        return (
-            f"--upscale {flag_values.upscale:g} cannot apply with --mode reference, which "
-            "resamples the photo as the original test script does; drop --upscale or use "
-            "--mode auto"
-        )
-    if flag_values.mode == "reference" and flag_values.blend not in (None, "paste"):
-        return (
-            f"--blend {flag_values.blend} cannot apply with --mode reference, which blends by "
-            "the soft mask as the original test script does; drop --blend or use --mode auto"
-        )
+def inpainter_flags_problem(
+    flag_values: flags.FlagValues, mask: MaskOptions | None = None
+) -> str | None:
+    """Why `define_inpainter_flags`'s flags (and `mask`, an `inference.MaskOptions`) cannot work
+    together (`inference.check_options`), or None."""
+    from deepgin_jax.inference import check_options
+
+    try:
+        check_options(inpaint_options(flag_values), mask)
+    except ValueError as e:
+        return str(e)
     return None
 
 

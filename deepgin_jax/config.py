@@ -127,7 +127,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.gan_steps = 0
     # Start a fresh run from other weights (spec 5.5: the reference's GAN stage starts from the
     # warm-up's G and D). Each takes a converted reference model (`python -m deepgin_jax.convert
-    # torch-generator|torch-discriminator`), a training checkpoint step or a training workdir.
+    # torch-generator|torch-discriminator`), a training checkpoint step or a training workdir;
+    # init_from also whatever --checkpoint takes (`shipped.load_any_generator`: a shipped
+    # folder or its generator.npz, or "shipped" for the package's model).
     # Ignored when the workdir already holds checkpoints (the run resumes instead).
     config.init_from = ""  # generator parameters
     config.init_discriminator_from = ""  # discriminator parameters and spectral-norm vectors

@@ -208,7 +208,7 @@ def build_methods(
     """Methods by name, in order: each checkpoint spec "name=DIR" (or "DIR", named after its
     folder) becomes an `Inpainter.from_checkpoint(DIR, **inpainter_options)`; with no
     checkpoint, the shipped model (named as its card names it, e.g. "DeepGIN-compact"); each
-    baseline ("telea", "ns", "patchmatch") a `baselines.make_baseline(name, radius)`.
+    baseline (one of `baselines.BASELINES`) a `baselines.make_baseline(name, radius)`.
 
     Raises:
       ValueError: a duplicate name or an unknown baseline.

@@ -24,8 +24,10 @@ constant is a painted layer and its alpha is the mask. `read_mask` decodes a mas
 (value > threshold = hole). `save_mask` writes 8-bit PNG with 255 = hole.
 
 In memory. `as_rgb` turns an image as a caller may hold it (an array of gray, gray+alpha, RGB
-or RGBA, of uint8, uint16 or float; a PIL image of any mode) into RGB [H, W, 3] and gives back
-a function that returns processed RGB to the caller's type, shape, dtype and mode, alpha kept.
+or RGBA, of uint8, uint16 or float in [0, 1]; a PIL image of any mode) into RGB [H, W, 3] and
+gives back a function that returns processed RGB to the caller's type, shape, dtype and mode
+(a palette image comes back as RGB(A): a palette cannot hold new colours), alpha kept. Float
+pixels outside [0, 1] (e.g. on the 0-255 scale) are an error, not clipped.
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ MASK_SUFFIX = "_mask"  # "photo_mask.png" is the mask of "photo.png", not a phot
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _ARRAY_MODES = frozenset({"L", "LA", "RGB", "RGBA"})  # modes NumPy and Pillow exchange as is
+# Modes `as_rgb` reads as RGB and gives back in their own mode by Pillow's conversion from RGB
+# ("1" dithered). A palette ("P", "PA") cannot hold a fill's new colours: it comes back as RGB(A).
+CONVERTED_MODES = frozenset({"1", "CMYK", "YCbCr", "LAB", "HSV"})
+# How far float pixels may lie outside [0, 1] (round-off, a resampling's ringing) and still be
+# clipped: one 8-bit level; farther is an error (an image on the 0-255 scale, most likely).
+FLOAT_RANGE_TOLERANCE = 1 / 255
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's RGB -> L
 
 # Extension -> Pillow format name for writing.
@@ -165,6 +173,21 @@ class RGBView:
     restore: Callable[[np.ndarray, np.ndarray], Any]
 
 
+def check_float_range(pixels: np.ndarray) -> None:
+    """ValueError when float pixels' finite values lie outside [0, 1] by more than
+    `FLOAT_RANGE_TOLERANCE` (non-finite values are the caller's to judge: `InpainterBase`
+    accepts them inside the hole only)."""
+    finite = pixels[np.isfinite(pixels)]
+    if not finite.size:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    if low < -FLOAT_RANGE_TOLERANCE or high > 1 + FLOAT_RANGE_TOLERANCE:
+        hint = " (0-255 values: divide the image by 255, or pass it as uint8)" if high > 1 else ""
+        raise ValueError(
+            f"float pixels must be in [0, 1], but this image holds {low:g} to {high:g}{hint}"
+        )
+
+
 def _array_rgb(image: np.ndarray) -> RGBView:
     if image.dtype not in (np.uint8, np.uint16) and not np.issubdtype(image.dtype, np.floating):
         raise TypeError(f"image must be uint8, uint16 or float in [0, 1], got dtype {image.dtype}")
@@ -175,6 +198,8 @@ def _array_rgb(image: np.ndarray) -> RGBView:
     else:
         raise ValueError(f"image must be [H, W] or [H, W, 1|2|3|4], got shape {image.shape}")
     colour, alpha = _colour_and_alpha(planes)
+    if image.dtype not in (np.uint8, np.uint16):
+        check_float_range(colour)
     work = colour if image.dtype in (np.uint8, np.uint16) else colour.astype(np.float32)
     if colour.shape[-1] == 1:
         work = np.repeat(work, 3, axis=-1)
@@ -207,13 +232,23 @@ def _pil_rgb(image: Image.Image) -> RGBView:
                 f"a mode {mode} image must hold 16-bit values (0-65535), got "
                 f"{values.min()}..{values.max()}"
             )
-    planes = np.asarray(image) if mode in _ARRAY_MODES else pil_planes(image, keep_16_bit=True)
+    if mode == "F":
+        planes = np.asarray(image, np.float32)  # float gray: [0, 1], as a float array
+    elif mode in _ARRAY_MODES:
+        planes = np.asarray(image)
+    else:
+        planes = pil_planes(image, keep_16_bit=True)
     view = _array_rgb(planes)
 
     def restore(rgb: np.ndarray, changed: np.ndarray) -> Image.Image:
         pixels = view.restore(rgb, changed)
         if mode in SIXTEEN_BIT_MODES:
             out = _sixteen_bit_image(pixels, mode)
+        elif mode == "F":
+            out = Image.fromarray(pixels.astype(np.float32))
+        elif mode in CONVERTED_MODES:  # the fill converted, the known pixels the input's own
+            where = Image.fromarray(changed.astype(np.uint8) * np.uint8(255))
+            out = Image.composite(Image.fromarray(pixels).convert(mode), image, where)
         else:
             out = Image.fromarray(pixels)  # L, LA, RGB or RGBA, as `planes`
         out.info.update(info)
@@ -226,8 +261,15 @@ def as_rgb(image: Any) -> RGBView:
     """RGB [H, W, 3] of a caller's image, and the way back to its type.
 
     image: np.ndarray [H, W] / [H, W, 1|2|3|4] (gray, gray + alpha, RGB, RGBA) of uint8, uint16
-      or float in [0, 1] (float becomes float32), or a PIL image of any mode ("I;16" / "I"
-      kept at 16 bits, palette and other modes as RGB(A)).
+      or float in [0, 1] (float becomes float32; `check_float_range`), or a PIL image of any
+      mode. The way back gives the input's mode for L, LA, RGB, RGBA, "I;16" / "I" (kept at
+      16 bits), "F" (float gray in [0, 1], as a float array) and `CONVERTED_MODES` (1, CMYK,
+      YCbCr, LAB, HSV: the changed pixels converted from RGB by Pillow, the others the
+      input's own); a palette image ("P", "PA") and the remaining modes come back as RGB, or
+      RGBA when they carry transparency.
+
+    Raises:
+      ValueError: float pixels (an array or mode "F") outside [0, 1] (`check_float_range`).
     """
     if isinstance(image, Image.Image):
         return _pil_rgb(image)

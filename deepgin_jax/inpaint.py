@@ -63,7 +63,7 @@ from absl import flags, logging
 from deepgin_jax import cli, image_io, shipped
 from deepgin_jax.checkpointing import CheckpointNotFoundError
 from deepgin_jax.image_io import IMAGE_EXTENSIONS, MASK_SUFFIX, is_image_file, list_images
-from deepgin_jax.inference import Inpainter, InpainterBase, MaskOptions, ProgressFn
+from deepgin_jax.inference import MAX_DILATE, Inpainter, InpainterBase, MaskOptions, ProgressFn
 
 OUTPUT_EXTENSIONS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
 OUTPUT_FORMATS = ("png", "jpg", "webp")
@@ -373,7 +373,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_integer(
-        "dilate", 0, "Grow holes by a disc of this radius (pixels).", lower_bound=0, **fv
+        "dilate",
+        0,
+        f"Grow holes by a disc of this radius (pixels, at most {MAX_DILATE}).",
+        lower_bound=0,
+        upper_bound=MAX_DILATE,
+        **fv,
     )
     flags.DEFINE_bool(
         "resize_mask",
@@ -410,13 +415,10 @@ def run(flag_values: flags.FlagValues) -> int:
     """Runs the command for parsed `flag_values`; returns the exit status (module docstring)."""
     f = flag_values
     cli.require_flags(f, ["image", "output"])
-    if f.mode == "reference" and f.mask_threshold is not None:
-        return cli.usage_failure(
-            "--mask-threshold cannot apply with --mode reference: the reference does not "
-            "threshold the mask (any value above 0 is a hole, and the result is blended with "
-            "the mask's grey levels); drop --mask-threshold or use --mode auto"
-        )
-    if (problem := cli.inpainter_flags_problem(f)) is not None:
+    mask_options = MaskOptions(
+        invert=f.invert_mask, threshold=f.mask_threshold, dilate=f.dilate, resize=f.resize_mask
+    )
+    if (problem := cli.inpainter_flags_problem(f, mask_options)) is not None:
         return cli.usage_failure("%s", problem)
     try:
         shipped.check_generator_path(f.checkpoint)
@@ -428,9 +430,6 @@ def run(flag_values: flags.FlagValues) -> int:
         return cli.usage_failure("%s", e)
     inpainter = functools.partial(
         Inpainter.from_checkpoint, f.checkpoint, **cli.inpainter_options(f)
-    )
-    mask_options = MaskOptions(
-        invert=f.invert_mask, threshold=f.mask_threshold, dilate=f.dilate, resize=f.resize_mask
     )
     try:
         summary = inpaint_tasks(

@@ -173,6 +173,51 @@ def cellular_automata_mask(
     return mask.astype(np.float32)
 
 
+OBJECT_SHAPES = ("ellipse", "box")
+OBJECT_FRACTIONS = (0.03, 0.08)  # of the image's area
+_OBJECT_MAX_ASPECT = 2.0  # width / height within [1/2, 2], log-uniform
+
+
+def object_mask(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    shape: str = "ellipse",
+    fractions: tuple[float, float] = OBJECT_FRACTIONS,
+) -> np.ndarray:
+    """One object-sized hole, as a user paints over an object to remove it: an ellipse or an
+    axis-aligned box whose area is uniform in `fractions` of the image (up to rounding), its
+    aspect ratio log-uniform in [1/2, 2] (narrowed where the image is too small for it), and
+    its position uniform with the whole shape inside the image.
+
+    Returns:
+      float32 `[height, width]`, 1 = hole.
+    """
+    _check_size(height, width)
+    if shape not in OBJECT_SHAPES:
+        raise ValueError(f"shape must be one of {OBJECT_SHAPES}, got {shape!r}")
+    low, high = fractions
+    if not 0 < low <= high < 1:
+        raise ValueError(f"fractions must satisfy 0 < low <= high < 1, got {fractions}")
+    area = float(rng.uniform(low, high)) * height * width
+    if shape == "ellipse":
+        area *= 4 / math.pi  # the ellipse's bounding box
+    aspect = math.exp(float(rng.uniform(-1, 1)) * math.log(_OBJECT_MAX_ASPECT))
+    box_w = min(max(1, round(math.sqrt(area * aspect))), width)
+    box_h = min(max(1, round(area / box_w)), height)
+    box_w = min(max(1, round(area / box_h)), width)
+    top = int(rng.integers(0, height - box_h + 1))
+    left = int(rng.integers(0, width - box_w + 1))
+    mask = np.zeros((height, width), np.float32)
+    if shape == "box":
+        mask[top : top + box_h, left : left + box_w] = 1.0
+    else:
+        rows, cols = np.ogrid[0:box_h, 0:box_w]
+        inside = ((rows + 0.5) / box_h * 2 - 1) ** 2 + ((cols + 0.5) / box_w * 2 - 1) ** 2 <= 1
+        mask[top : top + box_h, left : left + box_w] = inside
+    return mask
+
+
 _GENERATORS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
     "rect": rectangular_mask,
     "freeform": free_form_mask,

@@ -4,11 +4,15 @@ live in `deepgin_jax.models.lpips` and `deepgin_jax.models.inception`.
 
 Images are [N, H, W, C] RGB, float in [0, 1] (used as given, not clipped) or uint8 (divided by
 255); the data range is 1. Per-image functions return [N] arrays.
+
+Two measures of one fill's artefacts inside its hole, on one image [H, W, 3] (NumPy):
+`grid_spread` (a regular grid: the polyphase phases' mean grey levels differ) and
+`hole_colour_error` (a colour cast: the hole's mean colour in CIELAB).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import dm_pix as pix
 import jax
@@ -16,6 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+GRID_PERIODS = range(2, 9)
+# ITU-R BT.601 luma, PIL's "L": the grey level of an RGB pixel.
+_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def to_unit_float(images: Array | np.ndarray) -> Array:
@@ -198,3 +205,74 @@ def fid_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return fid_from_stats(
         FeatureStatistics.from_features(features_a), FeatureStatistics.from_features(features_b)
     )
+
+
+def _pixels_255(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] as float64 0-255; float [H, W, 3] in [0, 1] scaled to 0-255."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image.astype(np.float64)
+    if not np.issubdtype(image.dtype, np.floating):
+        raise TypeError(f"images must be uint8 or float in [0, 1], got dtype {image.dtype}")
+    return image.astype(np.float64) * 255.0
+
+
+def _check_hole(hole: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    hole = np.asarray(hole, bool)
+    if hole.shape != shape[:2]:
+        raise ValueError(f"hole {hole.shape} does not match the image {shape[:2]}")
+    if not hole.any():
+        raise ValueError("the hole is empty")
+    return hole
+
+
+def phase_mean_spread(image: np.ndarray, hole: np.ndarray, period: int) -> float:
+    """max - min over the period x period polyphase phases (pixel (y, x) is in phase
+    (y % period, x % period)) of the mean grey level (0-255, BT.601 luma) of the hole's pixels
+    of that phase; phases without a hole pixel are left out (0 when fewer than two remain)."""
+    if period < 1:
+        raise ValueError(f"period must be positive, got {period}")
+    image = _pixels_255(image)
+    hole = _check_hole(hole, image.shape)
+    rows, cols = np.nonzero(hole)
+    phase = (rows % period) * period + cols % period
+    grey = image[rows, cols] @ _LUMA
+    counts = np.bincount(phase, minlength=period * period)
+    sums = np.bincount(phase, weights=grey, minlength=period * period)
+    means = sums[counts > 0] / counts[counts > 0]
+    return float(means.max() - means.min()) if means.size > 1 else 0.0
+
+
+def grid_spread(
+    result: np.ndarray,
+    original: np.ndarray,
+    hole: np.ndarray,
+    periods: Sequence[int] = GRID_PERIODS,
+) -> float:
+    """How much more grid a fill shows than the photo had: for each period P, the result's
+    `phase_mean_spread` minus the original's (grey levels, 0-255), the largest over `periods`.
+    About 0 for a fill without a grid; a fill made of P*P independently filled, interleaved
+    sub-images (pixel-unshuffle) shows the differences between their means at period P (and
+    its multiples)."""
+    if not periods:
+        raise ValueError("no periods")
+    return max(
+        phase_mean_spread(result, hole, p) - phase_mean_spread(original, hole, p) for p in periods
+    )
+
+
+def hole_colour_error(result: np.ndarray, original: np.ndarray, hole: np.ndarray) -> float:
+    """A colour cast: the CIE76 colour difference (Euclidean in CIELAB, D65) between the mean
+    CIELAB colour of the hole's pixels in `result` and in `original`. About 2.3 is a
+    just-noticeable difference."""
+    from skimage import color  # on first use: importing metrics stays light (GPU images lack it)
+
+    result, original = _pixels_255(result) / 255.0, _pixels_255(original) / 255.0
+    if result.shape != original.shape:
+        raise ValueError(f"result {result.shape} and original {original.shape} differ in shape")
+    hole = _check_hole(hole, result.shape)
+    mean_result = color.rgb2lab(result[hole][None]).reshape(-1, 3).mean(axis=0)
+    mean_original = color.rgb2lab(original[hole][None]).reshape(-1, 3).mean(axis=0)
+    return float(np.linalg.norm(mean_result - mean_original))

@@ -17,9 +17,11 @@ npz's sha256 against the card. With no path it reads the package's own model,
 `deepgin_jax/weights/compact/`, or the folder named by the environment variable
 `DEEPGIN_SHIPPED_WEIGHTS` when that is set (tests and deployments point it elsewhere).
 
-`load_generator(path)` accepts a shipped folder (or its .npz / .json) as well as everything
-`checkpointing.load_generator` reads, and None for the shipped default: every `--checkpoint`
-flag goes through it.
+`load_any_generator(source)` is the one loader of every generator a user can name: None or
+"shipped" for the shipped default, a shipped folder (or its .npz / .json), and everything
+`checkpointing.load_generator` reads (a converted model, a training step, a `checkpoints/`
+folder, a training workdir). Every `--checkpoint` flag, `config.init_from` and
+`Inpainter.from_checkpoint` go through it.
 
 float16 or bfloat16: float16 keeps 10 mantissa bits against bfloat16's 7, and the generator's
 parameters lie far inside float16's range. Measured on a DeepGIN-compact training checkpoint
@@ -46,10 +48,11 @@ from flax import traverse_util
 
 from deepgin_jax import checkpointing, weights_io
 from deepgin_jax.atomic import atomic_write
-from deepgin_jax.blending import BLENDS
+from deepgin_jax.inference.options import PLAIN_SETTINGS, check_settings
 from deepgin_jax.models.generator import DeepGIN
 
 MODEL_NAME = "DeepGIN-compact"
+SHIPPED_NAME = "shipped"  # names the default shipped model wherever a generator is named
 ENV_VAR = "DEEPGIN_SHIPPED_WEIGHTS"
 PACKAGE_DIR = Path(__file__).resolve().parent / "weights" / "compact"
 WEIGHTS_FILE = "generator.npz"
@@ -218,29 +221,23 @@ def recommended_inference(path: str | os.PathLike | None = None) -> dict[str, An
     """The card's settings for running the model, `{"upscale": ..., "blend": ...}` (how far
     `Inpainter` enlarges a small image, and how the fill meets the photo; see
     `deepgin_jax.inference`), for a shipped folder or None (the default one); a key the card
-    lacks, and anything that is not a shipped folder, gets the `Inpainter`'s plain default.
+    lacks, and anything that is not a shipped folder, gets the `Inpainter`'s plain default
+    (`inference.options.PLAIN_SETTINGS`).
 
     Raises:
       ShippedWeightsError: the card records a value that is not allowed.
     """
-    settings: dict[str, Any] = {"upscale": 1.0, "blend": "paste"}
-    if path is not None and shipped_dir(path) is None:
+    settings = dict(PLAIN_SETTINGS)
+    directory = shipped_source(path)
+    if directory is None:
         return settings
-    directory = default_dir() if path is None else shipped_dir(path)
     card = read_card(directory)
     settings.update({key: card[key] for key in settings if key in card})
-    if problem := _inference_problem(settings):
-        raise ShippedWeightsError(f"{directory / CARD_FILE}: {problem}")
+    try:
+        check_settings(settings)
+    except ValueError as e:
+        raise ShippedWeightsError(f"{directory / CARD_FILE}: {e}") from e
     return settings
-
-
-def _inference_problem(card: Mapping[str, Any]) -> str | None:
-    upscale = card.get("upscale", 1.0)
-    if not isinstance(upscale, (int, float)) or isinstance(upscale, bool) or not upscale >= 1:
-        return f"upscale must be a number >= 1, got {upscale!r}"
-    if card.get("blend", "paste") not in BLENDS:
-        return f"blend must be one of {BLENDS}, got {card.get('blend')!r}"
-    return None
 
 
 def _to_float32(array: np.ndarray, storage_dtype: str) -> np.ndarray:
@@ -310,27 +307,56 @@ def _check_fits(model: DeepGIN, params: Mapping[str, Any], weights: Path) -> Non
         )
 
 
-def load_generator(
-    path: str | os.PathLike | None = None, **model_overrides: Any
+def shipped_source(source: str | os.PathLike | None) -> Path | None:
+    """The shipped folder that `source` names: `default_dir()` for None or the name "shipped"
+    (`SHIPPED_NAME`; a folder of that name is reached as "./shipped"), the folder of a shipped
+    path (`shipped_dir`), or None for anything else (e.g. an Orbax checkpoint)."""
+    if source is None or _is_shipped_name(source):
+        return default_dir()
+    return shipped_dir(source)
+
+
+def _is_shipped_name(source: str | os.PathLike) -> bool:
+    return isinstance(source, str) and source == SHIPPED_NAME
+
+
+def load_any_generator(
+    source: str | os.PathLike | None = None, **model_overrides: Any
 ) -> tuple[DeepGIN, dict[str, Any]]:
-    """Any generator a `--checkpoint` may name: None = the shipped default; a shipped folder (or
-    its files); otherwise `checkpointing.load_generator` (a converted model, a training step,
-    a `checkpoints/` folder or a training workdir)."""
-    if path is None or shipped_dir(path) is not None:
-        return load_shipped_generator(path, **model_overrides)
-    return checkpointing.load_generator(path, **model_overrides)
+    """The one loader of every generator a user can name (`--checkpoint`, `config.init_from`,
+    `Inpainter.from_checkpoint`): returns (model, {"params": ...}).
 
-
-def check_generator_path(path: str | os.PathLike | None) -> str:
-    """Checks, without loading the weights, that `load_generator(path)` can find a generator;
-    returns how to name it in a log ("the shipped DeepGIN-compact (...)" or the path).
+    source: None or "shipped" = the shipped default (`default_dir()`); a shipped folder or its
+    `generator.npz` / `generator.json` (the exported weights); a converted model, a training
+    checkpoint step, a `checkpoints/` folder or a training workdir (its latest step; local or
+    `gs://...`; `checkpointing.load_generator`). `model_overrides` change runtime fields
+    (`dtype`, `attention_impl`), never the architecture.
 
     Raises:
       CheckpointNotFoundError (or its ShippedWeightsError): nothing usable there.
     """
-    if path is None or shipped_dir(path) is not None:
-        read_card(path)
-        return describe(path)
+    if source is None or _is_shipped_name(source):
+        return load_shipped_generator(None, **model_overrides)
+    if (folder := shipped_dir(source)) is not None:
+        return load_shipped_generator(folder, **model_overrides)
+    return checkpointing.load_generator(source, **model_overrides)
+
+
+load_generator = load_any_generator  # its name in earlier versions
+
+
+def check_generator_path(path: str | os.PathLike | None) -> str:
+    """Checks, without loading the weights, that `load_any_generator(path)` can find a
+    generator; returns how to name it in a log ("the shipped DeepGIN-compact (...)" or the
+    path).
+
+    Raises:
+      CheckpointNotFoundError (or its ShippedWeightsError): nothing usable there.
+    """
+    folder = shipped_source(path)
+    if folder is not None:
+        read_card(folder)
+        return describe(folder)
     checkpointing.resolve_checkpoint(path)
     return str(path)
 
@@ -420,8 +446,10 @@ def write_shipped_weights(
     clashes = sorted(set(card) & set(OWN_CARD_KEYS))
     if clashes:
         raise ValueError(f"card keys {clashes} are the format's own; rename them")
-    if problem := _inference_problem(card):
-        raise ValueError(f"card: {problem}")
+    try:
+        check_settings(card)
+    except ValueError as e:
+        raise ValueError(f"card: {e}") from e
     if isinstance(checkpoint_path, (str, os.PathLike)):
         if averaging_weights is not None:
             raise ValueError("averaging_weights need a list of checkpoints to average")

@@ -31,7 +31,14 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from deepgin_jax import checkpointing, metric_writers, preemption, sharding, throughput
+from deepgin_jax import (
+    checkpointing,
+    metric_writers,
+    preemption,
+    sharding,
+    shipped,
+    throughput,
+)
 from deepgin_jax.config import (
     GAN,
     PAPER_ITEMS_PER_BATCH,
@@ -307,14 +314,14 @@ def _generator_from(
 ) -> TrainState:
     path = config.init_from
     try:
-        _, variables = checkpointing.load_generator(path)
+        model, variables = shipped.load_any_generator(path)  # whatever --checkpoint accepts
     except FileNotFoundError as e:
         raise checkpointing.CheckpointNotFoundError(f"config.init_from={path!r}: {e}") from e
     if _shapes(variables["params"]) != _shapes(state.g_params):
+        recorded = {field: getattr(model, field) for field in architecture(config)}
         raise ValueError(
             f"config.init_from={path!r} holds a generator of another architecture than "
-            f"config.model ({architecture(config)}): its recorded fields are "
-            f"{checkpointing.read_meta(path).get('model')}"
+            f"config.model ({architecture(config)}): its recorded fields are {recorded}"
         )
     logging.info("generator initialised from %s", path)
     # The fresh Adam states are zeros shaped like the parameters: they fit the loaded ones.
@@ -558,10 +565,14 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
         except ValueError as e:
             raise CannotStartError(_one_line(e)) from e
         return
-    for key in ("init_from", "init_discriminator_from"):
+    checks = {
+        "init_from": shipped.check_generator_path,
+        "init_discriminator_from": checkpointing.resolve_checkpoint,
+    }
+    for key, check in checks.items():
         if config[key]:
             try:
-                checkpointing.resolve_checkpoint(config[key])
+                check(config[key])
             except FileNotFoundError as e:
                 raise CannotStartError(
                     f"config.{key}={config[key]!r}: {_one_line(e)}; fix --config.{key}"

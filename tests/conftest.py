@@ -13,7 +13,10 @@ import os
 from pathlib import Path
 
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
+    # Once: the flags are part of every compiled program's cache key, so a second copy would
+    # set the test process apart from the subprocesses that inherit its environment.
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax_compilation_cache"),
@@ -52,3 +55,16 @@ def tiny_generator() -> tuple[DeepGIN, dict]:
     model = DeepGIN(base_features=TINY_WIDTH)
     masked, mask = masked_inputs(1, 16, 16)
     return model, jax.jit(model.init)(jax.random.key(0), masked, mask)
+
+
+@pytest.fixture(scope="session")
+def resume_reference(tmp_path_factory) -> Path:
+    """The uninterrupted run that the resume tests (killed runs, corrupt checkpoints) compare
+    with: `tests.test_train.RESUME_REFERENCE_OVERRIDES`, checkpoints 1 to 6 each with its
+    digests, trained once for the session. Tests copy it before changing anything."""
+    from deepgin_jax import train_lib
+    from tests.test_train import RESUME_REFERENCE_OVERRIDES, smoke_config
+
+    workdir = tmp_path_factory.mktemp("resume_reference") / "run"
+    train_lib.train_and_evaluate(smoke_config(**RESUME_REFERENCE_OVERRIDES), str(workdir))
+    return workdir

@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,6 +223,86 @@ def test_inpainting_fills_only_the_hole_and_keeps_alpha(page, tmp_path):
     np.testing.assert_array_equal(saved.alpha, rgba[..., 3])
 
 
+class WarmingInpainter:
+    """An inpainter whose warm-up reports 1 of 3 buckets compiled, then blocks until released
+    (or raises `fails`)."""
+
+    def __init__(self, fails: Exception | None = None):
+        self.started, self.released = threading.Event(), threading.Event()
+        self.fails = fails
+        # Polyphase: the stand-in's black reaches a large photo's hole exactly (the "scaled"
+        # strategy would match its colour to the hole's border).
+        self.inpainter = Inpainter.from_function(black_network, strategy="polyphase")
+
+    def warm_up(self, progress=None):
+        progress(1, 3)
+        self.started.set()
+        assert self.released.wait(timeout=60), "never released"
+        if self.fails is not None:
+            raise self.fails
+        progress(3, 3)
+
+    def inpaint(self, image, mask, **kwargs):
+        return self.inpainter.inpaint(image, mask, **kwargs)
+
+
+def test_page_comes_up_while_the_model_compiles_and_says_so(tmp_path):
+    inpainter = WarmingInpainter()
+    blocks = webapp.build_app(inpainter)  # returns although the warm-up is blocked
+    assert inpainter.started.wait(timeout=30) and not inpainter.released.is_set()
+    assert isinstance(blocks, gr.Blocks)
+    inpainter.released.set()
+
+    inpainter = WarmingInpainter()
+    page = webapp.InpaintingPage(inpainter)
+    assert inpainter.started.wait(timeout=30)
+    status, timer = page.refresh_status()
+    assert "Preparing the model (compiling)... 1/3" in status and timer.active
+    # A photo inpainted meanwhile is served (here at once; a real model compiles its size).
+    rgb = np.full((20, 30, 3), 200, np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "early.png")
+    photo, value, *_ = page.load_photo(str(tmp_path / "early.png"))
+    layer = painted_layer(20, 30, slice(5, 10), slice(5, 10))
+    (_, after), _ = page.inpaint(photo, editor_value(value["background"], layer))
+    assert (after[5:10, 5:10] == 0).all() and (after[:5] == 200).all()
+    inpainter.released.set()
+    page.warm_up.thread.join(timeout=30)
+    status, timer = page.refresh_status()
+    assert status == "Ready." and not timer.active
+
+
+def test_a_failed_warm_up_is_shown_in_the_status_and_inpainting_still_works(tmp_path):
+    inpainter = WarmingInpainter(fails=RuntimeError("out of memory compiling 512x512"))
+    page = webapp.InpaintingPage(inpainter)
+    inpainter.released.set()
+    page.warm_up.thread.join(timeout=30)
+    status, timer = page.refresh_status()
+    assert "Preparing the model failed" in status
+    assert "RuntimeError: out of memory compiling 512x512" in status and not timer.active
+    photo, value, *_ = page.load_photo(str(PHOTO))
+    layer = painted_layer(300, 451, slice(10, 20), slice(10, 40))
+    (_, after), _ = page.inpaint(photo, editor_value(value["background"], layer))
+    assert (after[10:20, 10:40] == 0).all()
+    # The real `Inpainter.warm_up` reports progress(done, total): 2 buckets x batches 1, 2, 4.
+    real = Inpainter.from_function(black_network, buckets=(16, 32), max_batch=4)
+    page = webapp.InpaintingPage(real)
+    page.warm_up.thread.join(timeout=30)
+    assert page.refresh_status()[0] == "Ready."
+    assert (page.warm_up._done, page.warm_up._total) == (6, 6)
+
+
+def test_a_failed_inpainting_names_its_error_on_the_page(page, monkeypatch):
+    photo, value, *_ = page.load_photo(str(PHOTO))
+    layer = painted_layer(300, 451, slice(10, 20), slice(10, 40))
+
+    def fail(*args, **kwargs):
+        raise MemoryError("cannot allocate 3.2 GB")
+
+    monkeypatch.setattr(page.inpainter, "inpaint", fail)
+    with pytest.raises(gr.Error, match=r"Inpainting failed: MemoryError: cannot allocate 3\.2 GB"):
+        page.inpaint(photo, editor_value(value["background"], layer))
+
+
 def test_cli_reports_a_missing_checkpoint(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "deepgin_jax.app", f"--checkpoint={tmp_path / 'nowhere'}"],
@@ -283,6 +364,7 @@ def test_cli_without_checkpoint_serves_the_shipped_model(monkeypatch, caplog):
         assert webapp.main(["app"]) == 0
     [(inpainter, blocks)] = built
     assert inpainter.model.base_features == TINY_WIDTH and inpainter.strategy == "crop"
+    assert inpainter.max_batch == webapp.DEFAULT_MAX_BATCH == 4  # a short warm-up
     assert blocks.launched["server_port"] == 7999
     assert blocks.queued == {"max_size": 3, "default_concurrency_limit": 1}
     notes = [r.getMessage() for r in caplog.records if "using the shipped" in r.getMessage()]

@@ -126,6 +126,8 @@ def test_heldout_crops_have_holes_and_scores_rank_fills():
     scores = heldout.baseline_scores(batch)
     assert perfect["hole_psnr"] == 100.0  # the error floor of 1e-10
     assert scores["telea"]["hole_psnr"] > scores["mean_colour"]["hole_psnr"]
+    for name in heldout.STRONGER_BASELINES:  # smooth fills, and no copy of the truth
+        assert scores["mean_colour"]["hole_psnr"] < scores[name]["hole_psnr"] < 60
     assert scores["mean_colour"]["hole_std"] < 1e-6
     assert scores["target"]["hole_std"] == perfect["hole_std"]
 
@@ -225,7 +227,8 @@ def test_compact_model_drivers_write_curves_grid_and_fullsize_scores(tmp_path):
     )  # fmt: skip
     rows = json.loads((out / "cpu-x1" / "compact_curves.json").read_text())["rows"]
     steps = [row["step"] for row in rows]
-    assert steps[:2] == [100, 200] and {"telea", "mean_colour", "target"} <= set(steps[2:])
+    assert steps[:2] == [100, 200]
+    assert {"telea", "biharmonic", "fsr_fast", "mean_colour", "target"} <= set(steps[2:])
     assert all(rows[i]["lpips_ca"] > 0 and rows[i]["hole_psnr"] > 0 for i in (0, 1))
     assert rows[0]["hole_psnr"] == rows[1]["hole_psnr"]  # the same weights under both steps
     assert Image.open(out / "cpu-x1" / "compact_curves.png").size[0] > 1000  # three panels
@@ -244,7 +247,9 @@ def test_compact_model_drivers_write_curves_grid_and_fullsize_scores(tmp_path):
     )  # fmt: skip
     table = json.loads((out / "cpu-x1" / "compact_fullsize.json").read_text())["rows"]
     assert {(row["method"], row["hole"]) for row in table} == {
-        (method, hole) for method in ("tile 64", "telea") for hole in ("box", "strokes")
+        (method, hole)
+        for method in ("tile 64", "telea", "biharmonic", "fsr_fast")
+        for hole in ("box", "strokes")
     }
     assert all(row["photos"] == 2 and row["hole_psnr"] > 0 for row in table)
     telea = [row for row in table if row["method"] == "telea"]

@@ -20,21 +20,20 @@ import numpy as np
 import pytest
 
 from deepgin_jax import checkpoint_digests, checkpointing, metric_writers, train_lib
-from tests.test_train import REPO, RESUME_OVERRIDES, losses_by_step, smoke_config
+from tests.test_train import REPO, RESUME_REFERENCE_OVERRIDES, losses_by_step, smoke_config
 
 # Two warm-up and four GAN steps (the killed-run test's schedule), a checkpoint at every step.
-OVERRIDES = {**RESUME_OVERRIDES, "checkpoint_every_steps": 1, "keep_checkpoints": 10}
+OVERRIDES = RESUME_REFERENCE_OVERRIDES
 LAST_STEP = 6
 COMPARED = ("g_loss", "g/coarse_l1", "g/output_l1")
 FAULTS = ("truncate", "flip", "delete")
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The uninterrupted run's workdir (checkpoints 1 to 6, each with its digests)."""
-    workdir = tmp_path_factory.mktemp("reference") / "run"
-    train_lib.train_and_evaluate(smoke_config(**OVERRIDES), str(workdir))
-    return workdir
+@pytest.fixture
+def reference(resume_reference) -> Path:
+    """The uninterrupted run's workdir (checkpoints 1 to 6, each with its digests): the
+    session's `resume_reference`, which is this module's OVERRIDES."""
+    return resume_reference
 
 
 def step_dir(workdir: Path, step: int) -> Path:

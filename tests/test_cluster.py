@@ -133,11 +133,12 @@ LAYOUT_RUN = {
 }
 
 
-def run_training(
+def start_training(
     workdir: Path, overrides: dict, processes: int, devices: int, logs: Path
-) -> list[str]:
-    """The smoke run on `processes` processes of `devices` CPU devices, started as SLURM starts
-    the tasks of a job on `processes` nodes (one task per node, `devices` GPUs each)."""
+) -> tuple[list[subprocess.Popen], list[Path]]:
+    """Starts the smoke run on `processes` processes of `devices` CPU devices, as SLURM starts
+    the tasks of a job on `processes` nodes (one task per node, `devices` GPUs each); returns
+    the processes and their log files (`finish_training` waits for them)."""
     command = [
         sys.executable,
         "-m",
@@ -165,14 +166,26 @@ def run_training(
         paths.append(path)
         with open(path, "w") as output:
             procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output))
+    return procs, paths
+
+
+def finish_training(procs: list[subprocess.Popen], paths: list[Path]) -> list[str]:
+    """Waits for a started run; asserts that every process succeeded; returns their logs."""
     try:
         codes = [p.wait(timeout=900) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    assert codes == [0] * processes, read_logs(paths)
+    assert codes == [0] * len(procs), read_logs(paths)
     return [p.read_text() for p in paths]
+
+
+def run_training(
+    workdir: Path, overrides: dict, processes: int, devices: int, logs: Path
+) -> list[str]:
+    """`start_training`, then `finish_training`."""
+    return finish_training(*start_training(workdir, overrides, processes, devices, logs))
 
 
 def rewind(workdir: Path, to_step: int) -> None:
@@ -200,13 +213,21 @@ def test_one_run_on_one_or_two_processes_and_resumed_across_them_has_the_same_lo
         tmp_path / "start", {"params": start.g_params}, config_lib.architecture(init_config)
     )
     run = {**LAYOUT_RUN, "init_from": str(tmp_path / "start")}
-    single = tmp_path / "single"
-    run_training(single, run, processes=1, devices=4, logs=logs)
+    # The two layouts train side by side: a process spends most of its time tracing and
+    # compiling on one thread, so on two cores neither run waits for the other to end.
+    single, wide = tmp_path / "single", tmp_path / "wide"
+    single_run = start_training(single, run, processes=1, devices=4, logs=logs)
+    wide_run = start_training(wide, run, processes=2, devices=2, logs=logs)
+    try:
+        finish_training(*single_run)
+    except BaseException:
+        for process in wide_run[0]:
+            process.kill()
+        raise
+    texts = finish_training(*wide_run)
     expected = {r["step"]: r for r in metric_writers.read_metrics(single) if "g_loss" in r}
     assert sorted(expected) == [1, 2, 3, 4]
 
-    wide = tmp_path / "wide"
-    texts = run_training(wide, run, processes=2, devices=2, logs=logs)
     for rank, text in enumerate(texts):
         assert f"process {rank} of 2, 2 local / 4 global devices" in text, text[-3000:]
         assert "local device ids [0, 1]" in text

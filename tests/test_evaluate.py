@@ -16,7 +16,14 @@ from absl import flags
 from PIL import Image
 
 from deepgin_jax import evaluate, evaluation, image_io, masks, metrics, shipped
-from deepgin_jax.baselines import OpenCVInpainter, PatchMatchInpainter
+from deepgin_jax.baselines import (
+    BASELINES,
+    BiharmonicInpainter,
+    FSRInpainter,
+    OpenCVInpainter,
+    PatchMatchInpainter,
+    make_baseline,
+)
 from deepgin_jax.models import lpips
 from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped, write_lpips_file
 
@@ -158,6 +165,66 @@ def test_patchmatch_baseline_is_seeded_and_keeps_known_pixels():
     tiny_hole[1, 1] = True
     tiny = baseline.inpaint(image[:3, :4], tiny_hole)
     np.testing.assert_array_equal(tiny[~tiny_hole], image[:3, :4][~tiny_hole])
+
+
+def linear_gradient(height: int, width: int) -> np.ndarray:
+    """A different plane in each channel: uint8 [H, W, 3], no noise."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    return np.dstack([40 + 2 * rows, 40 + 2 * cols, 60 + rows + cols]).astype(np.uint8)
+
+
+def hole_error(out: np.ndarray, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    return np.abs(out[hole].astype(int) - image[hole])
+
+
+def test_biharmonic_baseline_reproduces_a_smooth_gradient():
+    from skimage.restoration import inpaint_biharmonic
+
+    image = linear_gradient(64, 64)
+    hole = np.zeros((64, 64), bool)
+    hole[20:40, 16:44] = True
+    hole[50:56, 4:10] = True  # a second hole: solved on its own
+    out = BiharmonicInpainter().inpaint(image, hole)
+    np.testing.assert_array_equal(out[~hole], image[~hole])
+    assert hole_error(out, image, hole).max() <= 1  # a plane is biharmonic: rounding only
+    telea = OpenCVInpainter("telea").inpaint(image, hole)
+    assert hole_error(telea, image, hole).max() > 10  # which Telea's fill is far from
+    noisy = smooth_image(37, 53, 4)
+    expected = inpaint_biharmonic(noisy, hole[:37, :53], channel_axis=-1)
+    np.testing.assert_array_equal(
+        BiharmonicInpainter().inpaint(noisy, hole[:37, :53])[hole[:37, :53]],
+        np.rint(expected[hole[:37, :53]] * 255).astype(np.uint8),
+    )
+
+
+def test_fsr_baseline_matches_xphoto_and_fills_images_smaller_than_its_blocks():
+    image = linear_gradient(64, 64)
+    hole = np.zeros((64, 64), bool)
+    hole[20:40, 16:44] = True
+    out = FSRInpainter().inpaint(image, hole)
+    np.testing.assert_array_equal(out[~hole], image[~hole])
+    # xphoto's mask is the other way round: non-zero = known.
+    expected = np.zeros_like(image)
+    masked = np.where(hole[..., None], np.uint8(128), image)[..., ::-1].copy()
+    known = (~hole).astype(np.uint8) * 255
+    cv2.xphoto.inpaint(masked, known, expected, cv2.xphoto.INPAINT_FSR_FAST)
+    np.testing.assert_array_equal(out[hole], expected[..., ::-1][hole])
+    assert hole_error(out, image, hole).mean() < 4.0
+    # 8 x 12 is under one FSR block: without the padding its hole would be filled with
+    # garbage 80 levels off; padded, the gradient goes on.
+    small, small_hole = image[:8, :12], hole[:8, :12].copy()
+    small_hole[3:6, 4:9] = True
+    assert hole_error(FSRInpainter().inpaint(small, small_hole), small, small_hole).max() <= 6
+
+
+def test_every_baseline_is_listed_and_built_by_name():
+    assert set(BASELINES) == {"telea", "ns", "biharmonic", "fsr_fast", "patchmatch"}
+    assert isinstance(make_baseline("biharmonic"), BiharmonicInpainter)
+    assert isinstance(make_baseline("fsr_fast"), FSRInpainter)
+    flag_values = flags.FlagValues()
+    evaluate.define_flags(flag_values)
+    for name in BASELINES:
+        assert name in flag_values["baselines"].help
 
 
 def test_build_methods_rejects_bad_specs():

@@ -7,6 +7,7 @@ cost nothing to run; the tiny generator runs on two compiled shapes only, (1, 40
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import cv2
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepgin_jax import inference
+from deepgin_jax import blending, inference
 from deepgin_jax.checkpointing import load_generator
 from deepgin_jax.inference import Inpainter, MaskSizeError, prepare_mask, prepare_soft_mask
 from tests.inpainting_helpers import RecordingNetwork, ramp_network, tiny_checkpoint
@@ -237,6 +238,12 @@ def test_ensemble_averages_the_five_inverse_transformed_predictions():
         "pil_l",
         "pil_la",
         "pil_p",
+        "pil_f",
+        "pil_cmyk",
+        "pil_ycbcr",
+        "pil_lab",
+        "pil_hsv",
+        "pil_1",
     ],
 )
 def test_output_type_matches_input_and_alpha_is_kept(kind):
@@ -253,6 +260,12 @@ def test_output_type_matches_input_and_alpha_is_kept(kind):
         "pil_l": Image.fromarray(rgba[..., 0]),
         "pil_la": Image.fromarray(rgba[..., [0, 3]]),
         "pil_p": Image.fromarray(rgba[..., :3]).quantize(16),
+        "pil_f": Image.fromarray(rgba[..., 0] / np.float32(255)),
+        "pil_cmyk": Image.fromarray(rgba[..., :3]).convert("CMYK"),
+        "pil_ycbcr": Image.fromarray(rgba[..., :3]).convert("YCbCr"),
+        "pil_lab": Image.fromarray(rgba[..., :3]).convert("LAB"),
+        "pil_hsv": Image.fromarray(rgba[..., :3]).convert("HSV"),
+        "pil_1": Image.fromarray(rgba[..., :3]).convert("1"),
     }[kind]
     out = Inpainter.from_function(ramp_network).inpaint(image, mask)
     assert type(out) is type(image)
@@ -743,7 +756,7 @@ def test_settings_default_to_the_networks_recommendation_and_are_checked():
     assert (inpainter.upscale, inpainter.blend) == (1.0, "paste")
     inpainter = Inpainter(Recommending(), mode="reference")
     assert (inpainter.upscale, inpainter.blend) == (1.0, "paste")
-    with pytest.raises(ValueError, match="upscale must be >= 1"):
+    with pytest.raises(ValueError, match="upscale must be a number >= 1"):
         Inpainter.from_function(ramp_network, upscale=0.5)
     with pytest.raises(ValueError, match="blend must be one of"):
         Inpainter.from_function(ramp_network, blend="feather")
@@ -767,7 +780,7 @@ def test_poisson_blend_removes_an_offset_and_keeps_the_fills_detail():
     hole[:, 2] = True  # a thin stripe across the image, touching its border
     detail = 0.05 * rng.standard_normal((height, width, 3))
     fill = photo + detail + 0.3  # the right content and detail, 0.3 too bright
-    blended = inference.blending.poisson_blend(photo, hole, fill)
+    blended = blending.poisson_blend(photo, hole, fill)
     np.testing.assert_array_equal(blended[~hole], photo[~hole])
     # The offset is gone (pasting the fill would leave 0.3), the detail is kept.
     assert np.abs(blended[hole] - (photo + detail)[hole]).mean() < 0.1 * 0.3
@@ -778,13 +791,11 @@ def test_poisson_blend_removes_an_offset_and_keeps_the_fills_detail():
     )
     # An offset alone is removed exactly, and a hole without known pixels keeps the fill.
     flat = np.full((height, width, 3), 0.4)
-    np.testing.assert_allclose(
-        inference.blending.poisson_blend(flat, hole, flat + 0.3), flat, atol=1e-4
-    )
+    np.testing.assert_allclose(blending.poisson_blend(flat, hole, flat + 0.3), flat, atol=1e-4)
     everything = np.ones((height, width), bool)
-    np.testing.assert_allclose(inference.blending.poisson_blend(photo, everything, fill), fill)
+    np.testing.assert_allclose(blending.poisson_blend(photo, everything, fill), fill)
     with pytest.raises(ValueError, match="must match"):
-        inference.blending.poisson_blend(photo, hole[:-1], fill)
+        blending.poisson_blend(photo, hole[:-1], fill)
 
 
 def offset_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -808,7 +819,7 @@ def test_poisson_blend_in_the_inpainter_meets_the_photo_without_a_seam(size, cap
     assert error(blended) < 0.25 * error(pasted), (error(blended), error(pasted))
     assert (blended[hole] != pasted[hole]).any()
     with caplog.at_level(logging.WARNING), monkeypatch.context() as patch:
-        patch.setattr(inference, "POISSON_MAX_PIXELS", int(hole.sum()) - 1)
+        patch.setattr(blending, "POISSON_MAX_PIXELS", int(hole.sum()) - 1)
         too_large = Inpainter.from_function(offset_network, blend="poisson", **options).inpaint(
             image, hole
         )
@@ -819,3 +830,133 @@ def test_poisson_blend_in_the_inpainter_meets_the_photo_without_a_seam(size, cap
     )
     assert sixteen.dtype == np.uint16
     np.testing.assert_array_equal(sixteen[~hole], image[~hole].astype(np.uint16) * 257)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options: one frozen object and one check
+
+
+def test_one_frozen_options_object_with_one_check_for_every_caller():
+    options = inference.InpaintOptions(strategy="whole", upscale=1.5)
+    inpainter = Inpainter.from_function(ramp_network, options=options)
+    assert inpainter.options == dataclasses.replace(
+        options,
+        ensemble=False,
+        max_direct_size=256,
+        crop_factor=2.0,
+        crop_min_size=256,
+        blend="paste",
+        buckets=(),  # a network function compiles nothing: no shape buckets
+    )
+    assert Inpainter.from_function(ramp_network, options=options, strategy="crop").strategy == (
+        "crop"
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.mode = "reference"
+    with pytest.raises(TypeError, match="upscal"):
+        Inpainter.from_function(ramp_network, upscal=2.0)
+    reference = inference.InpaintOptions(mode="reference")
+    assert reference.resolved({"upscale": 2.0, "blend": "poisson"}) == dataclasses.replace(
+        reference,
+        strategy="whole",
+        ensemble=True,
+        max_direct_size=256,
+        crop_factor=2.0,
+        crop_min_size=256,
+        upscale=1.0,
+        blend="paste",
+        buckets=(256,),
+    )
+    crop = r"strategy='crop' \(CLI: --strategy crop\) cannot apply in reference mode"
+    with pytest.raises(ValueError, match=crop):
+        inference.check_options(dataclasses.replace(reference, strategy="crop"))
+    polyphase = r"strategy='polyphase' \(CLI: --strategy polyphase\) cannot apply in reference"
+    with pytest.raises(ValueError, match=polyphase):
+        inference.check_options(dataclasses.replace(reference, strategy="polyphase"))
+    detail = r"detail=True \(CLI: --detail\) cannot apply with strategy='crop'"
+    with pytest.raises(ValueError, match=detail):
+        inference.check_options(inference.InpaintOptions(strategy="crop", detail=True))
+    with pytest.raises(ValueError, match="scaled_size=128 cannot apply with reference mode"):
+        inference.check_options(dataclasses.replace(reference, scaled_size=128))
+    with pytest.raises(ValueError, match="buckets must be multiples of 8"):
+        inference.check_options(inference.InpaintOptions(buckets=(60,)))
+    with pytest.raises(ValueError, match=r"threshold=9 \(CLI: --mask-threshold\) cannot apply"):
+        inference.check_options(reference, inference.MaskOptions(threshold=9))
+    with pytest.raises(ValueError, match=r"threshold .* from 0 to 254, got 255"):
+        inference.check_options(options, inference.MaskOptions(threshold=255))
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        inference.check_options(dataclasses.replace(options, max_batch=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad pixels
+
+
+def test_non_finite_known_pixels_are_an_error_and_non_finite_hole_pixels_are_replaced():
+    image = random_image(37, 53, seed=5) / np.float32(255)
+    hole = block_mask(37, 53)
+    inpainter = Inpainter.from_function(ramp_network, upscale=2.0, blend="poisson")
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = image.copy()
+        broken[2, 3, 1] = bad
+        with pytest.raises(ValueError, match=r"1 non-finite .* row 2, column 3"):
+            inpainter.inpaint(broken, hole)
+    many = image.copy()
+    many[hole] = np.nan
+    many[0, :4] = np.nan
+    with pytest.raises(ValueError, match="4 non-finite"):
+        inpainter.inpaint(many, hole)
+    for options in ({"upscale": 2.0, "blend": "poisson"}, {"mode": "reference"}):
+        inpainter = Inpainter.from_function(ramp_network, **options)
+        in_hole = image.copy()
+        in_hole[hole] = np.nan
+        in_hole[hole.nonzero()[0][0], hole.nonzero()[1][0]] = np.inf
+        filled = inpainter.inpaint(in_hole, hole)
+        assert np.isfinite(filled).all()
+        np.testing.assert_array_equal(filled[~hole], image[~hole])
+        zeroed = image.copy()
+        zeroed[hole] = 0  # what they are replaced by: "reference" mode's resize reads them
+        np.testing.assert_array_equal(filled, inpainter.inpaint(zeroed, hole))
+        if "upscale" in options:  # "auto" mode never reads a hole pixel
+            np.testing.assert_array_equal(filled, inpainter.inpaint(image, hole))
+
+
+def test_float_pixels_outside_zero_to_one_are_an_error_not_clipped():
+    image = random_image(20, 24, seed=6).astype(np.float32)  # the 0-255 scale
+    hole = block_mask(20, 24)
+    inpainter = Inpainter.from_function(ramp_network)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\].*0 to 2\d\d.*divide .* by 255"):
+        inpainter.inpaint(image, hole)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        inpainter.inpaint(Image.fromarray(image[..., 0]), hole)  # PIL's "F" holds 0-255 too
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\], but this image holds -0.5"):
+        inpainter.inpaint(image / 255 - 0.5, hole)
+    overshoot = image / 255
+    overshoot[0, 0] = 1.002  # a resampling's ringing: within one 8-bit level, clipped
+    out = inpainter.inpaint(overshoot, hole)
+    assert out[0, 0, 0] == np.float32(1.002)  # known pixels are returned as they are
+
+
+def test_dilate_is_bounded_and_fast_at_any_radius():
+    hole = block_mask(37, 53)
+    inpainter = Inpainter.from_function(ramp_network)
+    image = random_image(37, 53, seed=7)
+    for radius in (10_000, inference.MAX_DILATE + 1, -1):
+        with pytest.raises(ValueError, match=r"dilate \(CLI: --dilate\) must be .* 0 to 1024"):
+            inpainter.inpaint(image, hole, dilate=radius)
+    with pytest.raises(ValueError, match="dilate must be from 0 to 1024"):
+        prepare_mask(hole, hole.shape, dilate=10_000)
+    assert prepare_mask(hole, hole.shape, dilate=inference.MAX_DILATE).all()
+    # The distance-transform dilation (large discs) equals the max filter, grey levels too.
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        values = (rng.random((41, 67)) < 0.01) * rng.choice([60, 200], (41, 67))
+        values = values.astype(np.uint8)
+        if trial % 2:
+            values = (values > 0).astype(np.uint8) * np.uint8(255)
+        radius = 50 + 3 * trial  # radius^2 > 1000 per grey level: the distance transform
+        assert radius**2 > 1000 * len(np.unique(values[values > 0]))
+        expected = cv2.dilate(
+            values, inference.disc(radius), borderType=cv2.BORDER_CONSTANT, borderValue=0
+        )
+        np.testing.assert_array_equal(inference.holes._dilate(values, radius), expected)

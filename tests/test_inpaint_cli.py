@@ -17,7 +17,7 @@ import pytest
 from absl import flags
 from PIL import Image, ImageCms
 
-from deepgin_jax import cli, image_io, inpaint, shipped
+from deepgin_jax import cli, image_io, inference, inpaint, shipped
 from deepgin_jax.inference import Inpainter
 from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped
 
@@ -420,7 +420,10 @@ def test_reference_mode_and_ensemble_end_to_end(inputs, tmp_path, caplog):
             "--mode=reference",
             "--mask-threshold=127",
         )
-    assert code == 2 and "--mask-threshold cannot apply with --mode reference" in caplog.text
+    assert (
+        code == 2
+        and "threshold=127 (CLI: --mask-threshold) cannot apply in reference mode" in caplog.text
+    )
     assert not (tmp_path / "never.png").exists()
     ensemble = result("ensemble", "m.png", "--ensemble")
     hole = mask > 127
@@ -492,11 +495,11 @@ def test_strategy_flag_reaches_the_inpainter_and_crop_is_refused_in_reference_mo
     flag_values = flags.FlagValues()
     inpaint.define_flags(flag_values)
     flag_values(["inpaint", "--strategy=crop", "--image=x", "--output=y"])
-    assert cli.inpainter_options(flag_values)["strategy"] == "crop"
+    assert cli.inpaint_options(flag_values).strategy == "crop"
     flag_values = flags.FlagValues()
     inpaint.define_flags(flag_values)
     flag_values(["inpaint", "--image=x", "--output=y"])
-    assert cli.inpainter_options(flag_values)["strategy"] == "auto"
+    assert cli.inpaint_options(flag_values).strategy == "auto"
     image, mask = inputs / "images" / "a.png", inputs / "masks" / "a.png"
     output = tmp_path / "out.png"
     args = (f"--image={image}", f"--mask={mask}", f"--output={output}")
@@ -510,20 +513,20 @@ def test_upscale_and_blend_flags_reach_the_inpainter_and_are_refused_in_referenc
     flag_values = flags.FlagValues()
     inpaint.define_flags(flag_values)
     flag_values(["inpaint", "--upscale=1.5", "--blend=poisson", "--image=x", "--output=y"])
-    options = cli.inpainter_options(flag_values)
-    assert (options["upscale"], options["blend"]) == (1.5, "poisson")
+    options = cli.inpaint_options(flag_values)
+    assert (options.upscale, options.blend) == (1.5, "poisson")
     flag_values = flags.FlagValues()
     inpaint.define_flags(flag_values)
     flag_values(["inpaint", "--image=x", "--output=y"])
-    options = cli.inpainter_options(flag_values)
-    assert (options["upscale"], options["blend"]) == (None, None)  # the model's own
+    options = cli.inpaint_options(flag_values)
+    assert (options.upscale, options.blend) == (None, None)  # the model's own
     image, mask = inputs / "images" / "a.png", inputs / "masks" / "a.png"
     output = tmp_path / "out.png"
     args = (f"--image={image}", f"--mask={mask}", f"--output={output}")
     assert run_cli(*args, "--mode=reference", "--upscale=2") == 2
-    assert "--upscale 2 cannot apply with --mode reference" in caplog.text
+    assert "upscale=2 (CLI: --upscale 2) cannot apply in reference mode" in caplog.text
     assert run_cli(*args, "--mode=reference", "--blend=poisson") == 2
-    assert "--blend poisson cannot apply with --mode reference" in caplog.text
+    assert "blend='poisson' (CLI: --blend poisson) cannot apply in reference mode" in caplog.text
     assert not output.exists()
     source, hole = np.asarray(Image.open(image)), np.asarray(Image.open(mask)) > 127
     results = []
@@ -574,3 +577,12 @@ def test_the_bar_advances_per_batch_of_sub_images_and_logs_do_not_break_it(
     for line in screen.splitlines():  # each log line starts a line of its own
         if "batch of 4" in line:
             assert line.split("\r")[-1].lstrip().startswith("W"), repr(line)
+
+
+def test_dilate_flag_is_bounded():
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    with pytest.raises(flags.IllegalFlagValueError, match=r"dilate.*10000"):
+        flag_values(["inpaint", "--dilate=10000", "--image=x", "--output=y"])
+    flag_values(["inpaint", f"--dilate={inference.MAX_DILATE}", "--image=x", "--output=y"])
+    assert flag_values.dilate == inference.MAX_DILATE

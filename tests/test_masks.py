@@ -181,3 +181,29 @@ def test_scaled_strokes_keep_the_hole_ratio_of_256_and_change_nothing_at_256():
             masks.free_form_mask(masks.mask_rng(3, i), 256, 256, scale_strokes=True),
             masks.free_form_mask(masks.mask_rng(3, i), 256, 256),
         )
+
+
+@pytest.mark.parametrize("shape", masks.OBJECT_SHAPES)
+def test_object_mask_is_one_object_sized_hole_inside_the_image(shape):
+    ratios = []
+    for seed in range(40):
+        height, width = (120, 160) if seed % 2 else (200, 90)
+        mask = masks.object_mask(np.random.default_rng(seed), height, width, shape)
+        hole = mask > 0.5
+        _, count = ndimage.label(hole)
+        assert count == 1
+        rows, cols = np.nonzero(hole)
+        box_area = (np.ptp(rows) + 1) * (np.ptp(cols) + 1)
+        assert 0.45 <= (np.ptp(cols) + 1) / (np.ptp(rows) + 1) <= 2.2  # aspect within [1/2, 2]
+        if shape == "box":
+            assert hole.sum() == box_area
+        else:  # an ellipse fills pi/4 of its box, and its box touches no corner pixel
+            assert hole.sum() / box_area == pytest.approx(np.pi / 4, abs=0.06)
+            assert not hole[rows.min(), cols.min()] and not hole[rows.max(), cols.max()]
+        ratios.append(hole.mean())
+    assert min(ratios) >= 0.028 and max(ratios) <= 0.082
+    assert max(ratios) - min(ratios) > 0.03  # the area is drawn, not fixed
+    again = masks.object_mask(np.random.default_rng(39), 120, 160, shape)
+    np.testing.assert_array_equal(again, mask)
+    with pytest.raises(ValueError, match="shape"):
+        masks.object_mask(np.random.default_rng(0), 10, 10, "star")

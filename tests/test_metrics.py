@@ -181,3 +181,71 @@ def test_fid_from_stats_equals_fid_from_features_and_checks_shapes():
     )
     with pytest.raises(ValueError, match="shapes do not match"):
         metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+
+
+def _photo_and_hole(height=96, width=120, seed=0, noise=0.002):
+    """Mid-tone gentle gradients with a little noise (float [H, W, 3] in [0.25, 0.75]) and an
+    ellipse hole."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    base = 0.4 + 0.1 * rows[..., None] / height + 0.1 * cols[..., None] / width * rng.random(3)
+    image = np.clip(base + noise * rng.standard_normal((height, width, 3)), 0.25, 0.75)
+    hole = ((rows - height / 2) / (height / 3)) ** 2 + ((cols - width / 2) / (width / 4)) ** 2 < 1
+    return image, hole
+
+
+def test_grid_spread_sees_a_per_phase_offset_at_its_period_and_its_multiples():
+    image, hole = _photo_and_hole()
+    rows, cols = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
+    gridded = image.copy()
+    gridded[(rows % 2 == 0) & (cols % 2 == 0)] += 2 / 255  # every channel: 2 grey levels up
+    for period in (2, 4):
+        excess = metrics.phase_mean_spread(gridded, hole, period) - metrics.phase_mean_spread(
+            image, hole, period
+        )
+        assert excess == pytest.approx(2.0, abs=0.35), period
+    odd = metrics.phase_mean_spread(gridded, hole, 3) - metrics.phase_mean_spread(image, hole, 3)
+    assert abs(odd) < 0.35  # period 3 mixes the offset phase into every phase
+    assert metrics.grid_spread(gridded, image, hole) == pytest.approx(2.0, abs=0.35)
+    assert metrics.grid_spread(image, image, hole) == 0.0
+    as_uint8 = np.round(gridded * 255).astype(np.uint8)
+    assert metrics.grid_spread(as_uint8, image, hole) == pytest.approx(2.0, abs=0.5)
+    # Only the hole is measured: an offset outside it is not seen.
+    outside = image.copy()
+    outside[~hole & (rows % 2 == 0)] += 10 / 255
+    assert metrics.grid_spread(outside, image, hole) == 0.0
+
+
+def test_phase_mean_spread_by_hand():
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[0::2, 1::2] = 10  # phase (0, 1) of period 2
+    hole = np.ones((4, 4), bool)
+    assert metrics.phase_mean_spread(image, hole, 2) == pytest.approx(10.0)
+    assert metrics.phase_mean_spread(image, hole, 1) == 0.0  # one phase
+    with pytest.raises(ValueError, match="empty"):
+        metrics.phase_mean_spread(image, np.zeros((4, 4), bool), 2)
+
+
+def test_hole_colour_error_is_the_cielab_shift_of_the_hole():
+    from skimage import color
+
+    image, hole = _photo_and_hole(seed=1, noise=0.03)
+    lab = color.rgb2lab(image)
+    tinted_lab = lab.copy()
+    tinted_lab[hole, 1] += 5.0  # a* up by 5 inside the hole
+    tinted = color.lab2rgb(tinted_lab)
+    assert metrics.hole_colour_error(tinted, image, hole) == pytest.approx(5.0, abs=0.05)
+    as_uint8 = np.round(tinted * 255).astype(np.uint8)
+    assert metrics.hole_colour_error(as_uint8, image, hole) == pytest.approx(5.0, abs=0.3)
+    shifted_lab = lab.copy()
+    shifted_lab[hole, 0] += 3.0
+    shifted_lab[hole, 2] -= 4.0
+    shifted = color.lab2rgb(shifted_lab)
+    assert metrics.hole_colour_error(shifted, image, hole) == pytest.approx(5.0, abs=0.05)
+    # A change that keeps the hole's mean colour (a swap of two of its pixels) is no cast.
+    swapped = image.copy()
+    (r0, c0), (r1, c1) = np.argwhere(hole)[[0, -1]]
+    swapped[r0, c0], swapped[r1, c1] = image[r1, c1], image[r0, c0]
+    assert metrics.hole_colour_error(swapped, image, hole) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="does not match"):
+        metrics.hole_colour_error(image, image, hole[:-1])

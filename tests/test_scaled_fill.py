@@ -6,14 +6,18 @@ shipped model on a 400x300 synthetic photo: no sub-image grid and no colour cast
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import cv2
 import numpy as np
 
 from benchmarks.full_size_fill import grid_excess, mean_colour_error
-from deepgin_jax import detail_transfer, inference, scaled_fill, shape_buckets
+from deepgin_jax import blending, inference
 from deepgin_jax.inference import Inpainter
+from deepgin_jax.inference import buckets as shape_buckets
+from deepgin_jax.inference import detail as detail_transfer
+from deepgin_jax.inference import scaled as scaled_fill
 from tests.inpainting_helpers import RecordingNetwork, tiny_checkpoint
 
 
@@ -85,6 +89,23 @@ def test_scaled_strategy_runs_each_hole_once_at_the_network_size():
         mean = image[box][~hole[box]].mean(axis=0)
         inner = cv2.erode(hole[box].astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
         assert np.abs(out[box][inner].astype(float) - mean).max() <= 3
+
+
+def test_scaled_strategy_blends_as_every_planner_and_pastes_beyond_the_poisson_limit(
+    caplog, monkeypatch
+):
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (200, 300, 3), np.uint8)
+    hole = np.zeros((200, 300), bool)
+    hole[60:110, 40:100] = True
+    options = {"tile_size": 64, "max_batch": 4, "colour_match": False}
+    pasted = Inpainter.from_function(known_mean_network, **options).inpaint(image, hole)
+    poisson = Inpainter.from_function(known_mean_network, blend="poisson", **options)
+    assert (poisson.inpaint(image, hole)[hole] != pasted[hole]).any()
+    with caplog.at_level(logging.WARNING), monkeypatch.context() as patch:
+        patch.setattr(blending, "POISSON_MAX_PIXELS", int(hole.sum()) - 1)
+        np.testing.assert_array_equal(poisson.inpaint(image, hole), pasted)
+    assert "more than the Poisson blend solves" in caplog.text
 
 
 def stripes(height: int, width: int) -> np.ndarray:
@@ -177,7 +198,7 @@ def test_shipped_model_fills_a_sky_without_grid_or_colour_cast():
     assert grid <= 0.25 and colour <= 2.3, (grid, colour)
 
 
-def test_detail_flag_reaches_the_inpainter_options():
+def test_detail_flag_reaches_the_inpainter_options_and_needs_the_scaled_strategy():
     from absl import flags
 
     from deepgin_jax import cli, inpaint
@@ -186,4 +207,10 @@ def test_detail_flag_reaches_the_inpainter_options():
         flag_values = flags.FlagValues()
         inpaint.define_flags(flag_values)
         flag_values(["inpaint", "--image=x", "--output=y", *argv])
-        assert cli.inpainter_options(flag_values)["detail"] is expected
+        assert cli.inpainter_options(flag_values)["options"].detail is expected
+        assert cli.inpainter_flags_problem(flag_values) is None
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    flag_values(["inpaint", "--image=x", "--output=y", "--detail", "--strategy=polyphase"])
+    problem = cli.inpainter_flags_problem(flag_values)
+    assert problem is not None and "--detail" in problem and "'polyphase'" in problem

@@ -5,6 +5,7 @@ The tiny generator runs on the (1, 40, 56) shape only, which the inference and C
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 
@@ -239,3 +240,55 @@ def test_the_cards_inference_settings_are_the_inpainters_defaults(tmp_path, monk
         Inpainter.from_checkpoint(tmp_path / "up")
     monkeypatch.delenv(shipped.ENV_VAR, raising=False)
     assert shipped.recommended_inference() == {"upscale": 2.0, "blend": "poisson"}
+
+
+def test_init_from_accepts_every_generator_that_checkpoint_accepts(tmp_path, monkeypatch):
+    """One loader (`load_any_generator`) for --checkpoint, `Inpainter.from_checkpoint` and
+    `config.init_from`: a converted model, a training step, its checkpoints/ folder, its
+    workdir, a shipped folder, its npz and json, and the name "shipped"."""
+    from deepgin_jax import config as config_lib
+    from deepgin_jax import sharding, train_lib, train_state
+
+    monkeypatch.setenv(shipped.ENV_VAR, str(tiny_shipped()))
+    _, variables = checkpointing.load_generator(tiny_checkpoint())
+    step = tmp_path / "run" / "checkpoints" / "3"
+    checkpointing.save_generator(step, variables, {"base_features": 16})
+    _, shipped_variables = shipped.load_shipped_generator(tiny_shipped())
+    forms = {
+        tiny_checkpoint(): variables,
+        step: variables,
+        step.parent: variables,
+        step.parent.parent: variables,
+        tiny_shipped(): shipped_variables,
+        tiny_shipped() / shipped.WEIGHTS_FILE: shipped_variables,
+        tiny_shipped() / shipped.CARD_FILE: shipped_variables,
+        "shipped": shipped_variables,
+    }
+    config = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    setup = train_state.build_setup(config)
+    mesh = sharding.create_mesh()
+    init = functools.partial(train_state.init_train_state, setup, crop_size=64)
+    fresh = jax.eval_shape(init, jax.random.key(0))  # the shapes are all _generator_from needs
+    for i, (source, expected) in enumerate(forms.items()):
+        shipped.check_generator_path(str(source))  # what --checkpoint checks first
+        config.init_from = str(source)
+        train_lib.preflight(config, str(tmp_path / f"workdir{i}"))
+        state = train_lib._generator_from(config, fresh, sharding.replicated(mesh))
+        for got, want in zip(
+            jax.tree.leaves(state.g_params), jax.tree.leaves(expected["params"]), strict=True
+        ):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=str(source))
+    assert Inpainter.from_checkpoint("shipped").model.base_features == 16
+    narrow = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    narrow.model.base_features = 8
+    narrow.init_from = str(tiny_shipped())
+    init = functools.partial(
+        train_state.init_train_state, train_state.build_setup(narrow), crop_size=64
+    )
+    with pytest.raises(ValueError, match=r"another architecture .* 'base_features': 16"):
+        train_lib._generator_from(
+            narrow, jax.eval_shape(init, jax.random.key(0)), sharding.replicated(mesh)
+        )
+    config.init_from = str(tmp_path / "absent")
+    with pytest.raises(train_lib.CannotStartError, match=r"init_from=.*absent.*does not exist"):
+        train_lib.preflight(config, str(tmp_path / "workdir"))

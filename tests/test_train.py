@@ -118,9 +118,16 @@ def test_config_typos_and_bad_values_are_errors_naming_the_key(tmp_path):
         config_lib.apply_variant(config_lib.default_config(), "smok")
 
 
-def test_smoke_training_runs_both_stages_and_writes_everything(tmp_path):
-    workdir = tmp_path / "run"
-    state = train_lib.train_and_evaluate(smoke_config(), str(workdir))
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[train_state.TrainState, Path]:
+    """(final state, workdir) of the smoke run with the variant's defaults, trained once for
+    the tests that only read it or resume a copy of it."""
+    workdir = tmp_path_factory.mktemp("smoke") / "run"
+    return train_lib.train_and_evaluate(smoke_config(), str(workdir)), workdir
+
+
+def test_smoke_training_runs_both_stages_and_writes_everything(smoke_run):
+    state, workdir = smoke_run
     assert int(state.step) == 4
     records = losses_by_step(workdir)
     assert [records[s]["stage"] for s in (1, 2, 3, 4)] == ["warmup", "warmup", "gan", "gan"]
@@ -155,12 +162,18 @@ def test_smoke_training_runs_both_stages_and_writes_everything(tmp_path):
 # decaying to zero over them; checkpoints at 3 (after one GAN step) and 6. Only the GAN step
 # differs from the smoke run's compiled programs (its schedule).
 RESUME_OVERRIDES = {"gan_steps": 4, "optim.decay_steps": 3, "checkpoint_every_steps": 3}
+# The uninterrupted run that resumes are compared with (conftest's `resume_reference`, trained
+# once a session): the same steps with a checkpoint at every step, which changes no loss.
+RESUME_REFERENCE_OVERRIDES = {
+    **RESUME_OVERRIDES,
+    "checkpoint_every_steps": 1,
+    "keep_checkpoints": 10,
+}
 
 
-def test_a_killed_run_resumes_with_exactly_the_same_losses(tmp_path):
-    reference_dir, killed_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    train_lib.train_and_evaluate(smoke_config(**RESUME_OVERRIDES), str(reference_dir))
-    expected = losses_by_step(reference_dir)
+def test_a_killed_run_resumes_with_exactly_the_same_losses(resume_reference, tmp_path):
+    killed_dir = tmp_path / "killed"
+    expected = losses_by_step(resume_reference)
 
     # Start the same run in another process and kill it (SIGKILL) once step 3 is checkpointed.
     process = subprocess.Popen(
@@ -484,9 +497,9 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is handler_before
 
 
-def test_resume_checks_the_saved_config_and_drops_later_metric_records(tmp_path, caplog):
+def test_resume_checks_the_saved_config_and_drops_later_metric_records(smoke_run, tmp_path, caplog):
     workdir = tmp_path / "run"
-    train_lib.train_and_evaluate(smoke_config(), str(workdir))
+    shutil.copytree(smoke_run[1], workdir)  # a smoke run, as trained with the defaults
     first = losses_by_step(workdir)
     # As if the run had been killed after step 4's metrics but before its checkpoint.
     shutil.rmtree(workdir / "checkpoints" / "4")

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SIZE_MULTIPLE = 8  # the generator needs sides divisible by 8 ...
-MIN_SIZE = 16  # ... and at least 16
+from deepgin_jax.inference.geometry import MIN_SIZE, SIZE_MULTIPLE
 
 
 def default_buckets(max_side: int, tile_size: int) -> tuple[int, ...]:

@@ -3,16 +3,19 @@
 For a photo larger than the network's input (`max_direct_size`, 256 for the shipped model):
 
 1. `context_boxes`: the holes are grouped (connected components, merged while their boxes
-   overlap) and each group gets a box around it, its hole's bounding box grown `factor` (2)
-   times per side, so that the hole is about half the box's side as in training (holes of
-   30-70 % of a side), and at least `min_size`; far-apart holes get boxes of their own.
+   overlap) and each group gets a square box around it, its hole's bounding box grown
+   `factor` (3) times per side, so that the hole is about a third of the box's side as in
+   training (holes of 30-70 % of a side), and at least `min_size`; far-apart holes get boxes
+   of their own.
 2. A box larger than the network's input is area-downscaled (`downscale_known`: the known
    pixels alone, so no hole pixel's value reaches the network; a low-resolution pixel that
    covers any hole pixel is a hole) until its long side is `work_size`, and filled in ONE
    network pass; a box that fits runs at its own size (enlarged by the `upscale` setting).
 3. The low-resolution composite is upsampled (bicubic) to the box's size; optionally the known
-   region's full-resolution detail is brought into the hole (`detail_transfer`); the hole's
-   pixels are then pasted or Poisson-blended (`blending`) into the photo.
+   region's full-resolution detail is brought into the hole (`inference.detail`); the hole's
+   pixels then meet the photo by the `blend` setting (`blending.BLENDERS`, as every planner),
+   and with `colour` the fill's mean CIELAB colour is kept within `COLOUR_TOLERANCE` of the
+   colour the hole's border predicts.
 
 No polyphase split, so no sub-image grid; a single fill of the whole hole, so no colour that
 only one sub-image made.
@@ -22,21 +25,23 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import cv2
 import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from deepgin_jax import blending, detail_transfer
+from deepgin_jax import blending
+from deepgin_jax.blending import BLENDERS
 from deepgin_jax.image_io import convert_pixels, to_unit_float
+from deepgin_jax.inference import detail as detail_transfer
+from deepgin_jax.inference.batching import _Job
+from deepgin_jax.inference.geometry import SCALED_FACTOR
+from deepgin_jax.inference.planners import _AutoPlanner
 
-FACTOR = 3.0  # a box side per hole side: the hole a third of the box (training: 30-70 %)
 # The hole's mean colour may differ from what its surroundings predict by this much (CIELAB;
 # 2.3 is a just-noticeable difference); a larger difference is the network's colour cast.
 COLOUR_TOLERANCE = 1.0
-POISSON_MAX_PIXELS = 1_000_000  # larger holes are pasted (the sparse solve grows too fast)
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right)
 
@@ -59,7 +64,7 @@ def _grown(bounds: np.ndarray, shape: tuple[int, int], factor: float, min_size: 
 
 
 def context_boxes(
-    hole: np.ndarray, *, factor: float = FACTOR, min_size: int = 0
+    hole: np.ndarray, *, factor: float = SCALED_FACTOR, min_size: int = 0
 ) -> list[tuple[Box, Box]]:
     """(context box, hole bounding box) per group of holes of bool [H, W].
 
@@ -165,8 +170,7 @@ def finish_fill(
     if detail:
         fill = fill + detail_transfer.transfer_detail(low_filled, photo - fill, hole)
     fill = np.clip(fill, 0.0, 1.0)
-    if blend == "poisson" and hole.sum() <= POISSON_MAX_PIXELS:
-        fill = np.clip(blending.poisson_blend(photo, hole, fill), 0.0, 1.0).astype(np.float32)
+    fill = BLENDERS[blend](photo, hole, fill)  # pasted, with a warning, past POISSON_MAX_PIXELS
     if colour:
         fill = colour_limited(fill, hole, membrane_colour(low_filled, low_hole))
     return np.where(hole[..., None], fill, photo)
@@ -175,14 +179,14 @@ def finish_fill(
 @dataclasses.dataclass(frozen=True)
 class ScaledPlanner:
     """The "scaled" strategy around an "auto" planner (`inner`, which runs an image of at most
-    `max_direct_size` in one piece, enlarged by its `upscale`, and whose `plan` returns a job
-    with `items` and `finish`): a photo of at most `max_direct_size` goes to `inner` whole;
-    a larger one is filled box by box (module docstring)."""
+    `max_direct_size` in one piece, enlarged by its `upscale`): a photo of at most
+    `max_direct_size` goes to `inner` whole; a larger one is filled box by box (module
+    docstring)."""
 
-    inner: Any
+    inner: _AutoPlanner
     max_direct_size: int
     work_size: int
-    factor: float = FACTOR
+    factor: float = SCALED_FACTOR
     min_size: int = 0
     blend: str = "paste"
     detail: bool = True
@@ -196,7 +200,7 @@ class ScaledPlanner:
         """`context_boxes` with this planner's settings."""
         return context_boxes(hole, factor=self.factor, min_size=self.min_size)
 
-    def plan(self, rgb: np.ndarray, hole: np.ndarray) -> Any:
+    def plan(self, rgb: np.ndarray, hole: np.ndarray) -> _Job:
         if max(hole.shape) <= self.max_direct_size:
             return self.inner.plan(rgb, hole)
         parts = []
@@ -211,9 +215,9 @@ class ScaledPlanner:
                 result[window] = finish_box()
             return result, hole
 
-        return dataclasses.replace(parts[0][1][0], items=items, finish=finish)
+        return _Job(items, finish)
 
-    def _plan_box(self, rgb: np.ndarray, hole: np.ndarray) -> tuple[Any, Callable]:
+    def _plan_box(self, rgb: np.ndarray, hole: np.ndarray) -> tuple[_Job, Callable]:
         """(inner job, finish() -> the box's result in rgb's dtype). A box that fits the
         network runs at its own size (the inner planner enlarges it by its `upscale`)."""
         height, width = hole.shape

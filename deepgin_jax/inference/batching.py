@@ -1,0 +1,95 @@
+"""Work items: the network inputs of any number of images, batched by shape.
+
+Network inputs of one shape are batched together across boxes, sub-images, ensemble variants and
+images (`Inpainter.inpaint_many`): a call holds up to `max_batch` inputs and a smaller remainder
+is padded up to the next power of two, so the network compiles once per (B, H, W) with B in
+{1, 2, 4, ..., max_batch}. H x W is the smallest square bucket that holds the input
+(`buckets`); without buckets (a network function of your own) it is 256 x 256 for sub-images
+(always, in "reference" mode), or the image's size rounded up to multiples of 8 (at least 16)
+for a small image (and its transpose too with `ensemble`, when not square).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkItem:
+    masked: np.ndarray  # [h, w, 3] uint8 or float32 in [0, 1], holes white
+    hole: np.ndarray  # [h, w] bool
+    deliver: Callable[[np.ndarray], None]  # receives the prediction [h, w, 3] float32
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    items: list[_WorkItem]
+    finish: Callable[[], Any]  # called after every item was delivered; returns the result
+
+
+class _SubImageSum:
+    """Accumulates the inverse-transformed predictions of the ensemble variants of sub-images."""
+
+    def __init__(self, count: int, tile_hw: tuple[int, int], quantize: bool):
+        self.quantize = quantize
+        self.total = np.zeros((count, *tile_hw, 3), np.float64 if quantize else np.float32)
+        self.variants = 0
+
+    def items(
+        self, masked: np.ndarray, hole: np.ndarray, transforms: Sequence[tuple[Callable, Callable]]
+    ) -> list[_WorkItem]:
+        """One work item per (sub-image, transform); masked [n, h, w, 3], hole [n, h, w]."""
+        self.variants = len(transforms)
+        return [
+            _WorkItem(
+                forward(masked[k]), forward(hole[k]), functools.partial(self._add, k, inverse)
+            )
+            for k in range(masked.shape[0])
+            for forward, inverse in transforms
+        ]
+
+    def _add(self, index: int, inverse: Callable, prediction: np.ndarray) -> None:
+        if self.quantize:  # the reference's tensor2im: x255, clip, truncate to uint8
+            prediction = np.clip(prediction * np.float32(255.0), 0, 255).astype(np.uint8)
+        self.total[index] += inverse(prediction)
+
+    def mean(self) -> np.ndarray:
+        """[n, h, w, 3]: float32 in [0, 1], or uint8 (rounded mean of the truncated variants)."""
+        if self.quantize:
+            return np.round(self.total / float(self.variants)).astype(np.uint8)
+        if self.variants == 1:
+            return self.total
+        return self.total / np.float32(self.variants)
+
+
+# progress(done, total): `done` of the `total` network inputs of a call have been run.
+ProgressFn = Callable[[int, int], None]
+
+
+def _no_progress(done: int, total: int) -> None:
+    del done, total
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _batch_plan(count: int, max_batch: int) -> list[tuple[int, int]]:
+    """(number of real inputs, padded batch size) per call for `count` inputs of one shape."""
+    plan = [(max_batch, max_batch)] * (count // max_batch)
+    if count % max_batch:
+        rest = count % max_batch
+        plan.append((rest, min(max_batch, _next_power_of_two(rest))))
+    return plan
+
+
+def default_max_batch() -> int:
+    """A good `max_batch` for the default JAX backend: on a CPU, batches beyond a few inputs
+    only add padding and cache misses; an accelerator wants them large."""
+    return 4 if jax.default_backend() == "cpu" else 16

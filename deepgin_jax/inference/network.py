@@ -1,0 +1,85 @@
+"""The generator as a network function: `GeneratorForward` runs a DeepGIN's reconstruction,
+compiled once per model configuration and input shape and shared by every instance (so several
+`Inpainter`s of one architecture share their executables).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepgin_jax.models.generator import DeepGIN
+
+# The network as a function: masked images [B, H, W, 3] float32 in [0, 1] with white holes and
+# masks [B, H, W, 1] float32 (1 = hole) -> the reconstruction [B, H, W, 3] (reconst_img).
+ForwardFn = Callable[[np.ndarray, np.ndarray], Any]
+
+
+def forward_cache_size() -> int:
+    """How many compiled forms of the generator's forward pass this process holds (one per
+    model configuration and input shape)."""
+    return _reconstruct._cache_size()
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reconstruct(model: DeepGIN, variables: Any, masked: jax.Array, mask: jax.Array) -> jax.Array:
+    return model.apply(variables, masked, mask).reconstructed
+
+
+def _hashable(model: DeepGIN) -> DeepGIN:
+    """The model with list-valued fields (as JSON metadata restores them) made tuples, so that
+    it can be a static jit argument."""
+    lists = {
+        field.name: tuple(value)
+        for field in dataclasses.fields(model)
+        if isinstance(value := getattr(model, field.name, None), list)
+    }
+    return model.clone(**lists) if lists else model
+
+
+class GeneratorForward:
+    """A DeepGIN generator as a `ForwardFn` (its reconstruction), compiled once per model
+    configuration and input shape for every instance.
+
+    Args:
+      model, variables: the generator and its variables.
+      dtype: the computation dtype (e.g. jnp.bfloat16 on GPU), None for the model's; the
+        parameters stay float32.
+    """
+
+    def __init__(
+        self,
+        model: DeepGIN,
+        variables: Any,
+        *,
+        dtype: Any = None,
+        recommended: dict[str, Any] | None = None,
+    ):
+        if dtype is not None and dtype != model.dtype:
+            model = model.clone(dtype=dtype)
+        self.model = _hashable(model)
+        self._variables = jax.tree.map(jnp.asarray, variables)
+        # `Inpainter`'s defaults for this network: {"upscale": ..., "blend": ...}.
+        self.recommended = dict(recommended or {})
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | os.PathLike | None, *, dtype: Any = jnp.float32
+    ) -> GeneratorForward:
+        """The generator `deepgin_jax.shipped.load_any_generator` reads from `checkpoint`
+        (None: the shipped model); a shipped model's card gives the settings it is
+        `recommended` to run with (`shipped.recommended_inference`)."""
+        from deepgin_jax import shipped  # which reads its cards' settings with our options
+
+        model, variables = shipped.load_any_generator(checkpoint, dtype=dtype)
+        return cls(model, variables, recommended=shipped.recommended_inference(checkpoint))
+
+    def __call__(self, masked: np.ndarray, mask: np.ndarray) -> jax.Array:
+        return _reconstruct(self.model, self._variables, masked, mask)

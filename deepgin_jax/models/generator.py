@@ -20,7 +20,6 @@ import jax.numpy as jnp
 from deepgin_jax.models.attention import unscaled_attention, validate_implementation
 from deepgin_jax.models.layers import (
     EdgePaddedConv,
-    edge_pad,
     edge_padded_conv_padding,
     resize_bilinear_align_corners,
     scaled_kaiming_init,
@@ -110,25 +109,6 @@ class ConvSettings:
             name=name,
         )
 
-    def conv_on_padded(
-        self, features: int, kernel: int, *, crop: int, name: str, dilation: int = 1
-    ) -> EdgePaddedConv:
-        """A kernel x kernel convolution of an input already replication-padded by more than
-        it needs: the convolution crops `crop` pixels of each side first (a negative padding).
-        The parameters and their initialisation are those of `conv` (not closing a residual)."""
-        return EdgePaddedConv(
-            features,
-            (kernel, kernel),
-            kernel_dilation=(dilation, dilation),
-            padding=((-crop, -crop), (-crop, -crop)),
-            dtype=self.dtype,
-            kernel_init=scaled_kaiming_init(
-                self.init_scale if self.init_scheme == "reference" else 1.0
-            ),
-            bias_init=nn.initializers.zeros,
-            name=name,
-        )
-
 
 class ResidualBlock(nn.Module):
     """A residual block of the bottlenecks: x + F(x), with no scaling and no final activation.
@@ -155,24 +135,10 @@ class ResidualBlock(nn.Module):
 
         if self.block_type == "spd":
             width = self.features // len(self.rates)
-            if self.settings.crop_padding:
-                # One replication padding for every branch, each convolution cropping what it
-                # does not need: the same values as padding per branch, a ninth of the copies.
-                widest = max(self.rates)
-                padded = edge_pad(x, widest + 1)
-                branches = [
-                    nn.relu(
-                        self.settings.conv_on_padded(
-                            width, 3, crop=widest - r + 1, dilation=r, name=f"branch{i}"
-                        )(padded)
-                    )
-                    for i, r in enumerate(self.rates, start=1)
-                ]
-            else:
-                branches = [
-                    nn.relu(block_conv(width, r, f"branch{i}")(x))
-                    for i, r in enumerate(self.rates, start=1)
-                ]
+            branches = [
+                nn.relu(block_conv(width, r, f"branch{i}")(x))
+                for i, r in enumerate(self.rates, start=1)
+            ]
             y = jnp.concatenate(branches, axis=-1)
         else:
             rate = 2 if self.block_type == "dilated" else 1

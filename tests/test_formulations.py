@@ -14,7 +14,6 @@ import pytest
 
 from deepgin_jax import losses
 from deepgin_jax.models import vgg
-from deepgin_jax.models.generator import ConvSettings, ResidualBlock
 from deepgin_jax.models.layers import edge_pad, max_pool_2x2
 
 RNG = np.random.default_rng(0)
@@ -117,25 +116,6 @@ def test_target_features_of_other_layouts_are_computed_per_sample():
     assert sorted(set(calls)) == [2, 6]  # both branches traced: one image per photo, or all
     # A batch that does not split into runs (padded to a device multiple) takes every sample.
     assert len(losses.target_vgg_features(recording, grouped[:5], (32, 32), 3)[0]) == 5
-
-
-@pytest.mark.parametrize("rates", [(2, 3, 4, 5, 6, 8, 10, 1), (2, 3)])
-def test_spd_block_shared_padding_equals_padding_per_branch(rates):
-    """The SPD block pads once for all its branches (crop_padding); the reference layout pads
-    each branch (crop_padding=False): the same parameters and values."""
-    x = jnp.asarray(RNG.standard_normal((2, 12, 16, 16)).astype(np.float32))
-    shared = ResidualBlock(16, rates)
-    per_branch = ResidualBlock(16, rates, settings=ConvSettings(crop_padding=False))
-    variables = shared.init(jax.random.key(0), x)
-    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
-        jnp.shape, per_branch.init(jax.random.key(0), x)
-    )
-    np.testing.assert_allclose(
-        jax.jit(shared.apply)(variables, x),
-        jax.jit(per_branch.apply)(variables, x),
-        rtol=1e-5,
-        atol=1e-5,
-    )
 
 
 def test_edge_pad_is_numpy_edge_padding():

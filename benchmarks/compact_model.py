@@ -3,7 +3,8 @@
     # hole PSNR on held-out crops of every kept checkpoint, and the training loss: JSON + PNG
     python -m benchmarks.compact_model curves --workdir=~/runs/compact \
         --snapshots=~/eval/snapshots --heldout=PHOTOS/eval --lpips=weights/lpips_vgg.npz
-    # full photos as a user has them: masked | OpenCV Telea | the model | original
+    # full photos as a user has them: masked | Telea | biharmonic | the model | original,
+    # then the three fills and the original around the hole at 100 %
     python -m benchmarks.compact_model grid --checkpoint=shipped --photos=PHOTOS/eval \
         --output=docs/results_grid.jpg
     # the same photos scored inside the hole, for each Inpainter tile size, beside Telea,
@@ -36,9 +37,8 @@ from benchmarks.heldout import (
     hole_scores,
     lpips_scores,
     masked_crops,
-    object_hole,
 )
-from deepgin_jax import image_io, metric_writers, shipped
+from deepgin_jax import image_io, masks, metric_writers, shipped
 from deepgin_jax.baselines import make_baseline
 from deepgin_jax.data.sources import list_image_files
 from deepgin_jax.data.transforms import resize_bicubic
@@ -164,33 +164,59 @@ def curves() -> None:
     plot_curves(losses, rows, baselines, output)
 
 
-def grid() -> None:
-    import cv2
+GRID_METHODS = ("telea", "biharmonic")  # the classical fills beside the model in the grid
 
+
+def _crop_around(hole: np.ndarray, side: int) -> tuple[slice, slice]:
+    """A `side` x `side` window (cut to the photo) centred on the hole's bounding box."""
+    rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+    windows = []
+    for centre, limit in (
+        ((rows[0] + rows[-1]) // 2, hole.shape[0]),
+        (
+            (cols[0] + cols[-1]) // 2,
+            hole.shape[1],
+        ),
+    ):
+        size = min(side, limit)
+        first = int(min(max(centre - size // 2, 0), limit - size))
+        windows.append(slice(first, first + size))
+    return windows[0], windows[1]
+
+
+def grid() -> None:
+    """Full photos with an object hole (an ellipse of 3-8 % of the photo): masked | Telea |
+    biharmonic | the model | original, scaled to `--row_height`, then the same four fills
+    as `--row_height`-pixel crops around the hole at 100 % (no resampling)."""
     inpainter = Inpainter.from_checkpoint(
         None if FLAGS.checkpoint == "shipped" else FLAGS.checkpoint
     )
+    baselines = {name: make_baseline(name) for name in GRID_METHODS}
     photos = list_image_files(FLAGS.photos)
+    height = FLAGS.row_height
+    gap = np.full((height, 4, 3), 255, np.uint8)
     rows = []
     for pick in FLAGS.picks:
         path = photos[int(pick)]
         image = image_io.read_rgb(path)
-        hole = object_hole(*image.shape[:2], seed=int(pick))
-        ours = inpainter.inpaint(image, hole)
-        telea = cv2.inpaint(image, hole.astype(np.uint8) * 255, 3.0, cv2.INPAINT_TELEA)
+        rng = masks.mask_rng(int(pick), 0)
+        hole = masks.object_mask(rng, *image.shape[:2], "ellipse") > 0.5
+        fills = [baselines[name].inpaint(image, hole) for name in GRID_METHODS]
+        fills.append(inpainter.inpaint(image, hole))
         masked = np.where(hole[..., None], 255, image).astype(np.uint8)
-        scale = FLAGS.row_height / image.shape[0]
-        width = round(image.shape[1] * scale)
-        panels = [resize_bicubic(p, FLAGS.row_height, width) for p in (masked, telea, ours, image)]
-        gap = np.full((FLAGS.row_height, 4, 3), 255, np.uint8)
-        row = np.concatenate([x for p in panels for x in (p, gap)][:-1], axis=1)
-        rows.append((row, f"{path.name} {image.shape[1]}x{image.shape[0]}"))
-    width = max(r.shape[1] for r, _ in rows)
+        width = round(image.shape[1] * height / image.shape[0])
+        whole = [resize_bicubic(p, height, width) for p in (masked, *fills, image)]
+        window = _crop_around(hole, height)
+        crops = [np.asarray(p)[window] for p in (*fills, image)]
+        crops = [np.pad(c, ((0, height - c.shape[0]), (0, 0), (0, 0))) for c in crops]
+        panels = [*whole, *crops]
+        rows.append(np.concatenate([x for p in panels for x in (p, gap)][:-1], axis=1))
+        print(f"{path.name} {image.shape[1]}x{image.shape[0]}, hole {hole.mean():.1%}")
+    width = max(r.shape[1] for r in rows)
     padded = [
-        np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r, _ in rows
+        np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows
     ]
     image_io.save_image(FLAGS.output, np.concatenate(padded, axis=0))
-    print("\n".join(name for _, name in rows))
 
 
 def fullsize() -> None:

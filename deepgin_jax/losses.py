@@ -279,6 +279,33 @@ def style_distance(
     return total
 
 
+def target_vgg_features(
+    vgg: VGGFn, target: Array, size: tuple[int, int], group: int = 1
+) -> tuple[Array, ...]:
+    """The VGG features of `target` [B, H, W, 3] resized to `size`, under stop_gradient.
+
+    With `group` > 1 dividing B, the batch is checked at run time: when every run of `group`
+    consecutive samples holds one image (a photo with its masks), the VGG runs on one sample
+    per run and its features are repeated; otherwise on every sample. Both give the same
+    features, so a batch of any other layout (padding, tests) stays correct.
+    """
+
+    def every_sample(images: Array) -> tuple[Array, ...]:
+        return tuple(vgg(resize_bilinear_align_corners(images, size)))
+
+    def one_per_group(images: Array) -> tuple[Array, ...]:
+        features = every_sample(images[::group])
+        return tuple(jnp.repeat(f, group, axis=0) for f in features)
+
+    batch = target.shape[0]
+    if group <= 1 or batch % group:
+        return jax.lax.stop_gradient(every_sample(target))
+    runs = target.reshape(batch // group, group, *target.shape[1:])
+    shared = jnp.all(runs == runs[:, :1])
+    features = jax.lax.cond(shared, one_per_group, every_sample, target)
+    return jax.lax.stop_gradient(features)
+
+
 def vgg_losses(
     vgg: VGGFn,
     candidates: Sequence[Array],
@@ -287,18 +314,20 @@ def vgg_losses(
     style_mode: str = "mse",
     image_size: int = 224,
     sample_weight: Array | None = None,
+    target_group: int = 1,
 ) -> tuple[Array, Array]:
     """(perceptual, style), each summed over the candidates (spec 5.1: I_out and I_comp vs GT).
 
     Every image is first resized to image_size^2 (align-corners bilinear). The target goes
     through the VGG once, under stop_gradient; the candidates go through it together in one
     batched call. vgg maps images [N, S, S, 3] in [0, 1] to a sequence of feature maps.
+
+    target_group: the number of consecutive samples that may share one target (a training
+    batch's masks per photo, `data.pipeline`); see `target_vgg_features`.
     """
     size = (image_size, image_size)
     batch = target.shape[0]
-    target_features = jax.lax.stop_gradient(
-        tuple(vgg(resize_bilinear_align_corners(_f32(target), size)))
-    )
+    target_features = target_vgg_features(vgg, _f32(target), size, target_group)
     stacked = jnp.concatenate(
         [resize_bilinear_align_corners(_f32(c), size) for c in candidates], axis=0
     )
@@ -350,6 +379,7 @@ def generator_loss(
     vgg: VGGFn | None,
     loss_config: Any,
     sample_weight: Array | None = None,
+    target_group: int = 1,
 ) -> tuple[Array, dict[str, Array]]:
     """Eq. 7 / spec 5.1: the generator's total loss and its weighted terms (all float32).
 
@@ -360,7 +390,7 @@ def generator_loss(
     `models.vgg.load_vgg19(...)` (may be None when l1_only or both VGG weights are 0).
 
     sample_weight: [B] or None; every term is then a mean over the weighted samples
-    (`batch_mean`).
+    (`batch_mean`). target_group: consecutive samples that may share a target (`vgg_losses`).
 
     Returns (total, terms) with terms among "coarse_l1", "output_l1", "adversarial",
     "perceptual", "style", "tv"; in the l1_only (warm-up) stage only the first two.
@@ -403,6 +433,7 @@ def generator_loss(
                 c.style_mode,
                 int(c.vgg_image_size),
                 sample_weight,
+                target_group,
             )
             terms["perceptual"] = c.perceptual_weight * perceptual
             terms["style"] = c.style_weight * style

@@ -47,6 +47,9 @@ class Setup:
     d_schedule: optax.Schedule
     loss_config: ml_collections.ConfigDict
     warmup_loss_config: ml_collections.ConfigDict
+    # Samples per photo in a batch (`data.mask_types`): the VGG-19 losses run the ground truth
+    # once per photo when a batch has this layout (`losses.target_vgg_features`).
+    masks_per_item: int = 1
 
 
 def lr_schedule(
@@ -95,6 +98,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
         d_schedule=d_schedule,
         loss_config=config.loss,
         warmup_loss_config=warmup_loss,
+        masks_per_item=len(config.data.mask_types),
     )
 
 

@@ -238,7 +238,7 @@ def _generator_loss(
     D_s(I_in, I_comp) not detached. Returns (L_G, (terms, spectral))."""
     fake_logits, spectral = _discriminate(setup, d_params, spectral, masked, outputs.completed)
     loss, terms = losses.generator_loss(
-        outputs, target, mask, fake_logits, vgg, setup.loss_config, weight
+        outputs, target, mask, fake_logits, vgg, setup.loss_config, weight, setup.masks_per_item
     )
     return loss, (terms, spectral)
 

@@ -239,7 +239,14 @@ def test_compact_model_drivers_write_curves_grid_and_fullsize_scores(tmp_path):
     )  # fmt: skip
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
     assert grid.shape[0] == 2 * (48 + 4)
-    assert grid.shape[1] == 4 * round(96 * 48 / 72) + 3 * 4  # the widest row: 4 panels, 3 gaps
+    # The widest row: 5 whole-photo panels 64 wide, 4 crops at 100 % 48 wide, 8 gaps.
+    assert grid.shape[1] == 5 * round(96 * 48 / 72) + 4 * 48 + 8 * 4
+    from benchmarks.compact_model import _crop_around
+    from deepgin_jax import masks
+
+    hole = masks.object_mask(masks.mask_rng(0, 0), 72, 96, "ellipse") > 0.5
+    original = np.asarray(Image.open(photos / "0.png"))
+    np.testing.assert_array_equal(grid[:48, -48:], original[_crop_around(hole, 48)])
 
     run_compact_model(
         "fullsize", f"--checkpoint={tiny_checkpoint()}", f"--photos={photos}",

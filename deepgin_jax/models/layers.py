@@ -142,3 +142,49 @@ def upsample2x(x: Array) -> Array:
 def avg_pool_exclude_pad(x: Array) -> Array:
     """`AvgPool2d(3, stride=2, padding=1, count_include_pad=False)` on [N, H, W, C] (spec 4)."""
     return nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=False)
+
+
+def max_pool_2x2(x: Array) -> Array:
+    """2x2 max pooling with stride 2 of [N, H, W, C] (odd trailing rows or columns dropped, as
+    `nn.max_pool(x, (2, 2), strides=(2, 2))`), with its gradient.
+
+    The same values and gradients as `nn.max_pool`, ties included (the gradient goes to the
+    first maximum of a window in row-major order), but written as a reshape and a reduction:
+    XLA:CPU lowers `nn.max_pool`'s gradient to a select-and-scatter, several times slower than
+    these elementwise operations.
+    """
+    h, w = x.shape[1:3]
+    if h % 2 or w % 2:
+        x = x[:, : h - h % 2, : w - w % 2]
+    return _max_pool_2x2(x)
+
+
+# Each element's place in its 2x2 window, in row-major order: [1, 1, 2, 1, 2, 1].
+_WINDOW_ORDER = np.arange(4, dtype=np.int32).reshape(1, 1, 2, 1, 2, 1)
+
+
+def _windows(x: Array) -> Array:
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def _max_pool_2x2(x: Array) -> Array:
+    return jnp.max(_windows(x), axis=(2, 4))
+
+
+def _max_pool_2x2_fwd(x: Array) -> tuple[Array, tuple[Array, Array]]:
+    pooled = _max_pool_2x2(x)
+    return pooled, (x, pooled)
+
+
+def _max_pool_2x2_bwd(residuals: tuple[Array, Array], grad: Array) -> tuple[Array]:
+    x, pooled = residuals
+    windows = _windows(x)
+    is_max = windows == pooled[:, :, None, :, None]
+    first = jnp.min(jnp.where(is_max, _WINDOW_ORDER, 4), axis=(2, 4), keepdims=True)
+    spread = jnp.where(first == _WINDOW_ORDER, grad[:, :, None, :, None], 0).astype(grad.dtype)
+    return (spread.reshape(x.shape),)
+
+
+_max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)

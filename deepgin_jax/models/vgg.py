@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepgin_jax.models.layers import max_pool_2x2
 from deepgin_jax.weights_io import load_weights
 
 Array = jax.Array
@@ -92,6 +93,56 @@ def preprocess(images: Array, convention: str) -> Array:
     raise ValueError(f"unknown VGG input convention {convention!r}; expected one of {CONVENTIONS}")
 
 
+def _conv3x3(x: Array, kernel: Array) -> Array:
+    """A 3x3 convolution with zero padding 1 of [N, H, W, in] by an HWIO kernel."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def input_gradient_kernel(kernel: Array) -> Array:
+    """The kernel whose 3x3 convolution (padding 1) is the transpose of `kernel`'s: flipped in
+    space, input and output channels swapped ([3, 3, in, out] -> [3, 3, out, in])."""
+    return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+
+
+@jax.custom_vjp
+def _frozen_conv3x3(x: Array, kernel: Array, backward_kernel: Array) -> Array:
+    return _conv3x3(x, kernel)
+
+
+def _frozen_conv3x3_fwd(x: Array, kernel: Array, backward_kernel: Array):
+    return _conv3x3(x, kernel), (kernel, backward_kernel)
+
+
+def _frozen_conv3x3_bwd(residuals: tuple[Array, Array], grad: Array):
+    kernel, backward_kernel = residuals
+    # Frozen weights: no kernel gradient, and the input's gradient by the stored kernel.
+    return _conv3x3(grad, backward_kernel), jnp.zeros_like(kernel), jnp.zeros_like(backward_kernel)
+
+
+_frozen_conv3x3.defvjp(_frozen_conv3x3_fwd, _frozen_conv3x3_bwd)
+
+
+class _Conv3x3(nn.Module):
+    """`nn.Conv(features, (3, 3), padding=1)` (the same parameters), whose input gradient
+    uses `backward_kernel` (`input_gradient_kernel` of the kernel) when one is given."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: Array, backward_kernel: Array | None = None) -> Array:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        if backward_kernel is None:
+            y = _conv3x3(x, kernel)
+        else:
+            y = _frozen_conv3x3(x, kernel, backward_kernel)
+        return y + bias
+
+
 class VGG19(nn.Module):
     """VGG-19 `features` up to the deepest requested tap; returns the taps in the order given.
 
@@ -104,8 +155,16 @@ class VGG19(nn.Module):
     taps: Sequence[str]
 
     @nn.compact
-    def __call__(self, x: Array) -> tuple[Array, ...]:
-        """x: [N, H, W, 3] already preprocessed -> one [N, h, w, C] array per tap."""
+    def __call__(
+        self, x: Array, backward_kernels: Mapping[str, Array] | None = None
+    ) -> tuple[Array, ...]:
+        """x: [N, H, W, 3] already preprocessed -> one [N, h, w, C] array per tap.
+
+        backward_kernels: {layer: `input_gradient_kernel` of its kernel} of frozen weights, or
+        None. With them the gradient with respect to `x` uses these kernels instead of
+        re-laying out the kernels in every backward pass (the same values); the weights then
+        get no gradient.
+        """
         taps = resolve_taps(self.taps)
         last = _deepest_conv_index(taps)
         if len(self.widths) <= last:
@@ -113,8 +172,9 @@ class VGG19(nn.Module):
         found: dict[str, Array] = {}
         for index, name in enumerate(VGG19_CONV_NAMES[: last + 1]):
             if index > 0 and name.endswith("_1"):
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = nn.Conv(self.widths[index], (3, 3), padding=1, name=name)(x)
+                x = max_pool_2x2(x)
+            backward = None if backward_kernels is None else backward_kernels[name]
+            x = _Conv3x3(self.widths[index], name=name)(x, backward)
             found[name] = x
             x = nn.relu(x)
             found["relu" + name[4:]] = x
@@ -166,6 +226,9 @@ class VGGFeatures:
     taps: tuple[str, ...] = flax.struct.field(pytree_node=False, default=REFERENCE_TAPS)
     # ((tap, factor), ...): multiplies each tapped feature map; empty = no rescaling.
     tap_scales: tuple[tuple[str, float], ...] = flax.struct.field(pytree_node=False, default=())
+    # {layer: `input_gradient_kernel`} computed once (`with_backward_kernels`), or None: the
+    # backward pass then re-lays out every kernel at every step.
+    backward_kernels: Any = None
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -175,7 +238,8 @@ class VGGFeatures:
         """images: [N, H, W, 3] RGB in [0, 1] -> one [N, h, w, C] array per tap."""
         module = VGG19(widths=self.widths, taps=self.taps)
         params = jax.lax.stop_gradient(self.params)
-        features = module.apply({"params": params}, preprocess(images, self.convention))
+        backward = jax.lax.stop_gradient(self.backward_kernels)
+        features = module.apply({"params": params}, preprocess(images, self.convention), backward)
         if not self.tap_scales:
             return features
         scales = dict(self.tap_scales)
@@ -187,6 +251,15 @@ class VGGFeatures:
     def with_taps(self, taps: str | Sequence[str]) -> VGGFeatures:
         """The same network and weights, tapped at `taps` (a tap-set name or layer names)."""
         return self.replace(taps=resolve_taps(taps))
+
+    def with_backward_kernels(self) -> VGGFeatures:
+        """The same network, with every kernel's `input_gradient_kernel` computed now, once:
+        gradients through it then skip re-laying out the kernels at every step."""
+        backward = {
+            name: input_gradient_kernel(jnp.asarray(layer["kernel"]))
+            for name, layer in self.params.items()
+        }
+        return self.replace(backward_kernels=backward)
 
 
 def vgg_features_from_params(
@@ -211,7 +284,7 @@ def vgg_features_from_params(
         convention=convention,
         taps=resolve_taps(taps),
         tap_scales=tuple((t, float(s)) for t, s in sorted(tap_scales.items())),
-    )
+    ).with_backward_kernels()
 
 
 def load_vgg19(path: str | os.PathLike, taps: str | Sequence[str] = "reference") -> VGGFeatures:

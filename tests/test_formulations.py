@@ -1,0 +1,124 @@
+"""The faster formulations against the ones they replace: the same values and gradients.
+
+Each rewrite for speed (README, "Speed on these CPUs") is checked here against the plain
+formulation it replaced, on tiny inputs.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepgin_jax import losses
+from deepgin_jax.models import vgg
+from deepgin_jax.models.layers import edge_pad, max_pool_2x2
+
+RNG = np.random.default_rng(0)
+WIDTHS = (4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8)
+
+
+def flax_max_pool(x: jax.Array) -> jax.Array:
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])
+def test_max_pool_matches_flax_values_and_gradients_with_ties(shape):
+    # Rounded normals: many windows hold their maximum twice or more, and ReLU-like zeros.
+    x = jnp.asarray(np.maximum(np.round(RNG.standard_normal(shape)), 0).astype(np.float32))
+    pooled = max_pool_2x2(x)
+    np.testing.assert_array_equal(pooled, flax_max_pool(x))
+    cotangent = jnp.asarray(RNG.standard_normal(pooled.shape).astype(np.float32))
+    ours = jax.vjp(max_pool_2x2, x)[1](cotangent)[0]
+    theirs = jax.vjp(flax_max_pool, x)[1](cotangent)[0]
+    np.testing.assert_array_equal(ours, theirs)
+    assert float(jnp.abs(ours).sum()) > 0
+
+
+def random_vgg(widths=WIDTHS) -> vgg.VGGFeatures:
+    params, cin = {}, 3
+    for name, width in zip(vgg.VGG19_CONV_NAMES, widths, strict=True):
+        kernel = RNG.standard_normal((3, 3, cin, width)) / np.sqrt(9 * cin)
+        bias = 0.1 * RNG.standard_normal(width)
+        params[name] = {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
+        cin = width
+    return vgg.vgg_features_from_params(params, {"convention": "torchvision"})
+
+
+def test_stored_backward_kernels_give_the_same_features_and_input_gradients():
+    features = random_vgg()
+    assert features.backward_kernels is not None  # loading stores them
+    plain = features.replace(backward_kernels=None)
+    images = jnp.asarray(RNG.random((2, 32, 32, 3)).astype(np.float32))
+
+    def total(extractor, x):
+        return sum(jnp.sum(f * jnp.cos(f)) for f in extractor(x))
+
+    for a, b in zip(features(images), plain(images), strict=True):
+        np.testing.assert_array_equal(a, b)
+    ours = jax.jit(jax.grad(total, argnums=1))(features, images)
+    theirs = jax.jit(jax.grad(total, argnums=1))(plain, images)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6 * float(jnp.abs(theirs).max()))
+
+
+def grouped_batch(photos: int, masks: int, size: int = 16):
+    """Candidates and a target laid out as training batches are: each photo's masks in a row."""
+    target = np.repeat(RNG.random((photos, size, size, 3)).astype(np.float32), masks, axis=0)
+    candidates = [RNG.random(target.shape).astype(np.float32) for _ in range(2)]
+    return [jnp.asarray(c) for c in candidates], jnp.asarray(target)
+
+
+@pytest.mark.parametrize("weight", [None, (1, 1, 1, 0, 0, 0)])
+def test_vgg_losses_once_per_photo_equal_the_losses_on_every_sample(weight):
+    features = random_vgg()
+    candidates, target = grouped_batch(2, 3)
+    weight = None if weight is None else jnp.asarray(weight, jnp.float32)
+
+    def losses_and_gradients(group):
+        def total(candidates):
+            p, s = losses.vgg_losses(
+                features,
+                candidates,
+                target,
+                image_size=32,
+                sample_weight=weight,
+                target_group=group,
+            )
+            return p + s, (p, s)
+
+        return jax.jit(jax.value_and_grad(total, has_aux=True))(candidates)
+
+    (_, (p1, s1)), g1 = losses_and_gradients(1)
+    (_, (p3, s3)), g3 = losses_and_gradients(3)
+    np.testing.assert_allclose(p3, p1, rtol=1e-5)
+    np.testing.assert_allclose(s3, s1, rtol=1e-5)
+    for a, b in zip(g3, g1, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_target_features_of_other_layouts_are_computed_per_sample():
+    features = random_vgg()
+    calls = []
+
+    def recording(images):
+        calls.append(images.shape[0])
+        return features(images)
+
+    _, grouped = grouped_batch(2, 3)
+    shuffled = grouped[jnp.asarray([0, 3, 1, 4, 2, 5])]  # photos alternate: no runs of 3
+    for target in (grouped, shuffled):
+        ours = jax.jit(lambda t: losses.target_vgg_features(recording, t, (32, 32), 3))(target)
+        theirs = losses.target_vgg_features(features, target, (32, 32), 1)
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.abs(b).max()))
+    assert sorted(set(calls)) == [2, 6]  # both branches traced: one image per photo, or all
+    # A batch that does not split into runs (padded to a device multiple) takes every sample.
+    assert len(losses.target_vgg_features(recording, grouped[:5], (32, 32), 3)[0]) == 5
+
+
+def test_edge_pad_is_numpy_edge_padding():
+    x = RNG.standard_normal((1, 5, 4, 2)).astype(np.float32)
+    expected = np.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="edge")
+    np.testing.assert_array_equal(edge_pad(jnp.asarray(x), 3), expected)

@@ -42,6 +42,7 @@ from deepgin_jax import image_io, masks, metric_writers, shipped
 from deepgin_jax.baselines import make_baseline
 from deepgin_jax.data.sources import list_image_files
 from deepgin_jax.data.transforms import resize_bicubic
+from deepgin_jax.full_size_evaluation import crop_around
 from deepgin_jax.inference import Inpainter
 from deepgin_jax.models.lpips import LPIPSDistance
 from deepgin_jax.train_steps import prepare_batch
@@ -167,23 +168,6 @@ def curves() -> None:
 GRID_METHODS = ("telea", "biharmonic")  # the classical fills beside the model in the grid
 
 
-def _crop_around(hole: np.ndarray, side: int) -> tuple[slice, slice]:
-    """A `side` x `side` window (cut to the photo) centred on the hole's bounding box."""
-    rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
-    windows = []
-    for centre, limit in (
-        ((rows[0] + rows[-1]) // 2, hole.shape[0]),
-        (
-            (cols[0] + cols[-1]) // 2,
-            hole.shape[1],
-        ),
-    ):
-        size = min(side, limit)
-        first = int(min(max(centre - size // 2, 0), limit - size))
-        windows.append(slice(first, first + size))
-    return windows[0], windows[1]
-
-
 def grid() -> None:
     """Full photos with an object hole (an ellipse of 3-8 % of the photo): masked | Telea |
     biharmonic | the model | original, scaled to `--row_height`, then the same four fills
@@ -206,7 +190,7 @@ def grid() -> None:
         masked = np.where(hole[..., None], 255, image).astype(np.uint8)
         width = round(image.shape[1] * height / image.shape[0])
         whole = [resize_bicubic(p, height, width) for p in (masked, *fills, image)]
-        window = _crop_around(hole, height)
+        window = crop_around(hole, side=height)
         crops = [np.asarray(p)[window] for p in (*fills, image)]
         crops = [np.pad(c, ((0, height - c.shape[0]), (0, 0), (0, 0))) for c in crops]
         panels = [*whole, *crops]

@@ -79,15 +79,19 @@ def photo_hole(kind: str, height: int, width: int, seed: int, photo_index: int) 
     return hole > 0.5
 
 
-def crop_around(hole: np.ndarray, factor: float = CROP_FACTOR) -> tuple[slice, slice]:
-    """The square around the hole's bounding box: side `factor` x its longer side (at most the
-    image's shorter side), centred on it and shifted to lie inside the image."""
+def crop_around(
+    hole: np.ndarray, factor: float = CROP_FACTOR, side: int | None = None
+) -> tuple[slice, slice]:
+    """The square around the hole's bounding box: side `factor` x its longer side, or `side`
+    when given (at most the image's shorter side), centred on it and shifted to lie inside the
+    image."""
     rows, cols = np.nonzero(hole)
     if rows.size == 0:
         raise ValueError("the hole is empty")
     height, width = hole.shape
-    longer = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
-    side = int(min(max(round(factor * longer), 1), height, width))
+    if side is None:
+        side = round(factor * max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
+    side = int(min(max(side, 1), height, width))
 
     def start(low: int, high: int, size: int) -> int:
         return int(np.clip(round((low + high + 1) / 2 - side / 2), 0, size - side))

@@ -241,12 +241,12 @@ def test_compact_model_drivers_write_curves_grid_and_fullsize_scores(tmp_path):
     assert grid.shape[0] == 2 * (48 + 4)
     # The widest row: 5 whole-photo panels 64 wide, 4 crops at 100 % 48 wide, 8 gaps.
     assert grid.shape[1] == 5 * round(96 * 48 / 72) + 4 * 48 + 8 * 4
-    from benchmarks.compact_model import _crop_around
     from deepgin_jax import masks
+    from deepgin_jax.full_size_evaluation import crop_around
 
     hole = masks.object_mask(masks.mask_rng(0, 0), 72, 96, "ellipse") > 0.5
     original = np.asarray(Image.open(photos / "0.png"))
-    np.testing.assert_array_equal(grid[:48, -48:], original[_crop_around(hole, 48)])
+    np.testing.assert_array_equal(grid[:48, -48:], original[crop_around(hole, side=48)])
 
     run_compact_model(
         "fullsize", f"--checkpoint={tiny_checkpoint()}", f"--photos={photos}",

@@ -415,9 +415,11 @@ def _write_reports(
 ) -> None:
     """per_image.csv, summary.json, results.md and (with grid rows) grid.png in output_dir."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(output_dir / "per_image.csv", [r for rec in records.values() for r in rec.rows])
-    _write_text(output_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
-    _write_text(output_dir / "results.md", results_markdown(summary))
+    rows = [r for rec in records.values() for r in rec.rows]
+    leading = ["method", "image", "mask", "mask_type", "hole_ratio", "hole_bucket"]
+    write_csv(output_dir / "per_image.csv", rows, leading, METRIC_INFO)
+    write_text(output_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text(output_dir / "results.md", results_markdown(summary))
     if grid_rows:
         _write_grid(output_dir / "grid.png", grid_rows, ["masked", *records, "original"])
 
@@ -639,19 +641,25 @@ def results_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """`text` to `path`, atomically (a reader never sees half a file)."""
     with atomic_write(path, "w") as f:
         f.write(text)
 
 
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    columns = ["method", "image", "mask", "mask_type", "hole_ratio", "hole_bucket"]
-    columns += [m for m in METRIC_INFO if rows and m in rows[0]]
+def write_csv(
+    path: Path,
+    rows: Sequence[Mapping[str, Any]],
+    leading: Sequence[str],
+    metric_info: Mapping[str, Any],
+) -> None:
+    """`rows` as CSV: the `leading` columns, then each metric of `metric_info` the rows have."""
+    columns = [*leading, *(m for m in metric_info if rows and m in rows[0])]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(path, buffer.getvalue())
+    write_text(path, buffer.getvalue())
 
 
 def _write_grid(path: Path, rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str]) -> None:

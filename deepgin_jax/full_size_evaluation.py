@@ -26,9 +26,7 @@ with `save_images`, every output (and the masked inputs) under `images/<method>/
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -43,9 +41,14 @@ import tqdm
 from absl import logging
 
 from deepgin_jax import image_io, masks, metrics
-from deepgin_jax.atomic import atomic_write
 from deepgin_jax.data.transforms import resize_bicubic
-from deepgin_jax.evaluation import FeatureNetworks, hole_metrics, masked_inputs
+from deepgin_jax.evaluation import (
+    FeatureNetworks,
+    hole_metrics,
+    masked_inputs,
+    write_csv,
+    write_text,
+)
 from deepgin_jax.inference import InpainterBase
 
 HOLE_KINDS = ("ellipse", "box", "strokes")
@@ -218,9 +221,10 @@ def evaluate_full_size(
         "unreadable_images": [{"image": k, "error": v} for k, v in unreadable.items()],
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(output_dir / "per_image.csv", rows)
-    _write_text(output_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
-    _write_text(output_dir / "results.md", results_markdown(summary))
+    leading = ["method", "image", "hole", "height", "width", "hole_ratio"]
+    write_csv(output_dir / "per_image.csv", rows, leading, METRIC_INFO)
+    write_text(output_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text(output_dir / "results.md", results_markdown(summary))
     return summary
 
 
@@ -424,18 +428,3 @@ def results_markdown(summary: Mapping[str, Any]) -> str:
         lines += [f"## Images left out ({len(unreadable)}, unreadable)", ""]
         lines += [f"- {u['image']}: {u['error']}" for u in unreadable] + [""]
     return "\n".join(lines)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(text)
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    columns = ["method", "image", "hole", "height", "width", "hole_ratio"]
-    columns += [m for m in METRIC_INFO if rows and m in rows[0]]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text(path, buffer.getvalue())

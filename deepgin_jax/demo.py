@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deepgin_jax import image_io, masks, metric_writers, train_lib
+from deepgin_jax import cli, image_io, masks, metric_writers, train_lib
 from deepgin_jax.data import sample_image_paths
 from deepgin_jax.inference import Inpainter
 
@@ -101,4 +101,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -299,7 +299,8 @@ def test_inference_benchmark_runs_a_shipped_folder_with_its_cards_settings(tmp_p
 
     (row,) = rows()
     assert (row["upscale"], row["blend"]) == (2.0, "poisson")
-    assert row["network_batches"] == [[1, 80, 96]]  # 48 wide, 40 high: enlarged x2
+    # 48 wide, 40 high: enlarged x2 to 96 x 80, in the 128 shape bucket.
+    assert row["network_batches"] == [[1, 128, 128]]
     (row,) = rows("--blend=paste")
     assert (row["upscale"], row["blend"]) == (2.0, "paste")
 

@@ -23,3 +23,17 @@ def test_demo_mask_is_a_box_and_strokes_inside_the_photo():
     assert hole.shape == (300, 451) and hole.dtype == bool
     assert 0.04 < hole.mean() < 0.4
     assert not hole[:, :20].all()
+
+
+def test_demo_command_reports_a_usage_error_in_one_line():
+    """The demo starts through `cli.run`: a stray argument is one line and exit status 2,
+    before any work, with no traceback and no backend-probe noise."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "deepgin_jax.demo", "stray"], capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr
+    assert "unexpected arguments: ['stray']" in result.stderr
+    assert "Traceback" not in result.stderr and "libtpu" not in result.stderr

@@ -1,0 +1,69 @@
+"""How long a new hole takes once the inpainter is warm: the editor's case.
+
+    python -m benchmarks.new_holes --photo PHOTO --holes 4 --strategies scaled,polyphase
+
+The photo is resized to `--size` (2560x1600 by default). Each strategy gets its own
+`Inpainter` (the shipped model, `max_batch` 4 as the editor builds it), `warm_up()`, then
+`--holes` seeded object holes (ellipses and boxes of 3-8 % of the photo) that it has never
+seen; per hole it prints the wall and CPU seconds and how many executables were compiled
+(`inference.forward_cache_size()`; 0 is the goal).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from benchmarks import common
+from deepgin_jax import compile_cache, masks
+from deepgin_jax.inference import Inpainter, forward_cache_size
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("photo", None, "The photo to inpaint.", required=True)
+flags.DEFINE_list("size", ["2560", "1600"], "Width, height it is resized to.")
+flags.DEFINE_integer("holes", 4, "New holes per strategy.")
+flags.DEFINE_list("strategies", ["scaled", "polyphase"], "Inpainter strategies, side by side.")
+flags.DEFINE_string("out", "benchmarks/results", "Where to write the table.")
+
+
+def _timed(fn) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    compile_cache.enable()
+    width, height = (int(v) for v in FLAGS.size)
+    photo = np.asarray(Image.open(FLAGS.photo).convert("RGB").resize((width, height)))
+    rows = []
+    for strategy in FLAGS.strategies:
+        inpainter = Inpainter(strategy=strategy, max_batch=4)
+        before = forward_cache_size()
+        wall, cpu = _timed(inpainter.warm_up)
+        rows.append(
+            {"strategy": strategy, "case": "warm_up", "hole_percent": None, "wall_s": wall,
+             "cpu_s": cpu, "compiled": forward_cache_size() - before}
+        )  # fmt: skip
+        for index in range(FLAGS.holes):
+            shape = masks.OBJECT_SHAPES[index % len(masks.OBJECT_SHAPES)]
+            hole = masks.object_mask(masks.mask_rng(index, 0), height, width, shape) > 0.5
+            before = forward_cache_size()
+            wall, cpu = _timed(functools.partial(inpainter.inpaint, photo, hole))
+            rows.append(
+                {"strategy": strategy, "case": f"hole {index} ({shape})",
+                 "hole_percent": 100 * float(hole.mean()), "wall_s": wall, "cpu_s": cpu,
+                 "compiled": forward_cache_size() - before}
+            )  # fmt: skip
+    columns = ["strategy", "case", "hole_percent", "wall_s", "cpu_s", "compiled"]
+    print(common.write_results("new_holes", rows, columns, FLAGS.out).read_text())
+
+
+if __name__ == "__main__":
+    app.run(main)

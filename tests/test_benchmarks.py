@@ -370,3 +370,31 @@ def test_gpu_suite_goes_on_after_a_failed_part_and_skips_what_does_not_fit(tmp_p
     assert statuses[2].startswith("skipped")
     for part in parts:  # every part has its file, whatever happened
         assert json.loads((tmp_path / "suite" / f"{part.name}.json").read_text())["part"]
+
+
+def test_new_holes_benchmark_compiles_nothing_after_warm_up(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from deepgin_jax import shipped
+    from tests.inpainting_helpers import tiny_shipped
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), np.uint8)).save(tmp_path / "photo.png")
+    argv = [
+        sys.executable, "-m", "benchmarks.new_holes", f"--photo={tmp_path / 'photo.png'}",
+        "--size=400,300", "--holes=2", f"--out={tmp_path}",
+    ]  # fmt: skip
+    env = {**os.environ, shipped.ENV_VAR: str(tiny_shipped())}
+    subprocess.run(argv, check=True, cwd=REPO, capture_output=True, text=True, env=env)
+    (table,) = tmp_path.glob("*/new_holes.json")
+    rows = json.loads(table.read_text())["rows"]
+    assert [(r["strategy"], r["case"][:6]) for r in rows] == [
+        (strategy, case)
+        for strategy in ("scaled", "polyphase")
+        for case in ("warm_u", "hole 0", "hole 1")
+    ]
+    holes = [r for r in rows if r["case"].startswith("hole")]
+    assert all(3 <= r["hole_percent"] <= 8.5 and r["wall_s"] > 0 for r in holes), holes
+    assert [r["compiled"] for r in holes] == [0, 0, 0, 0]
+    assert rows[0]["compiled"] > 0  # the warm-up is what compiles

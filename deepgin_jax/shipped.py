@@ -46,7 +46,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from deepgin_jax import checkpointing, weights_io
+from deepgin_jax import checkpointing, trace_cache, weights_io
 from deepgin_jax.atomic import atomic_write
 from deepgin_jax.inference.options import PLAIN_SETTINGS, check_settings
 from deepgin_jax.models.generator import DeepGIN
@@ -290,13 +290,32 @@ def load_shipped_generator(
     return model, {"params": params}
 
 
+def parameter_shapes(model: DeepGIN, *, cached: bool = True) -> dict[str, tuple[int, ...]]:
+    """The shape of each of `model`'s parameters by its '/'-joined path; traced once per
+    architecture and kept beside the compilation cache while that is on (`trace_cache`;
+    `cached=False` traces again and replaces the kept copy)."""
+
+    def trace() -> dict[str, list[int]]:
+        image = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+        mask = jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)
+        abstract = jax.eval_shape(model.init, jax.random.key(0), image, mask)["params"]
+        return {k: list(v.shape) for k, v in traverse_util.flatten_dict(abstract, sep="/").items()}
+
+    stem = trace_cache.key("generator_parameters", trace_cache.module_fields(model))
+    shapes = trace_cache.cached_json(stem, trace, read=cached)
+    try:
+        return {str(k): tuple(int(n) for n in v) for k, v in shapes.items()}
+    except (AttributeError, TypeError, ValueError):  # a kept copy that is not shapes
+        if not cached:
+            raise
+        return parameter_shapes(model, cached=False)
+
+
 def _check_fits(model: DeepGIN, params: Mapping[str, Any], weights: Path) -> None:
     """ShippedWeightsError unless `params` has exactly the model's parameter names and shapes."""
-    image = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
-    mask = jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), image, mask)["params"]
-    want = {k: v.shape for k, v in traverse_util.flatten_dict(abstract, sep="/").items()}
     have = {k: v.shape for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
+    if (want := parameter_shapes(model)) != have:
+        want = parameter_shapes(model, cached=False)  # not trusting a kept copy to refuse
     if want != have:
         missing = sorted(set(want) - set(have))[:3]
         extra = sorted(set(have) - set(want))[:3]

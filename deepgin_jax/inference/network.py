@@ -1,6 +1,11 @@
 """The generator as a network function: `GeneratorForward` runs a DeepGIN's reconstruction,
 compiled once per model configuration and input shape and shared by every instance (so several
 `Inpainter`s of one architecture share their executables).
+
+While the persistent compilation cache is on, the forward pass is traced once per model
+configuration and input shape for every process: it is kept as serialized StableHLO beside the
+cache (`deepgin_jax.trace_cache`), and a later process runs that, so that reading its compiled
+program back costs no tracing of the Flax model.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepgin_jax import trace_cache
 from deepgin_jax.models.generator import DeepGIN
 
 # The network as a function: masked images [B, H, W, 3] float32 in [0, 1] with white holes and
@@ -25,12 +31,37 @@ ForwardFn = Callable[[np.ndarray, np.ndarray], Any]
 def forward_cache_size() -> int:
     """How many compiled forms of the generator's forward pass this process holds (one per
     model configuration and input shape)."""
-    return _reconstruct._cache_size()
+    return _reconstruct._cache_size() + sum(f._cache_size() for f in _READ_BACK.values())
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _reconstruct(model: DeepGIN, variables: Any, masked: jax.Array, mask: jax.Array) -> jax.Array:
     return model.apply(variables, masked, mask).reconstructed
+
+
+# The forward passes read back from `trace_cache` (or traced and kept there) in this process,
+# by their file stem: jitted, so that each is compiled (or read from the compilation cache) once.
+_READ_BACK: dict[str, Callable[..., jax.Array]] = {}
+
+
+def _read_back(model: DeepGIN, variables: Any, masked: Any, mask: Any) -> Callable[..., jax.Array]:
+    """The jitted forward pass of `model` at these inputs' shapes, run from its StableHLO in
+    `trace_cache` (traced and kept there the first time)."""
+    inputs = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in (masked, mask)]
+    shapes = jax.tree.map(lambda v: (v.shape, str(v.dtype)), variables)
+    stem = trace_cache.key("generator_forward", (trace_cache.module_fields(model), shapes, inputs))
+    if (function := _READ_BACK.get(stem)) is None:
+        program = trace_cache.exported(
+            stem, jax.jit(functools.partial(_reconstruct, model)), (variables, *inputs)
+        )
+
+        def _reconstruct_exported(variables: Any, masked: jax.Array, mask: jax.Array):
+            return program.call(variables, masked, mask)
+
+        # Named as the traced function, so that compilation logs read the same either way.
+        _reconstruct_exported.__name__ = "_reconstruct"
+        function = _READ_BACK[stem] = jax.jit(_reconstruct_exported)
+    return function
 
 
 def _hashable(model: DeepGIN) -> DeepGIN:
@@ -66,6 +97,7 @@ class GeneratorForward:
             model = model.clone(dtype=dtype)
         self.model = _hashable(model)
         self._variables = jax.tree.map(jnp.asarray, variables)
+        self._read_back: dict[tuple, Callable[..., jax.Array]] = {}  # by input shapes
         # `Inpainter`'s defaults for this network: {"upscale": ..., "blend": ...}.
         self.recommended = dict(recommended or {})
 
@@ -82,4 +114,10 @@ class GeneratorForward:
         return cls(model, variables, recommended=shipped.recommended_inference(checkpoint))
 
     def __call__(self, masked: np.ndarray, mask: np.ndarray) -> jax.Array:
-        return _reconstruct(self.model, self._variables, masked, mask)
+        if trace_cache.folder() is None:
+            return _reconstruct(self.model, self._variables, masked, mask)
+        inputs = (np.shape(masked), masked.dtype, np.shape(mask), mask.dtype)
+        if (function := self._read_back.get(inputs)) is None:
+            function = _read_back(self.model, self._variables, masked, mask)
+            self._read_back[inputs] = function
+        return function(self._variables, masked, mask)

@@ -1,0 +1,127 @@
+"""The traced generator kept beside the compilation cache (`deepgin_jax.trace_cache`): a later
+process runs it without tracing the Flax model, with the same output; a corrupt or stale file is
+logged and replaced; nothing is kept while the compilation cache is off."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from deepgin_jax import shipped, trace_cache
+from deepgin_jax.inference import network
+from deepgin_jax.models import DeepGIN
+from tests.conftest import masked_inputs
+
+
+@pytest.fixture
+def traced_folder(tmp_path, monkeypatch):
+    """A fresh folder for traced programs, and no forward pass read back yet in this process
+    (as in a new process)."""
+    folder = tmp_path / "traced"
+    monkeypatch.setattr(trace_cache, "folder", lambda: folder)
+    monkeypatch.setattr(network, "_READ_BACK", {})
+    return folder
+
+
+def _forward_files(folder):
+    return sorted(folder.glob(f"generator_forward-*{trace_cache.EXPORT_SUFFIX}"))
+
+
+def _refuse_tracing(monkeypatch):
+    def traced(*args, **kwargs):
+        raise AssertionError("the generator was traced")
+
+    monkeypatch.setattr(DeepGIN, "__call__", traced)
+
+
+def test_a_kept_forward_pass_runs_without_tracing_and_gives_the_same_output(
+    tiny_generator, traced_folder, monkeypatch
+):
+    model, variables = tiny_generator
+    masked, mask = (np.asarray(x) for x in masked_inputs(1, 32, 32))
+    traced = np.asarray(network._reconstruct(model, variables, masked, mask))
+    first = np.asarray(network.GeneratorForward(model, variables)(masked, mask))
+    np.testing.assert_array_equal(first, traced)
+    [kept] = _forward_files(traced_folder)
+    written = kept.stat().st_mtime_ns
+    monkeypatch.setattr(network, "_READ_BACK", {})  # a new process
+    with monkeypatch.context() as patch:
+        _refuse_tracing(patch)
+        again = np.asarray(network.GeneratorForward(model, variables)(masked, mask))
+    np.testing.assert_array_equal(again, traced)
+    assert kept.stat().st_mtime_ns == written
+    # Another input shape is another program.
+    network.GeneratorForward(model, variables)(*(np.asarray(x) for x in masked_inputs(2, 32, 32)))
+    assert len(_forward_files(traced_folder)) == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"not a program", "stale"])
+def test_a_corrupt_or_stale_kept_program_is_logged_and_replaced(
+    tiny_generator, traced_folder, monkeypatch, caplog, content
+):
+    model, variables = tiny_generator
+    masked, mask = (np.asarray(x) for x in masked_inputs(1, 32, 32))
+    expected = np.asarray(network._reconstruct(model, variables, masked, mask))
+    network.GeneratorForward(model, variables)(masked, mask)
+    [kept] = _forward_files(traced_folder)
+    if content == "stale":  # a readable program of another input signature
+        network.GeneratorForward(model, variables)(masked[:, :16, :16], mask[:, :16, :16])
+        other = next(p for p in _forward_files(traced_folder) if p != kept)
+        content = other.read_bytes()
+    kept.write_bytes(content)
+    monkeypatch.setattr(network, "_READ_BACK", {})
+    with caplog.at_level(logging.WARNING):
+        output = np.asarray(network.GeneratorForward(model, variables)(masked, mask))
+    np.testing.assert_array_equal(output, expected)
+    assert f"Ignoring the traced program {kept}" in caplog.text
+    assert kept.read_bytes() != content  # replaced by the program traced again
+    monkeypatch.setattr(network, "_READ_BACK", {})
+    with monkeypatch.context() as patch:
+        _refuse_tracing(patch)
+        network.GeneratorForward(model, variables)(masked, mask)
+
+
+def test_nothing_is_kept_while_the_compilation_cache_is_off(tiny_generator, tmp_path):
+    model, variables = tiny_generator
+    masked, mask = (np.asarray(x) for x in masked_inputs(1, 24, 24))
+    enabled = jax.config.jax_enable_compilation_cache
+    folder = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
+        assert trace_cache.folder() == tmp_path / "cache" / trace_cache.FOLDER
+        jax.config.update("jax_enable_compilation_cache", False)
+        assert trace_cache.folder() is None
+        output = network.GeneratorForward(model, variables)(masked, mask)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        jax.config.update("jax_compilation_cache_dir", folder)
+    np.testing.assert_array_equal(
+        np.asarray(output), np.asarray(network._reconstruct(model, variables, masked, mask))
+    )
+    assert not (tmp_path / "cache").exists()
+
+
+def test_parameter_shapes_are_kept_and_a_wrong_kept_copy_refuses_nothing(
+    tiny_generator, traced_folder, monkeypatch
+):
+    model, variables = tiny_generator
+    params = variables["params"]
+    shipped._check_fits(model, params, traced_folder / "weights.npz")
+    [kept] = traced_folder.glob(f"generator_parameters-*{trace_cache.JSON_SUFFIX}")
+    shapes = shipped.parameter_shapes(model)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    assert shapes == {path: leaf.shape for path, leaf in flat.items()}
+    with monkeypatch.context() as patch:
+        _refuse_tracing(patch)
+        assert shipped.parameter_shapes(model) == shapes  # read back, not traced
+    for wrong in ('{"value": 5}', "{", json.dumps({"value": {"a": [1]}})):
+        kept.write_text(wrong)
+        shipped._check_fits(model, params, traced_folder / "weights.npz")
+        assert shipped.parameter_shapes(model) == shapes
+    with pytest.raises(shipped.ShippedWeightsError, match="does not fit"):
+        shipped._check_fits(model, {"params": params}, traced_folder / "weights.npz")

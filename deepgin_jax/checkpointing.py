@@ -14,6 +14,9 @@ So `load_generator` and `load_discriminator` read a converted reference model, a
 training step directory, a `checkpoints/` folder (its latest step) or a training workdir alike,
 local or remote (`gs://...`). Every checkpoint written here also holds the sha256 of its files
 (`checkpoint_digests`), checked before it is read.
+
+Orbax is imported by the functions that use it: importing it takes about 0.3 s, which a command
+reading only a shipped model (`deepgin_jax.shipped`) need not pay.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
@@ -121,6 +123,8 @@ def _remove_quietly(path: epath.Path) -> None:
 
 
 def _write_items(directory: epath.Path, items: Mapping[str, Any]) -> None:
+    import orbax.checkpoint as ocp
+
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         # Orbax writes into a temporary directory and renames it when complete.
         checkpointer.save(directory, args=ocp.args.Composite(**items))
@@ -136,6 +140,8 @@ def save_generator(
 ) -> None:
     """Writes generator variables ({"params": ...}) and its `DeepGIN` fields to `directory`;
     `overwrite` replaces an existing one safely (see `_save_items`)."""
+    import orbax.checkpoint as ocp
+
     _save_items(
         directory,
         {
@@ -155,6 +161,8 @@ def save_discriminator(
 ) -> None:
     """Writes discriminator variables ({"params", "spectral"}) and its fields to `directory`;
     `overwrite` replaces an existing one safely (see `_save_items`)."""
+    import orbax.checkpoint as ocp
+
     _save_items(
         directory,
         {
@@ -167,6 +175,8 @@ def save_discriminator(
 
 def _is_step_directory(path: epath.Path) -> bool:
     # Finalised: on GCS a step is written in place and marked complete by a file.
+    import orbax.checkpoint as ocp
+
     return (path / META_ITEM).is_dir() and ocp.utils.is_checkpoint_finalized(path)
 
 
@@ -198,6 +208,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> epath.Path:
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON `meta` item of a checkpoint (see `resolve_checkpoint` for accepted paths)."""
+    import orbax.checkpoint as ocp
+
     step_dir = resolve_checkpoint(path)
     verify_checkpoint(step_dir, [META_ITEM], note_unverified=False)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
@@ -213,6 +225,8 @@ def _restore_on_this_device(
     """Restores `item` of a checkpoint into the tree of `abstract` (ShapeDtypeStructs), placed
     on this process's first device, so that a checkpoint written by any number of hosts or
     devices restores here. A mismatch is a ValueError that says what was expected."""
+    import orbax.checkpoint as ocp
+
     verify_checkpoint(step_dir, [item])
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
@@ -350,6 +364,8 @@ class TrainCheckpointManager:
         self, directory: str | os.PathLike, *, max_to_keep: int, keep_steps: Sequence[int] = ()
     ):
         """Keeps the latest `max_to_keep` checkpoints, and those of `keep_steps` for good."""
+        import orbax.checkpoint as ocp
+
         policies = ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(
             create=True,
@@ -433,6 +449,8 @@ class TrainCheckpointManager:
 
     def save(self, state: TrainState, meta: Mapping[str, Any]) -> None:
         """Saves `state` at `meta["step"]` with its meta (`train_meta`)."""
+        import orbax.checkpoint as ocp
+
         self._write_pending_digests()
 
         items = train_items(state)
@@ -448,6 +466,8 @@ class TrainCheckpointManager:
         `latest_verified_step`) into the structure and shardings of `abstract_state`
         (ShapeDtypeStructs). Returns (state, meta). Raises CheckpointCorruptError when the given
         `step` fails verification."""
+        import orbax.checkpoint as ocp
+
         step = self.latest_verified_step() if step is None else step
         if step is None:
             raise CheckpointNotFoundError(f"no checkpoint in {self._manager.directory}")

@@ -125,3 +125,12 @@ def test_parameter_shapes_are_kept_and_a_wrong_kept_copy_refuses_nothing(
         assert shipped.parameter_shapes(model) == shapes
     with pytest.raises(shipped.ShippedWeightsError, match="does not fit"):
         shipped._check_fits(model, {"params": params}, traced_folder / "weights.npz")
+
+
+def test_building_a_forward_pass_compiles_nothing(caplog):
+    # Parameters of shapes no other test uses, so that nothing was compiled for them before.
+    variables = {"params": {"w": np.ones((5, 11, 17), np.float32), "b": np.zeros(23, np.float32)}}
+    with caplog.at_level(logging.DEBUG), jax.log_compiles():
+        forward = network.GeneratorForward(DeepGIN(base_features=16), variables)
+    assert "Finished XLA compilation" not in caplog.text
+    assert all(isinstance(v, jax.Array) for v in jax.tree.leaves(forward._variables))

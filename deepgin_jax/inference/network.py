@@ -96,7 +96,8 @@ class GeneratorForward:
         if dtype is not None and dtype != model.dtype:
             model = model.clone(dtype=dtype)
         self.model = _hashable(model)
-        self._variables = jax.tree.map(jnp.asarray, variables)
+        # device_put, not jnp.asarray: that compiles a conversion per parameter shape (~1 s).
+        self._variables = jax.device_put(variables)
         self._read_back: dict[tuple, Callable[..., jax.Array]] = {}  # by input shapes
         # `Inpainter`'s defaults for this network: {"upscale": ..., "blend": ...}.
         self.recommended = dict(recommended or {})

@@ -45,21 +45,31 @@ _NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 def poisson_blend(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """image, fill: float [H, W, C]; hole: bool [H, W]. Returns float64 [H, W, C]: `image`
     outside the hole, the Poisson solution (module docstring) inside it."""
+    _check_shapes(image, hole, fill)
+    result = image.astype(np.float64)  # a copy
+    if hole.any():
+        result[hole] = _hole_solution(image, hole, fill)
+    return result
+
+
+def _check_shapes(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> None:
     if image.shape != fill.shape or image.shape[:2] != hole.shape:
         raise ValueError(
             f"image {image.shape}, fill {fill.shape} and hole {hole.shape} must match in H, W"
         )
-    result = image.astype(np.float64)  # a copy
+
+
+def _hole_solution(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """The Poisson solution at the hole's pixels (in `np.nonzero(hole)` order): float64
+    [count, C]. Only the pixels the system reads are converted to float64, not whole images."""
     rows, cols = np.nonzero(hole)
     count = rows.size
-    if count == 0:
-        return result
     height, width = hole.shape
     index = np.full(hole.shape, -1, np.int64)
     index[rows, cols] = np.arange(count)
-    guide = fill.astype(np.float64)
+    guide = fill[rows, cols].astype(np.float64)
     diagonal = np.full(count, _ANCHOR)
-    rhs = _ANCHOR * guide[rows, cols]
+    rhs = _ANCHOR * guide
     off_rows, off_cols = [], []
     for dy, dx in _NEIGHBOURS:
         q_rows, q_cols = rows + dy, cols + dx
@@ -70,8 +80,8 @@ def poisson_blend(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.n
         q_index = index[q_rows, q_cols]
         in_hole = q_index >= 0
         p_hole, p_known = p[in_hole], p[~in_hole]
-        rhs[p_hole] += guide[rows[p_hole], cols[p_hole]] - guide[q_rows[in_hole], q_cols[in_hole]]
-        rhs[p_known] += result[q_rows[~in_hole], q_cols[~in_hole]]
+        rhs[p_hole] += guide[p_hole] - guide[q_index[in_hole]]
+        rhs[p_known] += image[q_rows[~in_hole], q_cols[~in_hole]].astype(np.float64)
         off_rows.append(p_hole)
         off_cols.append(q_index[in_hole])
     off_rows_all = np.concatenate(off_rows)
@@ -93,8 +103,7 @@ def poisson_blend(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.n
         diag_pivot_thresh=0.0,
         options={"SymmetricMode": True},
     )
-    result[rows, cols] = factors.solve(rhs.reshape(count, -1))
-    return result
+    return factors.solve(rhs.reshape(count, -1))
 
 
 def paste(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -117,8 +126,13 @@ def poisson(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray
         return fill
     if count == 0:
         return fill
-    blended = poisson_blend(to_unit_float(image), hole, fill)
-    return np.clip(blended, 0.0, 1.0).astype(np.float32)
+    photo = to_unit_float(image)
+    _check_shapes(photo, hole, fill)
+    # As np.clip(poisson_blend(photo, hole, fill), 0, 1) in float32, without float64 copies of
+    # the whole box (a fifth of a second for a 1500x1500 one).
+    blended = np.clip(photo, 0.0, 1.0).astype(np.float32)
+    blended[hole] = np.clip(_hole_solution(photo, hole, fill), 0.0, 1.0)
+    return blended
 
 
 # The `blend` option's names and what each does (module docstring).

@@ -798,6 +798,23 @@ def test_poisson_blend_removes_an_offset_and_keeps_the_fills_detail():
         blending.poisson_blend(photo, hole[:-1], fill)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_the_poisson_blender_is_the_clipped_blend_in_float32(dtype):
+    rng = np.random.default_rng(1)
+    scale = {np.uint8: 255, np.uint16: 65535, np.float32: 1}[dtype]
+    image = (rng.random((20, 26, 3)) * scale).astype(dtype)
+    hole = np.zeros((20, 26), bool)
+    hole[4:15, 3:20] = True
+    fill = np.clip(rng.random((20, 26, 3)) + 0.4, 0, 1.2).astype(np.float32)  # some past 1
+    photo = blending.to_unit_float(image)
+    expected = np.clip(blending.poisson_blend(photo, hole, fill), 0.0, 1.0).astype(np.float32)
+    blended = blending.poisson(image, hole, fill)
+    assert blended.dtype == np.float32
+    np.testing.assert_array_equal(blended, expected)
+    with pytest.raises(ValueError, match="must match"):
+        blending.poisson(image, hole[:-1], fill)
+
+
 def offset_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The known pixels' mean colour in the hole, 0.2 too bright: a fill with a seam."""
     return np.clip(known_mean_network(masked, mask) + 0.2 * mask, 0.0, 1.0)

@@ -19,6 +19,10 @@ Processes that share the folder are safe: the cache is given a size bound (`DEFA
 least recently used entries removed first), and with one JAX takes a file lock (`filelock`)
 around every read and write, so no process reads an entry another is still writing (without a
 bound JAX writes entries in place, unlocked). A corrupt entry is reported and recompiled.
+
+The folder's `traced/` keeps what tracing the generator gives (`deepgin_jax.trace_cache`), so that
+a later process does not trace it again to find its compiled program; it is on and off, and
+moves, with the cache.
 """
 
 from __future__ import annotations

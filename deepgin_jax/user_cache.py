@@ -3,7 +3,8 @@ else `~/.cache/deepgin_jax`.
 
 - `pretrained/`: where `python -m deepgin_jax.pretrained` writes the pretrained networks by
   default and where training looks for the VGG-19 (`$DEEPGIN_PRETRAINED_DIR` moves it);
-- `xla/`: the persistent compilation cache (`compile_cache`), so that a rerun skips compiling.
+- `xla/`: the persistent compilation cache (`compile_cache`), so that a rerun skips compiling,
+  and in `xla/traced/` the traced generator (`trace_cache`), so that it skips tracing too.
 """
 
 from __future__ import annotations

@@ -398,3 +398,27 @@ def test_new_holes_benchmark_compiles_nothing_after_warm_up(tmp_path):
     assert all(3 <= r["hole_percent"] <= 8.5 and r["wall_s"] > 0 for r in holes), holes
     assert [r["compiled"] for r in holes] == [0, 0, 0, 0]
     assert rows[0]["compiled"] > 0  # the warm-up is what compiles
+
+
+def test_startup_benchmark_times_a_first_and_a_later_process(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from deepgin_jax import shipped
+    from tests.inpainting_helpers import tiny_shipped
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), np.uint8)).save(tmp_path / "photo.png")
+    argv = [
+        sys.executable, "-m", "benchmarks.startup", f"--photo={tmp_path / 'photo.png'}",
+        "--size=120,90", "--hole=40,30", "--repeats=1", f"--out={tmp_path}",
+    ]  # fmt: skip
+    env = {**os.environ, shipped.ENV_VAR: str(tiny_shipped())}
+    subprocess.run(argv, check=True, cwd=REPO, capture_output=True, text=True, env=env)
+    (table,) = tmp_path.glob("*/startup.json")
+    rows = json.loads(table.read_text())["rows"]
+    assert [(r["checkout"], r["process"]) for r in rows] == [
+        ("this", "first ever"),
+        ("this", "later 1"),
+    ]
+    assert all(r["wall_s"] > 0 and r["cpu_s"] > 0 and r["load"] >= 0 for r in rows), rows

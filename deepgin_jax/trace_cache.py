@@ -30,6 +30,7 @@ import jax
 from absl import logging
 
 from deepgin_jax.atomic import atomic_write
+from deepgin_jax.paths import is_remote
 
 FOLDER = "traced"
 EXPORT_SUFFIX = ".stablehlo"
@@ -40,11 +41,12 @@ _SOURCES = ("models/*.py", "inference/network.py", "trace_cache.py")
 
 
 def folder() -> Path | None:
-    """`<compilation cache folder>/traced`, or None while JAX's compilation cache is off."""
+    """`<compilation cache folder>/traced`, or None while JAX's compilation cache is off (or
+    is remote: `gs://...`, where a per-process read would cost more than tracing)."""
     if not jax.config.jax_enable_compilation_cache:
         return None
     cache = jax.config.jax_compilation_cache_dir
-    return Path(cache) / FOLDER if cache else None
+    return Path(cache) / FOLDER if cache and not is_remote(cache) else None
 
 
 @functools.cache

@@ -94,6 +94,9 @@ def test_nothing_is_kept_while_the_compilation_cache_is_off(tiny_generator, tmp_
     try:
         jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
         assert trace_cache.folder() == tmp_path / "cache" / trace_cache.FOLDER
+        jax.config.update("jax_compilation_cache_dir", "gs://bucket/cache")
+        assert trace_cache.folder() is None
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
         jax.config.update("jax_enable_compilation_cache", False)
         assert trace_cache.folder() is None
         output = network.GeneratorForward(model, variables)(masked, mask)

@@ -137,3 +137,23 @@ def test_building_a_forward_pass_compiles_nothing(caplog):
         forward = network.GeneratorForward(DeepGIN(base_features=16), variables)
     assert "Finished XLA compilation" not in caplog.text
     assert all(isinstance(v, jax.Array) for v in jax.tree.leaves(forward._variables))
+
+
+def test_a_forward_pass_that_cannot_be_exported_runs_traced(
+    tiny_generator, traced_folder, monkeypatch, caplog
+):
+    model, variables = tiny_generator
+    masked, mask = (np.asarray(x) for x in masked_inputs(1, 32, 32))
+
+    def refuse(*args, **kwargs):
+        raise ValueError("a custom call that cannot be serialized")
+
+    monkeypatch.setattr(jax.export, "export", refuse)
+    monkeypatch.setattr(network, "_NOT_EXPORTABLE", set())
+    with caplog.at_level(logging.WARNING):
+        output = network.GeneratorForward(model, variables)(masked, mask)
+    assert "cannot keep it (a custom call that cannot be serialized)" in caplog.text
+    np.testing.assert_array_equal(
+        np.asarray(output), np.asarray(network._reconstruct(model, variables, masked, mask))
+    )
+    assert not _forward_files(traced_folder)

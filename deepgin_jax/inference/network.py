@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from deepgin_jax import trace_cache
 from deepgin_jax.models.generator import DeepGIN
@@ -42,6 +43,7 @@ def _reconstruct(model: DeepGIN, variables: Any, masked: jax.Array, mask: jax.Ar
 # The forward passes read back from `trace_cache` (or traced and kept there) in this process,
 # by their file stem: jitted, so that each is compiled (or read from the compilation cache) once.
 _READ_BACK: dict[str, Callable[..., jax.Array]] = {}
+_NOT_EXPORTABLE: set[str] = set()  # run by `_reconstruct`, traced in every process
 
 
 def _read_back(model: DeepGIN, variables: Any, masked: Any, mask: Any) -> Callable[..., jax.Array]:
@@ -50,10 +52,17 @@ def _read_back(model: DeepGIN, variables: Any, masked: Any, mask: Any) -> Callab
     inputs = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in (masked, mask)]
     shapes = jax.tree.map(lambda v: (v.shape, str(v.dtype)), variables)
     stem = trace_cache.key("generator_forward", (trace_cache.module_fields(model), shapes, inputs))
+    if stem in _NOT_EXPORTABLE:
+        return functools.partial(_reconstruct, model)
     if (function := _READ_BACK.get(stem)) is None:
-        program = trace_cache.exported(
-            stem, jax.jit(functools.partial(_reconstruct, model)), (variables, *inputs)
-        )
+        try:
+            program = trace_cache.exported(
+                stem, jax.jit(functools.partial(_reconstruct, model)), (variables, *inputs)
+            )
+        except Exception as e:  # e.g. an operation that jax.export does not serialize
+            logging.warning("The generator is traced in every process: cannot keep it (%s).", e)
+            _NOT_EXPORTABLE.add(stem)
+            return functools.partial(_reconstruct, model)
 
         def _reconstruct_exported(variables: Any, masked: jax.Array, mask: jax.Array):
             return program.call(variables, masked, mask)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 
 from deepgin_jax.atomic import atomic_write
@@ -101,7 +102,12 @@ def _write(path: Path, data: bytes) -> None:
 
 def _signature(args: Sequence[Any]) -> tuple[Any, tuple[jax.ShapeDtypeStruct, ...]]:
     leaves, tree = jax.tree.flatten((tuple(args), {}))  # as `Exported.in_tree`: (args, kwargs)
-    return tree, tuple(jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves)
+    return tree, tuple(abstract(leaf) for leaf in leaves)
+
+
+def abstract(array: Any) -> jax.ShapeDtypeStruct:
+    """`array`'s shape and dtype as JAX computes with it (float64 is float32 without x64)."""
+    return jax.ShapeDtypeStruct(np.shape(array), jax.dtypes.canonicalize_dtype(array.dtype))
 
 
 def exported(stem: str, function: Callable, args: Sequence[Any]) -> jax.export.Exported:
@@ -116,7 +122,7 @@ def exported(stem: str, function: Callable, args: Sequence[Any]) -> jax.export.E
     if path.exists():
         try:
             program = jax.export.deserialize(bytearray(path.read_bytes()))
-            have = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in program.in_avals)
+            have = tuple(abstract(a) for a in program.in_avals)
             if program.in_tree != tree or have != avals:
                 raise ValueError("its input signature is not this call's")
             return program

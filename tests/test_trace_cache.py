@@ -157,3 +157,17 @@ def test_a_forward_pass_that_cannot_be_exported_runs_traced(
         np.asarray(output), np.asarray(network._reconstruct(model, variables, masked, mask))
     )
     assert not _forward_files(traced_folder)
+
+
+def test_float64_inputs_read_back_the_float32_program(tiny_generator, traced_folder, monkeypatch):
+    model, variables = tiny_generator
+    masked, mask = (np.asarray(x, np.float64) for x in masked_inputs(1, 16, 16))
+    network.GeneratorForward(model, variables)(masked, mask)
+    [kept] = _forward_files(traced_folder)
+    written = kept.stat().st_mtime_ns
+    monkeypatch.setattr(network, "_READ_BACK", {})
+    with monkeypatch.context() as patch:
+        _refuse_tracing(patch)
+        network.GeneratorForward(model, variables)(masked, mask)
+        network.GeneratorForward(model, variables)(masked.astype(np.float32), mask)
+    assert kept.stat().st_mtime_ns == written

@@ -49,7 +49,7 @@ _NOT_EXPORTABLE: set[str] = set()  # run by `_reconstruct`, traced in every proc
 def _read_back(model: DeepGIN, variables: Any, masked: Any, mask: Any) -> Callable[..., jax.Array]:
     """The jitted forward pass of `model` at these inputs' shapes, run from its StableHLO in
     `trace_cache` (traced and kept there the first time)."""
-    inputs = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in (masked, mask)]
+    inputs = [trace_cache.abstract(x) for x in (masked, mask)]
     shapes = jax.tree.map(lambda v: (v.shape, str(v.dtype)), variables)
     stem = trace_cache.key("generator_forward", (trace_cache.module_fields(model), shapes, inputs))
     if stem in _NOT_EXPORTABLE:

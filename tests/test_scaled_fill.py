@@ -1,4 +1,5 @@
-"""The large-image path ("scaled" strategy), the detail transfer, shape buckets and warm_up.
+"""The large-image path ("scaled" strategy), its tiles for strokes, the detail transfer, the
+colour limit, shape buckets and warm_up.
 
 Stand-in networks and the tiny generator at small sizes (tile 64), and one check with the
 shipped model on a 400x300 synthetic photo: no sub-image grid and no colour cast in a sky.
@@ -6,6 +7,8 @@ shipped model on a 400x300 synthetic photo: no sub-image grid and no colour cast
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import threading
 
@@ -14,7 +17,7 @@ import numpy as np
 
 from benchmarks.full_size_fill import grid_excess, mean_colour_error
 from deepgin_jax import blending, inference
-from deepgin_jax.inference import Inpainter
+from deepgin_jax.inference import Inpainter, tiling
 from deepgin_jax.inference import buckets as shape_buckets
 from deepgin_jax.inference import detail as detail_transfer
 from deepgin_jax.inference import scaled as scaled_fill
@@ -106,6 +109,84 @@ def test_scaled_strategy_blends_as_every_planner_and_pastes_beyond_the_poisson_l
         patch.setattr(blending, "POISSON_MAX_PIXELS", int(hole.sum()) - 1)
         np.testing.assert_array_equal(poisson.inpaint(image, hole), pasted)
     assert "more than the Poisson blend solves" in caplog.text
+
+
+def test_tiles_cover_the_side_with_overlap_and_feathered_weights():
+    assert tiling.tile_starts(50, 64) == [0]
+    starts = tiling.tile_starts(300, 64)
+    assert starts[0] == 0 and starts[-1] == 300 - 64
+    assert all(0 < b - a <= 48 for a, b in itertools.pairwise(starts))
+    weights = tiling.feather(40, 64)
+    assert weights.shape == (40, 64) and weights.min() > 0 and weights.max() == 1.0
+    np.testing.assert_allclose(weights, weights[::-1, ::-1])
+    band = np.zeros((100, 100), bool)
+    band[40:50] = True  # a 10 px brush stroke
+    assert 9 <= tiling.hole_width(band) <= 12
+    box = np.zeros((100, 100), bool)
+    box[20:60, 20:60] = True
+    assert 25 <= tiling.hole_width(box) <= 35
+
+
+def two_tone_strokes(brush: int) -> tuple[np.ndarray, np.ndarray]:
+    """256x384: grey 50 on the left half, 200 on the right, with light noise; two horizontal
+    strokes `brush` px wide across the whole photo (one group, whose box is the photo)."""
+    rng = np.random.default_rng(4)
+    image = np.where(np.arange(384)[None, :, None] < 192, 50.0, 200.0) + rng.normal(
+        0, 3, (256, 384, 3)
+    )
+    hole = np.zeros((256, 384), bool)
+    for row in (80, 170):
+        hole[row : row + brush, 10:374] = True
+    hole[80:170, 180 : 180 + brush] = True  # joins them
+    return np.clip(image, 0, 255).astype(np.uint8), hole
+
+
+def test_thin_strokes_are_filled_in_tiles_at_the_width_the_network_knows():
+    for brush in (6, 16):  # tiles at full resolution; at half resolution
+        image, hole = two_tone_strokes(brush)
+        results, widths = {}, {}
+        for fraction in (None, tiling.STROKE_FRACTION):
+            network = RecordingNetwork(known_mean_network)
+            inpainter = Inpainter.from_function(
+                network, tile_size=64, max_batch=1, colour_match=False
+            )
+            inpainter._planner = dataclasses.replace(inpainter._planner, stroke_fraction=fraction)
+            results[fraction] = inpainter.inpaint(image, hole)
+            np.testing.assert_array_equal(results[fraction][~hole], image[~hole])
+            masks = [mask[0, ..., 0] > 0.5 for _, mask in network.inputs]
+            widths[fraction] = [tiling.hole_width(mask) for mask in masks]
+            assert max(max(shape[1:]) for shape in network.calls) <= 64
+        # One input in which the strokes are narrowed (the photo downscaled to 64); tiles in
+        # which they have about the width the network knows (an eighth of its side, 8 px).
+        tiled = np.median(widths[tiling.STROKE_FRACTION])
+        assert len(widths[None]) == 1 and widths[None][0] < 0.7 * tiled, widths
+        assert len(widths[tiling.STROKE_FRACTION]) > 2 and tiled >= 6, widths
+        # Each tile's fill is its own neighbourhood's colour: the two halves stay apart.
+        errors = {
+            fraction: np.abs(result[hole].astype(float) - image[hole]).mean()
+            for fraction, result in results.items()
+        }
+        assert errors[tiling.STROKE_FRACTION] < 0.5 * errors[None], errors
+
+
+def test_colour_limit_keeps_the_fill_near_the_colour_the_border_predicts():
+    photo = np.full((64, 64, 3), 0.5, np.float32)
+    photo[:, 32:] = 0.6
+    hole = np.zeros((64, 64), bool)
+    hole[16:48, 16:48] = True
+    green = np.where(hole[..., None], np.array([0.3, 0.8, 0.3], np.float32), photo)
+    lab = cv2.cvtColor(photo, cv2.COLOR_RGB2LAB)
+    membrane = scaled_fill.membrane_colour(photo, hole)
+    telea = scaled_fill.telea_colour(photo, hole)
+    # Both predictions lie between the two greys; the green cast is far from either.
+    for target in (membrane, telea):
+        assert lab[:, 0, 0].mean() - 0.5 < target[0] < lab[:, -1, 0].mean() + 0.5
+    limited = scaled_fill.colour_limited(green, hole, membrane)
+    mean = cv2.cvtColor(limited, cv2.COLOR_RGB2LAB)[hole].mean(axis=0)
+    assert np.linalg.norm(mean - membrane) <= scaled_fill.COLOUR_TOLERANCE + 0.05
+    np.testing.assert_array_equal(limited[~hole], green[~hole])
+    # The correction vanishes at the hole's border, so the fill's own border pixels stay.
+    assert np.abs(limited[16, 16:48] - green[16, 16:48]).max() < 0.15
 
 
 def stripes(height: int, width: int) -> np.ndarray:

@@ -163,7 +163,7 @@ def methods(names: Sequence[str]) -> dict[str, object]:
     table = {
         **{name: functools.partial(make_baseline, name) for name in BASELINES},
         "polyphase": lambda: Inpainter(strategy="polyphase"),
-        "scaled:no-tiles": lambda: _without_tiles(Inpainter(strategy="scaled")),
+        "scaled:one-pass": lambda: _without_strokes_path(Inpainter(strategy="scaled")),
         "scaled": lambda: Inpainter(strategy="scaled"),
         "scaled+detail": lambda: Inpainter(strategy="scaled", detail=True),
         "scaled:no-colour": lambda: Inpainter(strategy="scaled", colour_match=False),
@@ -174,9 +174,9 @@ def methods(names: Sequence[str]) -> dict[str, object]:
     return {name: table[name]() for name in names}
 
 
-def _without_tiles(inpainter: Inpainter) -> Inpainter:
-    """The "scaled" strategy as it was before strokes got tiles: every box in one pass."""
-    inpainter._planner = dataclasses.replace(inpainter._planner, stroke_fraction=None)
+def _without_strokes_path(inpainter: Inpainter) -> Inpainter:
+    """The "scaled" strategy with every box downscaled and filled in one pass, strokes too."""
+    inpainter._planner = dataclasses.replace(inpainter._planner, strokes=False)
     return inpainter
 
 

@@ -1,4 +1,4 @@
-"""The large-image path ("scaled" strategy), its tiles for strokes, the detail transfer, the
+"""The large-image path ("scaled" strategy), its path for strokes, the detail transfer, the
 colour limit, shape buckets and warm_up.
 
 Stand-in networks and the tiny generator at small sizes (tile 64), and one check with the
@@ -8,7 +8,6 @@ shipped model on a 400x300 synthetic photo: no sub-image grid and no colour cast
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import threading
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from benchmarks.full_size_fill import grid_excess, mean_colour_error
 from deepgin_jax import blending, inference
-from deepgin_jax.inference import Inpainter, tiling
+from deepgin_jax.inference import Inpainter, strokes
 from deepgin_jax.inference import buckets as shape_buckets
 from deepgin_jax.inference import detail as detail_transfer
 from deepgin_jax.inference import scaled as scaled_fill
@@ -111,62 +110,83 @@ def test_scaled_strategy_blends_as_every_planner_and_pastes_beyond_the_poisson_l
     assert "more than the Poisson blend solves" in caplog.text
 
 
-def test_tiles_cover_the_side_with_overlap_and_feathered_weights():
-    assert tiling.tile_starts(50, 64) == [0]
-    starts = tiling.tile_starts(300, 64)
-    assert starts[0] == 0 and starts[-1] == 300 - 64
-    assert all(0 < b - a <= 48 for a, b in itertools.pairwise(starts))
-    weights = tiling.feather(40, 64)
-    assert weights.shape == (40, 64) and weights.min() > 0 and weights.max() == 1.0
-    np.testing.assert_allclose(weights, weights[::-1, ::-1])
+def test_hole_width_and_degrid_remove_only_the_phase_offsets():
     band = np.zeros((100, 100), bool)
     band[40:50] = True  # a 10 px brush stroke
-    assert 9 <= tiling.hole_width(band) <= 12
+    assert 9 <= strokes.hole_width(band) <= 12
     box = np.zeros((100, 100), bool)
     box[20:60, 20:60] = True
-    assert 25 <= tiling.hole_width(box) <= 35
+    assert 25 <= strokes.hole_width(box) <= 35
+    # A fill with fine texture (noise) and, per phase of a 3 x 4 split, an offset that drifts
+    # slowly over the image: the grid independent sub-image fills leave.
+    rng = np.random.default_rng(5)
+    rows, cols = np.mgrid[:96, :128]
+    clean = 0.4 + 0.2 * rows / 96.0 + rng.uniform(-0.05, 0.05, (96, 128))
+    drift = np.sin(rows / 30.0 + cols / 40.0)
+    offsets = rng.uniform(-0.05, 0.05, (3, 4))
+    gridded = clean + offsets[rows % 3, cols % 4] * (1.0 + 0.5 * drift)
+    hole = np.zeros((96, 128), bool)
+    hole[20:80, 10:120] = True
+    as_rgb = lambda a: np.repeat(a[..., None], 3, axis=-1).astype(np.float32)  # noqa: E731
+    out = strokes.degrid(as_rgb(gridded), hole, (3, 4))
+    np.testing.assert_array_equal(out[~hole], as_rgb(gridded)[~hole])
+    before = np.abs(as_rgb(gridded) - as_rgb(clean))[hole].mean()
+    after = np.abs(out - as_rgb(clean))[hole].mean()
+    assert after < 0.3 * before, (before, after)
 
 
 def two_tone_strokes(brush: int) -> tuple[np.ndarray, np.ndarray]:
-    """256x384: grey 50 on the left half, 200 on the right, with light noise; two horizontal
+    """192x256: grey 50 on the left half, 200 on the right, with light noise; two horizontal
     strokes `brush` px wide across the whole photo (one group, whose box is the photo)."""
     rng = np.random.default_rng(4)
-    image = np.where(np.arange(384)[None, :, None] < 192, 50.0, 200.0) + rng.normal(
-        0, 3, (256, 384, 3)
+    image = np.where(np.arange(256)[None, :, None] < 128, 50.0, 200.0) + rng.normal(
+        0, 3, (192, 256, 3)
     )
-    hole = np.zeros((256, 384), bool)
-    for row in (80, 170):
-        hole[row : row + brush, 10:374] = True
-    hole[80:170, 180 : 180 + brush] = True  # joins them
+    hole = np.zeros((192, 256), bool)
+    for row in (60, 130):
+        hole[row : row + brush, 10:246] = True
+    hole[60:130, 120 : 120 + brush] = True  # joins them
     return np.clip(image, 0, 255).astype(np.uint8), hole
 
 
-def test_thin_strokes_are_filled_in_tiles_at_the_width_the_network_knows():
-    for brush in (6, 16):  # tiles at full resolution; at half resolution
-        image, hole = two_tone_strokes(brush)
-        results, widths = {}, {}
-        for fraction in (None, tiling.STROKE_FRACTION):
-            network = RecordingNetwork(known_mean_network)
-            inpainter = Inpainter.from_function(
-                network, tile_size=64, max_batch=1, colour_match=False
-            )
-            inpainter._planner = dataclasses.replace(inpainter._planner, stroke_fraction=fraction)
-            results[fraction] = inpainter.inpaint(image, hole)
-            np.testing.assert_array_equal(results[fraction][~hole], image[~hole])
-            masks = [mask[0, ..., 0] > 0.5 for _, mask in network.inputs]
-            widths[fraction] = [tiling.hole_width(mask) for mask in masks]
-            assert max(max(shape[1:]) for shape in network.calls) <= 64
-        # One input in which the strokes are narrowed (the photo downscaled to 64); tiles in
-        # which they have about the width the network knows (an eighth of its side, 8 px).
-        tiled = np.median(widths[tiling.STROKE_FRACTION])
-        assert len(widths[None]) == 1 and widths[None][0] < 0.7 * tiled, widths
-        assert len(widths[tiling.STROKE_FRACTION]) > 2 and tiled >= 6, widths
-        # Each tile's fill is its own neighbourhood's colour: the two halves stay apart.
-        errors = {
-            fraction: np.abs(result[hole].astype(float) - image[hole]).mean()
-            for fraction, result in results.items()
-        }
-        assert errors[tiling.STROKE_FRACTION] < 0.5 * errors[None], errors
+class PhaseOffsetNetwork:
+    """Fills each input's hole with its known mean plus 0.1 on every other call: independent
+    sub-image fills that disagree, as a real network's do."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        filled = known_mean_network(masked, mask)
+        return np.clip(filled + 0.1 * (self.calls % 2) * mask, 0.0, 1.0).astype(np.float32)
+
+
+def test_thin_strokes_go_through_subimages_of_real_pixels_without_grid(monkeypatch):
+    image, hole = two_tone_strokes(6)
+    inputs, grids = {}, {}
+    for path, degrid in ((True, True), (True, False), (False, True)):
+        network = RecordingNetwork(PhaseOffsetNetwork())
+        inpainter = Inpainter.from_function(network, tile_size=64, max_batch=1, colour_match=False)
+        inpainter._planner = dataclasses.replace(inpainter._planner, strokes=path)
+        with monkeypatch.context() as patch:
+            if not degrid:
+                patch.setattr(strokes, "degrid", lambda fill, hole, factors: fill)
+            out = inpainter.inpaint(image, hole)
+        np.testing.assert_array_equal(out[~hole], image[~hole])
+        inputs[path] = network.inputs
+        grids[path, degrid] = grid_excess(out, image, hole)
+    # Downscaled to 64 px, the 6 px strokes would be under 2 px wide (below the 8 px brushes
+    # the network knows): the photo goes whole into 3 x 4 polyphase sub-images instead, whose
+    # known pixels are the photo's own, none resampled.
+    assert len(inputs[False]) == 1 and len(inputs[True]) == 12
+    photo = image.astype(np.float32) / 255.0
+    for k, (masked, mask) in enumerate(inputs[True]):
+        q, p = divmod(k, 4)
+        known = mask[0, ..., 0] < 0.5
+        np.testing.assert_allclose(masked[0][known], photo[q::3, p::4][known], atol=1e-6)
+    # The sub-images' disagreement is a grid of about 0.1 x 255 / 2 grey levels; de-gridded, none.
+    assert grids[True, False] > 5 and grids[True, True] < 0.5, grids
 
 
 def test_colour_limit_keeps_the_fill_near_the_colour_the_border_predicts():

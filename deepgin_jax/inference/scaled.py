@@ -35,9 +35,9 @@ from deepgin_jax import blending
 from deepgin_jax.blending import BLENDERS
 from deepgin_jax.image_io import convert_pixels, to_unit_float
 from deepgin_jax.inference import detail as detail_transfer
-from deepgin_jax.inference import tiling
+from deepgin_jax.inference import strokes
 from deepgin_jax.inference.batching import _Job
-from deepgin_jax.inference.geometry import MIN_SIZE, SCALED_FACTOR
+from deepgin_jax.inference.geometry import SCALED_FACTOR
 from deepgin_jax.inference.planners import _AutoPlanner
 
 # The hole's mean colour may differ from what its surroundings predict by this much (CIELAB;
@@ -217,7 +217,7 @@ class ScaledPlanner:
     blend: str = "paste"
     detail: bool = True
     colour: bool = False
-    stroke_fraction: float | None = tiling.STROKE_FRACTION
+    strokes: bool = True
 
     @property
     def prepare(self) -> Callable[..., np.ndarray]:
@@ -247,27 +247,27 @@ class ScaledPlanner:
     def _plan_box(self, rgb: np.ndarray, hole: np.ndarray) -> tuple[_Job, Callable]:
         """(inner job, finish() -> the box's result in rgb's dtype). A box that fits the
         network runs at its own size (the inner planner enlarges it by its `upscale`); a larger
-        one is downscaled to `work_size`, or, for a hole thin enough that this would narrow it
-        below `stroke_fraction` of `work_size`, cut into tiles at the scale where it has that width
-        (`tiling`)."""
+        one is downscaled to `work_size` and filled in one pass, or, for a hole that this would
+        narrow below the brushes the network knows (`strokes`), split into polyphase
+        sub-images and de-gridded."""
         height, width = hole.shape
         scale = min(1.0, self.work_size / max(height, width))
-        tile = None
-        if scale < 1.0 and self.stroke_fraction:
-            stroke = self.stroke_fraction * self.work_size
-            thin = tiling.tile_scale(hole, stroke, max(1.0, self.inner.upscale))
-            if thin > scale:
-                scale = min(1.0, thin)
-                tile = max(MIN_SIZE, round(self.work_size * scale / thin))
+        thin = scale < 1.0 and self.strokes and strokes.is_thin(hole, scale, self.work_size)
+        if thin:
+            scale = strokes.subimage_scale(hole.shape, self.inner.tile_size)
         if scale < 1.0:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             low, low_hole = downscale_known(rgb, hole, size)
         else:
             low, low_hole = to_unit_float(rgb).astype(np.float32), hole
-        job = self._plan_low(low, low_hole, tile)
+        job = dataclasses.replace(self.inner, blend="paste").plan(low, low_hole)
+        tile = self.inner.tile_size
+        factors = (-(-low_hole.shape[0] // tile), -(-low_hole.shape[1] // tile))
 
         def finish() -> np.ndarray:
-            low_filled = job.finish()
+            low_filled, _ = job.finish()
+            if thin:
+                low_filled = strokes.degrid(low_filled, low_hole, factors)
             fill = finish_fill(
                 rgb,
                 hole,
@@ -282,31 +282,3 @@ class ScaledPlanner:
             return result
 
         return job, finish
-
-    def _plan_low(self, low: np.ndarray, low_hole: np.ndarray, tile: int | None) -> _Job:
-        """The inner planner's job for float32 `low` and its hole, in one piece (`tile` None)
-        or as overlapping `tile` x `tile` tiles; finish() -> the composite, float32 [h, w, 3]."""
-        inner = dataclasses.replace(self.inner, blend="paste")
-        if tile is None:
-            whole = inner.plan(low, low_hole)
-            return _Job(whole.items, lambda: whole.finish()[0])
-        height, width = low_hole.shape
-        jobs = []
-        for top in tiling.tile_starts(height, tile):
-            for left in tiling.tile_starts(width, tile):
-                window = (slice(top, top + tile), slice(left, left + tile))
-                if low_hole[window].any():
-                    jobs.append((window, inner.plan(low[window], low_hole[window])))
-
-        def finish() -> np.ndarray:
-            total = np.zeros(low.shape, np.float32)
-            weight = np.zeros(low_hole.shape, np.float32)
-            for window, job in jobs:
-                filled, _ = job.finish()
-                feather = tiling.feather(*filled.shape[:2])
-                total[window] += filled * feather[..., None]
-                weight[window] += feather
-            mean = total / np.maximum(weight, 1e-12)[..., None]
-            return np.where(low_hole[..., None], mean, low)
-
-        return _Job([item for _, job in jobs for item in job.items], finish)

@@ -14,7 +14,8 @@ import threading
 import cv2
 import numpy as np
 
-from benchmarks.full_size_fill import grid_excess, mean_colour_error
+from benchmarks import full_size_fill
+from benchmarks.full_size_fill import detrended_grid_excess, grid_excess, mean_colour_error
 from deepgin_jax import blending, inference
 from deepgin_jax.inference import Inpainter, strokes
 from deepgin_jax.inference import buckets as shape_buckets
@@ -135,6 +136,24 @@ def test_hole_width_and_degrid_remove_only_the_phase_offsets():
     assert after < 0.3 * before, (before, after)
 
 
+def test_detrended_grid_reads_a_grid_but_not_a_gradient_across_the_hole():
+    rng = np.random.default_rng(6)
+    cols = np.arange(64)[None, :, None]
+    ramp = np.broadcast_to(40.0 + 3.0 * cols, (64, 64, 3))
+    original = np.clip(ramp + rng.normal(0, 4, (64, 64, 3)), 0, 255)
+    hole = np.zeros((64, 64), bool)
+    hole[10:51, 12:47] = True  # 41 x 35: no side a multiple of the periods
+    smooth = np.where(hole[..., None], ramp, original)
+    # The raw phase means of a smooth ramp differ (one phase holds an extra, brighter column);
+    # the detrended ones do not, and the smooth fill has no grid beyond the photo's.
+    assert full_size_fill.phase_spread(ramp, hole, 8) > 0.25
+    assert full_size_fill.detrended_spread(ramp, hole, 8) < 0.05
+    assert detrended_grid_excess(smooth, original, hole) < 0.1
+    stripes = 2.0 * (np.arange(64) % 4 < 2)[None, :, None]  # period 4, 2 grey levels
+    gridded = smooth + np.where(hole[..., None], stripes, 0.0)
+    assert detrended_grid_excess(gridded, original, hole) > 1.0
+
+
 def two_tone_strokes(brush: int) -> tuple[np.ndarray, np.ndarray]:
     """192x256: grey 50 on the left half, 200 on the right, with light noise; two horizontal
     strokes `brush` px wide across the whole photo (one group, whose box is the photo)."""
@@ -230,7 +249,7 @@ def test_detail_transfer_brings_the_known_texture_into_the_hole():
     assert plain_error > 0.15 and with_detail < 0.5 * plain_error, (plain_error, with_detail)
     # In the full path, with and without the flag.
     filled = {
-        flag: scaled_fill.finish_fill(photo, hole, low_filled, low_hole, detail=flag, blend="paste")
+        flag: scaled_fill.finish_fill(photo, hole, low_filled, detail=flag, blend="paste")
         for flag in (False, True)
     }
     for result in filled.values():

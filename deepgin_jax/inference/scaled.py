@@ -11,14 +11,18 @@ For a photo larger than the network's input (`max_direct_size`, 256 for the ship
    pixels alone, so no hole pixel's value reaches the network; a low-resolution pixel that
    covers any hole pixel is a hole) until its long side is `work_size`, and filled in ONE
    network pass; a box that fits runs at its own size (enlarged by the `upscale` setting).
+   A thin hole (brush strokes: narrower than the brushes the network knows once downscaled)
+   goes instead through the polyphase sub-images of the box's own pixels, and the grid their
+   independent fills leave is removed (`inference.strokes`).
 3. The low-resolution composite is upsampled (bicubic) to the box's size; optionally the known
    region's full-resolution detail is brought into the hole (`inference.detail`); the hole's
    pixels then meet the photo by the `blend` setting (`blending.BLENDERS`, as every planner),
-   and with `colour` the fill's mean CIELAB colour is kept within `COLOUR_TOLERANCE` of the
-   colour the hole's border predicts.
+   and with `colour` the fill's mean CIELAB colour is kept within `COLOUR_TOLERANCE` of a
+   membrane interpolation of the hole's full-resolution border and within `TELEA_TOLERANCE`
+   of OpenCV Telea's fill.
 
-No polyphase split, so no sub-image grid; a single fill of the whole hole, so no colour that
-only one sub-image made.
+No sub-image grid (one pass, or sub-images de-gridded); the colour limit removes a colour that
+the network pulled in from elsewhere.
 """
 
 from __future__ import annotations
@@ -181,7 +185,6 @@ def finish_fill(
     rgb: np.ndarray,
     hole: np.ndarray,
     low_filled: np.ndarray,
-    low_hole: np.ndarray,
     *,
     detail: bool,
     blend: str,
@@ -189,7 +192,7 @@ def finish_fill(
 ) -> np.ndarray:
     """The full-resolution fill of one box: float32 [H, W, 3] in [0, 1], equal to the photo
     outside the hole. rgb [H, W, 3] (any pixel dtype), hole bool [H, W], low_filled float
-    [h, w, 3] (the low-resolution composite) and its hole, bool [h, w]."""
+    [h, w, 3] (the composite at the scale it was filled in)."""
     photo = to_unit_float(rgb).astype(np.float32)
     fill = upsample(low_filled, hole.shape)
     if detail:
@@ -272,7 +275,6 @@ class ScaledPlanner:
                 rgb,
                 hole,
                 low_filled,
-                low_hole,
                 detail=self.detail and scale < 1.0,
                 blend=self.blend,
                 colour=self.colour,

@@ -208,7 +208,7 @@ def test_thin_strokes_go_through_subimages_of_real_pixels_without_grid(monkeypat
     assert grids[True, False] > 5 and grids[True, True] < 0.5, grids
 
 
-def test_colour_limit_keeps_the_fill_near_the_colour_the_border_predicts():
+def test_colour_limit_keeps_the_fill_near_the_colour_the_border_predicts(monkeypatch):
     photo = np.full((64, 64, 3), 0.5, np.float32)
     photo[:, 32:] = 0.6
     hole = np.zeros((64, 64), bool)
@@ -226,6 +226,17 @@ def test_colour_limit_keeps_the_fill_near_the_colour_the_border_predicts():
     np.testing.assert_array_equal(limited[~hole], green[~hole])
     # The correction vanishes at the hole's border, so the fill's own border pixels stay.
     assert np.abs(limited[16, 16:48] - green[16, 16:48]).max() < 0.15
+    # In the full path; a hole beyond COLOUR_MAX_PIXELS is predicted from a smaller copy.
+    solved = []
+    solve = blending.poisson_blend
+    monkeypatch.setattr(scaled_fill, "COLOUR_MAX_PIXELS", 256)
+    monkeypatch.setattr(
+        blending, "poisson_blend", lambda i, h, f: solved.append(int(h.sum())) or solve(i, h, f)
+    )
+    out = scaled_fill.finish_fill(photo, hole, green, detail=False, blend="paste", colour=True)
+    assert solved and max(solved) <= 300, solved
+    mean = cv2.cvtColor(out, cv2.COLOR_RGB2LAB)[hole].mean(axis=0)
+    assert np.linalg.norm(mean - membrane) <= 1.5, (mean, membrane)
 
 
 def stripes(height: int, width: int) -> np.ndarray:

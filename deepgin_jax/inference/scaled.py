@@ -52,6 +52,9 @@ from deepgin_jax.inference.planners import _AutoPlanner
 COLOUR_TOLERANCE = 1.0
 TELEA_TOLERANCE = 2.0
 TELEA_RADIUS = 3
+# A hole of more pixels is area-downscaled to this many for the two predictions (the membrane
+# is a sparse solve in the hole's pixels; the mean colour barely depends on the scale).
+COLOUR_MAX_PIXELS = 512 * 512
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right)
 
@@ -181,6 +184,17 @@ def colour_limited(
     return np.where(hole[..., None], corrected, fill)
 
 
+def _at_most(photo: np.ndarray, hole: np.ndarray, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(photo, hole), area-downscaled (`downscale_known`) when the hole has more than `pixels`
+    pixels, to about that many."""
+    count = int(hole.sum())
+    if count <= pixels:
+        return photo, hole
+    scale = float(np.sqrt(pixels / count))
+    size = (max(1, round(hole.shape[0] * scale)), max(1, round(hole.shape[1] * scale)))
+    return downscale_known(photo, hole, size)
+
+
 def finish_fill(
     rgb: np.ndarray,
     hole: np.ndarray,
@@ -200,8 +214,10 @@ def finish_fill(
     fill = np.clip(fill, 0.0, 1.0)
     fill = BLENDERS[blend](photo, hole, fill)  # pasted, with a warning, past POISSON_MAX_PIXELS
     if colour:
-        fill = colour_limited(fill, hole, membrane_colour(photo, hole))
-        fill = colour_limited(fill, hole, telea_colour(photo, hole), TELEA_TOLERANCE)
+        border_photo, border_hole = _at_most(photo, hole, COLOUR_MAX_PIXELS)
+        fill = colour_limited(fill, hole, membrane_colour(border_photo, border_hole))
+        target = telea_colour(border_photo, border_hole)
+        fill = colour_limited(fill, hole, target, TELEA_TOLERANCE)
     return np.where(hole[..., None], fill, photo)
 
 

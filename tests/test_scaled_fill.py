@@ -1,4 +1,5 @@
-"""The large-image path ("scaled" strategy), the detail transfer, shape buckets and warm_up.
+"""The large-image path ("scaled" strategy), its path for strokes, the detail transfer, the
+colour limit, shape buckets and warm_up.
 
 Stand-in networks and the tiny generator at small sizes (tile 64), and one check with the
 shipped model on a 400x300 synthetic photo: no sub-image grid and no colour cast in a sky.
@@ -6,15 +7,17 @@ shipped model on a 400x300 synthetic photo: no sub-image grid and no colour cast
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 
 import cv2
 import numpy as np
 
-from benchmarks.full_size_fill import grid_excess, mean_colour_error
+from benchmarks import full_size_fill
+from benchmarks.full_size_fill import detrended_grid_excess, grid_excess, mean_colour_error
 from deepgin_jax import blending, inference
-from deepgin_jax.inference import Inpainter
+from deepgin_jax.inference import Inpainter, strokes
 from deepgin_jax.inference import buckets as shape_buckets
 from deepgin_jax.inference import detail as detail_transfer
 from deepgin_jax.inference import scaled as scaled_fill
@@ -108,6 +111,134 @@ def test_scaled_strategy_blends_as_every_planner_and_pastes_beyond_the_poisson_l
     assert "more than the Poisson blend solves" in caplog.text
 
 
+def test_hole_width_and_degrid_remove_only_the_phase_offsets():
+    band = np.zeros((100, 100), bool)
+    band[40:50] = True  # a 10 px brush stroke
+    assert 9 <= strokes.hole_width(band) <= 12
+    box = np.zeros((100, 100), bool)
+    box[20:60, 20:60] = True
+    assert 25 <= strokes.hole_width(box) <= 35
+    # A fill with fine texture (noise) and, per phase of a 3 x 4 split, an offset that drifts
+    # slowly over the image: the grid independent sub-image fills leave.
+    rng = np.random.default_rng(5)
+    rows, cols = np.mgrid[:96, :128]
+    clean = 0.4 + 0.2 * rows / 96.0 + rng.uniform(-0.05, 0.05, (96, 128))
+    drift = np.sin(rows / 30.0 + cols / 40.0)
+    offsets = rng.uniform(-0.05, 0.05, (3, 4))
+    gridded = clean + offsets[rows % 3, cols % 4] * (1.0 + 0.5 * drift)
+    hole = np.zeros((96, 128), bool)
+    hole[20:80, 10:120] = True
+    as_rgb = lambda a: np.repeat(a[..., None], 3, axis=-1).astype(np.float32)  # noqa: E731
+    out = strokes.degrid(as_rgb(gridded), hole, (3, 4))
+    np.testing.assert_array_equal(out[~hole], as_rgb(gridded)[~hole])
+    before = np.abs(as_rgb(gridded) - as_rgb(clean))[hole].mean()
+    after = np.abs(out - as_rgb(clean))[hole].mean()
+    assert after < 0.3 * before, (before, after)
+
+
+def test_detrended_grid_reads_a_grid_but_not_a_gradient_across_the_hole():
+    rng = np.random.default_rng(6)
+    cols = np.arange(64)[None, :, None]
+    ramp = np.broadcast_to(40.0 + 3.0 * cols, (64, 64, 3))
+    original = np.clip(ramp + rng.normal(0, 4, (64, 64, 3)), 0, 255)
+    hole = np.zeros((64, 64), bool)
+    hole[10:51, 12:47] = True  # 41 x 35: no side a multiple of the periods
+    smooth = np.where(hole[..., None], ramp, original)
+    # The raw phase means of a smooth ramp differ (one phase holds an extra, brighter column);
+    # the detrended ones do not, and the smooth fill has no grid beyond the photo's.
+    assert full_size_fill.phase_spread(ramp, hole, 8) > 0.25
+    assert full_size_fill.detrended_spread(ramp, hole, 8) < 0.05
+    assert detrended_grid_excess(smooth, original, hole) < 0.1
+    stripes = 2.0 * (np.arange(64) % 4 < 2)[None, :, None]  # period 4, 2 grey levels
+    gridded = smooth + np.where(hole[..., None], stripes, 0.0)
+    assert detrended_grid_excess(gridded, original, hole) > 1.0
+
+
+def two_tone_strokes(brush: int) -> tuple[np.ndarray, np.ndarray]:
+    """192x256: grey 50 on the left half, 200 on the right, with light noise; two horizontal
+    strokes `brush` px wide across the whole photo (one group, whose box is the photo)."""
+    rng = np.random.default_rng(4)
+    image = np.where(np.arange(256)[None, :, None] < 128, 50.0, 200.0) + rng.normal(
+        0, 3, (192, 256, 3)
+    )
+    hole = np.zeros((192, 256), bool)
+    for row in (60, 130):
+        hole[row : row + brush, 10:246] = True
+    hole[60:130, 120 : 120 + brush] = True  # joins them
+    return np.clip(image, 0, 255).astype(np.uint8), hole
+
+
+class PhaseOffsetNetwork:
+    """Fills each input's hole with its known mean plus 0.1 on every other call: independent
+    sub-image fills that disagree, as a real network's do."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        filled = known_mean_network(masked, mask)
+        return np.clip(filled + 0.1 * (self.calls % 2) * mask, 0.0, 1.0).astype(np.float32)
+
+
+def test_thin_strokes_go_through_subimages_of_real_pixels_without_grid(monkeypatch):
+    image, hole = two_tone_strokes(6)
+    inputs, grids = {}, {}
+    for path, degrid in ((True, True), (True, False), (False, True)):
+        network = RecordingNetwork(PhaseOffsetNetwork())
+        inpainter = Inpainter.from_function(network, tile_size=64, max_batch=1, colour_match=False)
+        inpainter._planner = dataclasses.replace(inpainter._planner, strokes=path)
+        with monkeypatch.context() as patch:
+            if not degrid:
+                patch.setattr(strokes, "degrid", lambda fill, hole, factors: fill)
+            out = inpainter.inpaint(image, hole)
+        np.testing.assert_array_equal(out[~hole], image[~hole])
+        inputs[path] = network.inputs
+        grids[path, degrid] = grid_excess(out, image, hole)
+    # Downscaled to 64 px, the 6 px strokes would be under 2 px wide (below the 8 px brushes
+    # the network knows): the photo goes whole into 3 x 4 polyphase sub-images instead, whose
+    # known pixels are the photo's own, none resampled.
+    assert len(inputs[False]) == 1 and len(inputs[True]) == 12
+    photo = image.astype(np.float32) / 255.0
+    for k, (masked, mask) in enumerate(inputs[True]):
+        q, p = divmod(k, 4)
+        known = mask[0, ..., 0] < 0.5
+        np.testing.assert_allclose(masked[0][known], photo[q::3, p::4][known], atol=1e-6)
+    # The sub-images' disagreement is a grid of about 0.1 x 255 / 2 grey levels; de-gridded, none.
+    assert grids[True, False] > 5 and grids[True, True] < 0.5, grids
+
+
+def test_colour_limit_keeps_the_fill_near_the_colour_the_border_predicts(monkeypatch):
+    photo = np.full((64, 64, 3), 0.5, np.float32)
+    photo[:, 32:] = 0.6
+    hole = np.zeros((64, 64), bool)
+    hole[16:48, 16:48] = True
+    green = np.where(hole[..., None], np.array([0.3, 0.8, 0.3], np.float32), photo)
+    lab = cv2.cvtColor(photo, cv2.COLOR_RGB2LAB)
+    membrane = scaled_fill.membrane_colour(photo, hole)
+    telea = scaled_fill.telea_colour(photo, hole)
+    # Both predictions lie between the two greys; the green cast is far from either.
+    for target in (membrane, telea):
+        assert lab[:, 0, 0].mean() - 0.5 < target[0] < lab[:, -1, 0].mean() + 0.5
+    limited = scaled_fill.colour_limited(green, hole, membrane)
+    mean = cv2.cvtColor(limited, cv2.COLOR_RGB2LAB)[hole].mean(axis=0)
+    assert np.linalg.norm(mean - membrane) <= scaled_fill.COLOUR_TOLERANCE + 0.05
+    np.testing.assert_array_equal(limited[~hole], green[~hole])
+    # The correction vanishes at the hole's border, so the fill's own border pixels stay.
+    assert np.abs(limited[16, 16:48] - green[16, 16:48]).max() < 0.15
+    # In the full path; a hole beyond COLOUR_MAX_PIXELS is predicted from a smaller copy.
+    solved = []
+    solve = blending.poisson_blend
+    monkeypatch.setattr(scaled_fill, "COLOUR_MAX_PIXELS", 256)
+    monkeypatch.setattr(
+        blending, "poisson_blend", lambda i, h, f: solved.append(int(h.sum())) or solve(i, h, f)
+    )
+    out = scaled_fill.finish_fill(photo, hole, green, detail=False, blend="paste", colour=True)
+    assert solved and max(solved) <= 300, solved
+    mean = cv2.cvtColor(out, cv2.COLOR_RGB2LAB)[hole].mean(axis=0)
+    assert np.linalg.norm(mean - membrane) <= 1.5, (mean, membrane)
+
+
 def stripes(height: int, width: int) -> np.ndarray:
     """Vertical stripes of period 2 (0.3, 0.7) on a smooth ramp: float32 [H, W, 3]."""
     ramp = np.linspace(0.0, 0.1, width, dtype=np.float32)[None, :, None]
@@ -129,7 +260,7 @@ def test_detail_transfer_brings_the_known_texture_into_the_hole():
     assert plain_error > 0.15 and with_detail < 0.5 * plain_error, (plain_error, with_detail)
     # In the full path, with and without the flag.
     filled = {
-        flag: scaled_fill.finish_fill(photo, hole, low_filled, low_hole, detail=flag, blend="paste")
+        flag: scaled_fill.finish_fill(photo, hole, low_filled, detail=flag, blend="paste")
         for flag in (False, True)
     }
     for result in filled.values():

@@ -27,9 +27,11 @@ Strategies ("auto" mode): how a photo larger than `max_direct_size` reaches the 
   `crop_factor` (3) times its long side, at least `crop_min_size` (half of `max_direct_size`);
   far-apart holes get boxes of their own. A box larger than the network's input is
   area-downscaled (known pixels only) to `scaled_size` (`max_direct_size`) on its long side
-  and filled in ONE pass; the fill is upsampled (bicubic), meets the photo by `blend` and,
-  with `colour_match` (on), keeps its mean CIELAB colour within 1 of the colour the hole's
-  border predicts. `detail=True` adds the known region's full-resolution texture (`detail`,
+  and filled in ONE pass, except a thin hole (brush strokes), which goes through the
+  polyphase sub-images of the box's own pixels, de-gridded (`strokes`); the fill is upsampled
+  (bicubic), meets the photo by `blend` and, with `colour_match` (on), keeps its mean CIELAB
+  colour within 1 of a membrane interpolation of the hole's border and within 2 of OpenCV
+  Telea's fill. `detail=True` adds the known region's full-resolution texture (`detail`,
   contextual residual aggregation): lower LPIPS, a slight phase-mean spread, so off by default.
 * "polyphase" (the reference's sub-images; IOPaint's "crop" HD strategy): "crop" when the
   holes' box covers at most `crop_max_fraction` (half) of the photo, else "whole". "crop" runs

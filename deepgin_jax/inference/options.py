@@ -63,8 +63,9 @@ class InpaintOptions:
     mode; >= 1, 1 = off) and blend ("auto" mode; "paste" or "poisson"): None = the network's
     `recommended` setting, else `PLAIN_SETTINGS`. "scaled" only: detail (add the known
     region's full-resolution texture, `detail`), colour_match (None = on: keep the fill's mean
-    colour within 1 CIELAB unit of what the hole's border predicts), scaled_size (the long
-    side a large box is downscaled to; None = max_direct_size). buckets: the square input
+    colour within 1 CIELAB unit of a membrane interpolation of the hole's border and within 2
+    of OpenCV Telea's fill), scaled_size (the long side a large box is downscaled to; None =
+    max_direct_size). buckets: the square input
     sides the network sees (`buckets`); None = a quarter, half, three quarters and all of
     max_direct_size and tile_size for a compiled generator, none (exact shapes) for a network
     function, tile_size alone in "reference" mode.

@@ -11,14 +11,18 @@ For a photo larger than the network's input (`max_direct_size`, 256 for the ship
    pixels alone, so no hole pixel's value reaches the network; a low-resolution pixel that
    covers any hole pixel is a hole) until its long side is `work_size`, and filled in ONE
    network pass; a box that fits runs at its own size (enlarged by the `upscale` setting).
+   A thin hole (brush strokes: narrower than the brushes the network knows once downscaled)
+   goes instead through the polyphase sub-images of the box's own pixels, and the grid their
+   independent fills leave is removed (`inference.strokes`).
 3. The low-resolution composite is upsampled (bicubic) to the box's size; optionally the known
    region's full-resolution detail is brought into the hole (`inference.detail`); the hole's
    pixels then meet the photo by the `blend` setting (`blending.BLENDERS`, as every planner),
-   and with `colour` the fill's mean CIELAB colour is kept within `COLOUR_TOLERANCE` of the
-   colour the hole's border predicts.
+   and with `colour` the fill's mean CIELAB colour is kept within `COLOUR_TOLERANCE` of a
+   membrane interpolation of the hole's full-resolution border and within `TELEA_TOLERANCE`
+   of OpenCV Telea's fill.
 
-No polyphase split, so no sub-image grid; a single fill of the whole hole, so no colour that
-only one sub-image made.
+No sub-image grid (one pass, or sub-images de-gridded); the colour limit removes a colour that
+the network pulled in from elsewhere.
 """
 
 from __future__ import annotations
@@ -35,13 +39,22 @@ from deepgin_jax import blending
 from deepgin_jax.blending import BLENDERS
 from deepgin_jax.image_io import convert_pixels, to_unit_float
 from deepgin_jax.inference import detail as detail_transfer
+from deepgin_jax.inference import strokes
 from deepgin_jax.inference.batching import _Job
 from deepgin_jax.inference.geometry import SCALED_FACTOR
 from deepgin_jax.inference.planners import _AutoPlanner
 
 # The hole's mean colour may differ from what its surroundings predict by this much (CIELAB;
-# 2.3 is a just-noticeable difference); a larger difference is the network's colour cast.
+# 2.3 is a just-noticeable difference); a larger difference is the network's colour cast. Two
+# predictions, both from the full-resolution border: a membrane (harmonic) interpolation, the
+# closer on average, and OpenCV's Telea fill, a looser bound that catches the membrane's misses
+# (a bright object crossing the border that the membrane dilutes; measured on the 54 eval photos).
 COLOUR_TOLERANCE = 1.0
+TELEA_TOLERANCE = 2.0
+TELEA_RADIUS = 3
+# A hole of more pixels is area-downscaled to this many for the two predictions (the membrane
+# is a sparse solve in the hole's pixels; the mean colour barely depends on the scale).
+COLOUR_MAX_PIXELS = 512 * 512
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right)
 
@@ -125,38 +138,67 @@ def upsample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(big.reshape(height, width, 3), 0.0, 1.0)
 
 
-def membrane_colour(low_filled: np.ndarray, low_hole: np.ndarray) -> np.ndarray:
+def _mean_lab(rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """The mean CIELAB colour over the hole of float RGB [H, W, 3] in [0, 1]."""
+    return cv2.cvtColor(np.clip(rgb, 0.0, 1.0).astype(np.float32), cv2.COLOR_RGB2LAB)[hole].mean(
+        axis=0
+    )
+
+
+def membrane_colour(photo: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """The mean CIELAB colour over the hole of the membrane (harmonic) interpolation of the
-    hole's border in the low-resolution composite: the colour the surroundings predict."""
-    known = np.clip(low_filled, 0.0, 1.0).astype(np.float32)
-    membrane = blending.poisson_blend(known, low_hole, np.zeros_like(known)).astype(np.float32)
-    return cv2.cvtColor(np.clip(membrane, 0.0, 1.0), cv2.COLOR_RGB2LAB)[low_hole].mean(axis=0)
+    hole's border in `photo` (float [H, W, 3] in [0, 1]): the colour the surroundings predict.
+    At full resolution: a downscaled hole's border lies a pixel further out, which moves the
+    prediction towards whatever edge runs along the hole (3 L units on a sunset's treeline)."""
+    known = np.clip(photo, 0.0, 1.0).astype(np.float32)
+    membrane = blending.poisson_blend(known, hole, np.zeros_like(known))
+    return _mean_lab(membrane, hole)
 
 
-def colour_limited(fill: np.ndarray, hole: np.ndarray, target: np.ndarray) -> np.ndarray:
+def telea_colour(photo: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """The mean CIELAB colour over the hole of OpenCV's Telea fill of `photo` (float [H, W, 3]
+    in [0, 1])."""
+    pixels = np.round(np.clip(photo, 0.0, 1.0) * 255.0).astype(np.uint8)
+    filled = cv2.inpaint(pixels, hole.astype(np.uint8), TELEA_RADIUS, cv2.INPAINT_TELEA)
+    return _mean_lab(filled.astype(np.float32) / 255.0, hole)
+
+
+def colour_limited(
+    fill: np.ndarray, hole: np.ndarray, target: np.ndarray, tolerance: float = COLOUR_TOLERANCE
+) -> np.ndarray:
     """`fill` (float32 [H, W, 3] in [0, 1]) whose mean CIELAB colour over the hole is moved to
-    within `COLOUR_TOLERANCE` of `target`, by a correction that is zero at the hole's border
-    and flat a short way in (so a blended fill keeps meeting the photo without a seam): a
-    colour the network took from elsewhere (green from a lawn into a sky) is removed, its
-    shading and structure kept."""
+    within `tolerance` of `target`, by a correction that is zero at the hole's border and flat
+    a short way in (so a blended fill keeps meeting the photo without a seam): a colour the
+    network took from elsewhere (green from a lawn into a sky) is removed, its shading and
+    structure kept."""
     lab = cv2.cvtColor(np.clip(fill, 0.0, 1.0).astype(np.float32), cv2.COLOR_RGB2LAB)
     difference = lab[hole].mean(axis=0) - target
     distance = float(np.linalg.norm(difference))
-    if distance <= COLOUR_TOLERANCE:
+    if distance <= tolerance:
         return fill
     inside = cv2.distanceTransform(np.pad(hole, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
     ramp = np.minimum(inside / max(1.0, 0.25 * float(inside.max())), 1.0)[hole]
-    shift = -difference * (1.0 - COLOUR_TOLERANCE / distance)
+    shift = -difference * (1.0 - tolerance / distance)
     lab[hole] += ramp[:, None] * (shift / ramp.mean())[None, :]
     corrected = np.clip(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB), 0.0, 1.0)
     return np.where(hole[..., None], corrected, fill)
+
+
+def _at_most(photo: np.ndarray, hole: np.ndarray, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(photo, hole), area-downscaled (`downscale_known`) when the hole has more than `pixels`
+    pixels, to about that many."""
+    count = int(hole.sum())
+    if count <= pixels:
+        return photo, hole
+    scale = float(np.sqrt(pixels / count))
+    size = (max(1, round(hole.shape[0] * scale)), max(1, round(hole.shape[1] * scale)))
+    return downscale_known(photo, hole, size)
 
 
 def finish_fill(
     rgb: np.ndarray,
     hole: np.ndarray,
     low_filled: np.ndarray,
-    low_hole: np.ndarray,
     *,
     detail: bool,
     blend: str,
@@ -164,7 +206,7 @@ def finish_fill(
 ) -> np.ndarray:
     """The full-resolution fill of one box: float32 [H, W, 3] in [0, 1], equal to the photo
     outside the hole. rgb [H, W, 3] (any pixel dtype), hole bool [H, W], low_filled float
-    [h, w, 3] (the low-resolution composite) and its hole, bool [h, w]."""
+    [h, w, 3] (the composite at the scale it was filled in)."""
     photo = to_unit_float(rgb).astype(np.float32)
     fill = upsample(low_filled, hole.shape)
     if detail:
@@ -172,7 +214,10 @@ def finish_fill(
     fill = np.clip(fill, 0.0, 1.0)
     fill = BLENDERS[blend](photo, hole, fill)  # pasted, with a warning, past POISSON_MAX_PIXELS
     if colour:
-        fill = colour_limited(fill, hole, membrane_colour(low_filled, low_hole))
+        border_photo, border_hole = _at_most(photo, hole, COLOUR_MAX_PIXELS)
+        fill = colour_limited(fill, hole, membrane_colour(border_photo, border_hole))
+        target = telea_colour(border_photo, border_hole)
+        fill = colour_limited(fill, hole, target, TELEA_TOLERANCE)
     return np.where(hole[..., None], fill, photo)
 
 
@@ -191,6 +236,7 @@ class ScaledPlanner:
     blend: str = "paste"
     detail: bool = True
     colour: bool = False
+    strokes: bool = True
 
     @property
     def prepare(self) -> Callable[..., np.ndarray]:
@@ -219,23 +265,32 @@ class ScaledPlanner:
 
     def _plan_box(self, rgb: np.ndarray, hole: np.ndarray) -> tuple[_Job, Callable]:
         """(inner job, finish() -> the box's result in rgb's dtype). A box that fits the
-        network runs at its own size (the inner planner enlarges it by its `upscale`)."""
+        network runs at its own size (the inner planner enlarges it by its `upscale`); a larger
+        one is downscaled to `work_size` and filled in one pass, or, for a hole that this would
+        narrow below the brushes the network knows (`strokes`), split into polyphase
+        sub-images and de-gridded."""
         height, width = hole.shape
         scale = min(1.0, self.work_size / max(height, width))
+        thin = scale < 1.0 and self.strokes and strokes.is_thin(hole, scale, self.work_size)
+        if thin:
+            scale = strokes.subimage_scale(hole.shape, self.inner.tile_size)
         if scale < 1.0:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             low, low_hole = downscale_known(rgb, hole, size)
         else:
             low, low_hole = to_unit_float(rgb).astype(np.float32), hole
         job = dataclasses.replace(self.inner, blend="paste").plan(low, low_hole)
+        tile = self.inner.tile_size
+        factors = (-(-low_hole.shape[0] // tile), -(-low_hole.shape[1] // tile))
 
         def finish() -> np.ndarray:
             low_filled, _ = job.finish()
+            if thin:
+                low_filled = strokes.degrid(low_filled, low_hole, factors)
             fill = finish_fill(
                 rgb,
                 hole,
                 low_filled,
-                low_hole,
                 detail=self.detail and scale < 1.0,
                 blend=self.blend,
                 colour=self.colour,

@@ -123,10 +123,10 @@ def conv_general_dilated(
     precision: Any = None,
     **kwargs: Any,
 ) -> Array:
-    """`jax.lax.conv_general_dilated`, except that a stride-1 NHWC convolution cropping one
-    pixel (`edge_padded_conv_padding(crop=True)`) of a kernel that `splits_rows` computes its
-    values as `_row_split_conv` (the same sums in another order) and its gradients as the
-    plain convolution's (the same program)."""
+    """`jax.lax.conv_general_dilated`, except that a float32 stride-1 NHWC convolution
+    cropping one pixel (`edge_padded_conv_padding(crop=True)`) of a kernel that `splits_rows`
+    computes its values as `_row_split_conv` (the same sums in another order) and its
+    gradients as the plain convolution's (the same program)."""
     plain = functools.partial(
         jax.lax.conv_general_dilated,
         lhs,
@@ -142,6 +142,7 @@ def conv_general_dilated(
     )
     if (
         kwargs
+        or lhs.dtype != jnp.float32  # a narrower type would round each shifted partial sum
         or lhs.ndim != 4
         or tuple(window_strides) != (1, 1)
         or tuple(lhs_dilation or (1, 1)) != (1, 1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deepgin_jax.models import DeepGIN
-from deepgin_jax.models.attention import chunked_attention, unscaled_attention
+from deepgin_jax.models.attention import _block_size, chunked_attention, unscaled_attention
 
 
 def tokens(n: int, length: int, depth: int, seed: int = 0) -> tuple[jax.Array, ...]:
@@ -25,14 +25,26 @@ def softmax_attention(query: np.ndarray, key: np.ndarray, value: np.ndarray) -> 
     return np.einsum("nqk,nkd->nqd", weights / weights.sum(-1, keepdims=True), value)
 
 
-@pytest.mark.parametrize("chunk_logits", [2**20, 2 * 150 * 64, 2 * 150 * 7])
-def test_chunked_attention_matches_softmax(chunk_logits):
-    # 150 queries: one block, blocks of 64 (the last one padded), and blocks of 7.
-    query, key, value = tokens(2, 150, 8)
+@pytest.mark.parametrize(
+    "length, chunk_logits",
+    [(150, 2**20), (150, 2 * 150 * 64), (150, 2 * 150 * 7), (149, 2 * 149 * 64)],
+)
+def test_chunked_attention_matches_softmax(length, chunk_logits):
+    # 150 queries: one block, blocks of 50 (dividing 150) and of 6; 149 (a prime): blocks of
+    # 64, the last one padded.
+    query, key, value = tokens(2, length, 8)
     expected = softmax_attention(*map(np.asarray, (query, key, value)))
     got = jax.jit(chunked_attention, static_argnums=3)(query, key, value, chunk_logits)
-    assert got.shape == (2, 150, 8)
+    assert got.shape == (2, length, 8)
     np.testing.assert_allclose(np.asarray(got), expected, atol=2e-5)
+
+
+def test_block_size_divides_the_queries_where_it_can():
+    assert _block_size(4096, 512) == 512  # compact inference at 256x256
+    assert _block_size(1024, 341) == 256  # the compact training step: not 4 blocks of 341
+    assert _block_size(150, 64) == 50
+    assert _block_size(149, 64) == 64  # a prime: padded
+    assert _block_size(100, 400) == 100
 
 
 def test_chunked_attention_gradients_match_xla():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deepgin_jax import losses
-from deepgin_jax.models import vgg
+from deepgin_jax.models import layers, vgg
 from deepgin_jax.models.layers import edge_pad, max_pool_2x2
 
 RNG = np.random.default_rng(0)
@@ -122,3 +122,49 @@ def test_edge_pad_is_numpy_edge_padding():
     x = RNG.standard_normal((1, 5, 4, 2)).astype(np.float32)
     expected = np.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="edge")
     np.testing.assert_array_equal(edge_pad(jnp.asarray(x), 3), expected)
+
+
+@pytest.mark.parametrize(
+    "kernel_shape, splits",
+    [((7, 7, 4, 8), True), ((7, 7, 8, 3), True), ((7, 7, 32, 3), False), ((3, 3, 8, 1), False)],
+)
+def test_row_split_convolution_matches_the_plain_one_with_its_gradients(kernel_shape, splits):
+    """The cropping stride-1 convolutions that `splits_rows` picks run as a kh x 1
+    convolution and shifted sums: the plain convolution's values to float32 rounding and
+    exactly its gradients."""
+    x = jnp.asarray(RNG.standard_normal((2, 19, 23, kernel_shape[2])).astype(np.float32))
+    kernel = jnp.asarray(RNG.standard_normal(kernel_shape).astype(np.float32))
+    pad = layers.CROP_ONE
+
+    def ours(x, kernel):
+        dims = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+        return layers.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=dims)
+
+    def theirs(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    assert layers.splits_rows(kernel_shape) == splits
+    assert ("custom_vjp" in str(jax.make_jaxpr(ours)(x, kernel))) == splits
+    got, expected = jax.jit(ours)(x, kernel), jax.jit(theirs)(x, kernel)
+    assert (
+        got.shape
+        == expected.shape
+        == (2, 19 - 1 - kernel_shape[0], 23 - 1 - kernel_shape[1], kernel_shape[3])
+    )
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * float(jnp.abs(expected).max()))
+    cotangent = jnp.asarray(RNG.standard_normal(expected.shape).astype(np.float32))
+    grads = [
+        jax.jit(lambda a, b, f=f: jax.vjp(f, a, b)[1](cotangent))(x, kernel) for f in (ours, theirs)
+    ]
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_edge_padded_conv_uses_the_row_split_only_where_it_crops():
+    x = jnp.asarray(RNG.standard_normal((1, 16, 16, 4)).astype(np.float32))
+    for padding, split in ((layers.CROP_ONE, True), ("VALID", False)):
+        conv = layers.EdgePaddedConv(8, (7, 7), edge_padding=4, padding=padding)
+        variables = conv.init(jax.random.key(0), x)
+        assert ("custom_vjp" in str(jax.make_jaxpr(conv.apply)(variables, x))) == split

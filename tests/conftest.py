@@ -1,4 +1,4 @@
-"""Shared fixtures and the test session's JAX settings.
+"""Shared fixtures, the test session's JAX settings and its split over pytest-xdist workers.
 
 Compiling on the CPU dominates this suite's time, so before JAX starts:
 - XLA's backend optimisation is turned down (compiles ~4x faster; the tiny test networks run
@@ -10,6 +10,7 @@ Compiling on the CPU dominates this suite's time, so before JAX starts:
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -33,6 +34,7 @@ import jax  # noqa: E402  (after the environment above)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 from deepgin_jax.models import DeepGIN  # noqa: E402
 
@@ -61,10 +63,66 @@ def tiny_generator() -> tuple[DeepGIN, dict]:
 def resume_reference(tmp_path_factory) -> Path:
     """The uninterrupted run that the resume tests (killed runs, corrupt checkpoints) compare
     with: `tests.test_train.RESUME_REFERENCE_OVERRIDES`, checkpoints 1 to 6 each with its
-    digests, trained once for the session. Tests copy it before changing anything."""
+    digests, trained once for the session (once for all xdist workers). Tests copy it before
+    changing anything."""
     from deepgin_jax import train_lib
     from tests.test_train import RESUME_REFERENCE_OVERRIDES, smoke_config
 
-    workdir = tmp_path_factory.mktemp("resume_reference") / "run"
-    train_lib.train_and_evaluate(smoke_config(**RESUME_REFERENCE_OVERRIDES), str(workdir))
-    return workdir
+    def train(workdir: Path) -> Path:
+        train_lib.train_and_evaluate(smoke_config(**RESUME_REFERENCE_OVERRIDES), str(workdir))
+        return workdir
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process runs every test
+        return train(tmp_path_factory.mktemp("resume_reference") / "run")
+    # The workers' temporary folders share this session's parent; the first worker to get
+    # here trains, the others wait for it and read the finished run.
+    shared = tmp_path_factory.getbasetemp().parent / "resume_reference"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "trained").is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # what a failed attempt left
+            train(shared / "run")
+            (shared / "trained").touch()
+    return shared / "run"
+
+
+# The tests that take longest (over a minute each on two cores, see README's testing section),
+# by node id prefix: xdist workers start with them, so that none is left running alone at the end.
+SLOW_FIRST = (
+    "tests/test_cluster.py::test_one_run_on_one_or_two_processes",
+    "tests/test_learning.py",
+    "tests/test_checkpoint_integrity.py::test_a_run_killed_during_a_save",
+    "tests/test_checkpoint_integrity.py::test_training_falls_back",
+    "tests/test_train.py::test_sigterm_to_one_of_two_processes",
+    "tests/test_train.py::test_a_killed_run_resumes",
+    "tests/test_train.py::test_slurm_launcher",
+    "tests/test_remote_workdir.py",
+    "tests/test_cluster.py",
+    "tests/test_train.py::test_step_on_four_devices",
+    "tests/test_train.py",
+    "tests/test_checkpoint_integrity.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under `--dist loadgroup`: the tests that share a module-scoped fixture go to one worker
+    (which builds it once); every other test goes to whichever worker is free, slowest first."""
+    groups = {}
+    for item in items:
+        fixtures = item._fixtureinfo.name2fixturedefs.values()
+        if any(d.scope in ("module", "package", "class") for defs in fixtures for d in defs):
+            groups[item] = item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(groups[item]))
+    if hasattr(config, "workerinput"):  # an xdist worker: its order is the scheduler's
+        rank = {item: _slowness_rank(item.nodeid) for item in items}
+        group_rank = {}
+        for item, group in groups.items():
+            group_rank[group] = min(group_rank.get(group, len(SLOW_FIRST)), rank[item])
+        # A group keeps its tests together, at the place of its slowest.
+        items.sort(key=lambda item: group_rank.get(groups.get(item), rank[item]))
+
+
+def _slowness_rank(nodeid: str) -> int:
+    return next(
+        (i for i, prefix in enumerate(SLOW_FIRST) if nodeid.startswith(prefix)), len(SLOW_FIRST)
+    )

@@ -3,8 +3,8 @@
 Compiling on the CPU dominates this suite's time, so before JAX starts:
 - XLA's backend optimisation is turned down (compiles ~4x faster; the tiny test networks run
   in milliseconds either way, and the results are the same to float32 rounding);
-- compiled programs go to a persistent cache shared by the test process and the subprocesses
-  it starts (training runs, the CLIs), so an identical program compiles once.
+- compiled programs go to a persistent cache shared by the test processes (xdist workers) and
+  the subprocesses they start (training runs, the CLIs), so an identical program compiles once.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+
+from deepgin_jax import compile_cache  # imports no JAX
 
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
@@ -23,6 +25,12 @@ os.environ.setdefault(
     str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax_compilation_cache"),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The size bound that the command lines give the cache (compile_cache.enable), for the test
+# processes too: JAX then locks the folder around reads and writes, and keeps each entry's last
+# use beside it. An entry written without that record makes a bounded process's every later
+# write fail ("Error writing persistent compilation cache entry"), so the training and CLI
+# subprocesses would compile again what they compiled before.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(compile_cache.DEFAULT_MAX_BYTES))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Pretrained networks in the user's cache must not change what a test sees: the default folder
 # (deepgin_jax.user_cache) is one that no test writes unless it sets its own.

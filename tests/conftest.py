@@ -31,6 +31,21 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # write fail ("Error writing persistent compilation cache entry"), so the training and CLI
 # subprocesses would compile again what they compiled before.
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(compile_cache.DEFAULT_MAX_BYTES))
+
+
+def _record_last_uses(folder: Path) -> None:
+    """Gives every entry of the cache without a last-use record one (entries that an unbounded
+    process wrote, such as this suite's before it bounded the cache)."""
+    for entry in folder.glob("*-cache"):
+        record = entry.with_name(entry.name.removesuffix("-cache") + "-atime")
+        try:
+            if not record.exists():
+                record.write_bytes(entry.stat().st_mtime_ns.to_bytes(8, "little"))
+        except FileNotFoundError:  # removed by another process meanwhile
+            pass
+
+
+_record_last_uses(Path(os.environ["JAX_COMPILATION_CACHE_DIR"]))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Pretrained networks in the user's cache must not change what a test sees: the default folder
 # (deepgin_jax.user_cache) is one that no test writes unless it sets its own.

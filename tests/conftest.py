@@ -1,4 +1,4 @@
-"""Shared fixtures, the test session's JAX settings and its split over pytest-xdist workers.
+"""Shared fixtures, the test session's JAX settings and its order for pytest-xdist workers.
 
 Compiling on the CPU dominates this suite's time, so before JAX starts:
 - XLA's backend optimisation is turned down (compiles ~4x faster; the tiny test networks run
@@ -108,44 +108,24 @@ def resume_reference(tmp_path_factory) -> Path:
     return shared / "run"
 
 
-# The tests that take longest (over a minute each on two cores, see README's testing section),
-# by node id prefix: xdist workers start with them, so that none is left running alone at the end.
+# The test files that take longest (minutes each on two cores), slowest first: xdist's workers
+# (`--dist loadfile`, one file to a worker, so each module-scoped fixture is built once) start
+# with them, so that none is left running alone at the end.
 SLOW_FIRST = (
-    "tests/test_cluster.py::test_one_run_on_one_or_two_processes",
-    "tests/test_learning.py",
-    "tests/test_checkpoint_integrity.py::test_a_run_killed_during_a_save",
-    "tests/test_checkpoint_integrity.py::test_training_falls_back",
-    "tests/test_train.py::test_sigterm_to_one_of_two_processes",
-    "tests/test_train.py::test_a_killed_run_resumes",
-    "tests/test_train.py::test_slurm_launcher",
-    "tests/test_remote_workdir.py",
-    "tests/test_cluster.py",
-    "tests/test_train.py::test_step_on_four_devices",
+    "tests/test_cluster.py",  # three training processes at once, then a resume on two layouts
     "tests/test_train.py",
     "tests/test_checkpoint_integrity.py",
+    "tests/test_learning.py",
+    "tests/test_remote_workdir.py",
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
-    """Under `--dist loadgroup`: the tests that share a module-scoped fixture go to one worker
-    (which builds it once); every other test goes to whichever worker is free, slowest first."""
-    groups = {}
-    for item in items:
-        fixtures = item._fixtureinfo.name2fixturedefs.values()
-        if any(d.scope in ("module", "package", "class") for defs in fixtures for d in defs):
-            groups[item] = item.module.__name__
-            item.add_marker(pytest.mark.xdist_group(groups[item]))
-    if hasattr(config, "workerinput"):  # an xdist worker: its order is the scheduler's
-        rank = {item: _slowness_rank(item.nodeid) for item in items}
-        group_rank = {}
-        for item, group in groups.items():
-            group_rank[group] = min(group_rank.get(group, len(SLOW_FIRST)), rank[item])
-        # A group keeps its tests together, at the place of its slowest.
-        items.sort(key=lambda item: group_rank.get(groups.get(item), rank[item]))
+    """An xdist worker's collection order is the order in which files are handed out."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: _slowness_rank(item.nodeid))
 
 
 def _slowness_rank(nodeid: str) -> int:
-    return next(
-        (i for i, prefix in enumerate(SLOW_FIRST) if nodeid.startswith(prefix)), len(SLOW_FIRST)
-    )
+    path = nodeid.split("::", 1)[0]
+    return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)

@@ -23,8 +23,11 @@ browser:
 		|| echo "chromium could not be installed; the browser test will be skipped"; \
 	fi
 
+# Two pytest-xdist workers, a test file to a worker (its module-scoped fixtures built once),
+# slowest files first (tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: install browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 demo: install
 	$(PY) -m deepgin_jax.demo --workdir demo_out

@@ -1,16 +1,19 @@
-"""Shared fixtures and the test session's JAX settings.
+"""Shared fixtures, the test session's JAX settings and its order for pytest-xdist workers.
 
 Compiling on the CPU dominates this suite's time, so before JAX starts:
 - XLA's backend optimisation is turned down (compiles ~4x faster; the tiny test networks run
   in milliseconds either way, and the results are the same to float32 rounding);
-- compiled programs go to a persistent cache shared by the test process and the subprocesses
-  it starts (training runs, the CLIs), so an identical program compiles once.
+- compiled programs go to a persistent cache shared by the test processes (xdist workers) and
+  the subprocesses they start (training runs, the CLIs), so an identical program compiles once.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+
+from deepgin_jax import compile_cache  # imports no JAX
 
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
@@ -22,6 +25,27 @@ os.environ.setdefault(
     str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax_compilation_cache"),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The size bound that the command lines give the cache (compile_cache.enable), for the test
+# processes too: JAX then locks the folder around reads and writes, and keeps each entry's last
+# use beside it. An entry written without that record makes a bounded process's every later
+# write fail ("Error writing persistent compilation cache entry"), so the training and CLI
+# subprocesses would compile again what they compiled before.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(compile_cache.DEFAULT_MAX_BYTES))
+
+
+def _record_last_uses(folder: Path) -> None:
+    """Gives every entry of the cache without a last-use record one (entries that an unbounded
+    process wrote, such as this suite's before it bounded the cache)."""
+    for entry in folder.glob("*-cache"):
+        record = entry.with_name(entry.name.removesuffix("-cache") + "-atime")
+        try:
+            if not record.exists():
+                record.write_bytes(entry.stat().st_mtime_ns.to_bytes(8, "little"))
+        except FileNotFoundError:  # removed by another process meanwhile
+            pass
+
+
+_record_last_uses(Path(os.environ["JAX_COMPILATION_CACHE_DIR"]))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Pretrained networks in the user's cache must not change what a test sees: the default folder
 # (deepgin_jax.user_cache) is one that no test writes unless it sets its own.
@@ -33,6 +57,7 @@ import jax  # noqa: E402  (after the environment above)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 from deepgin_jax.models import DeepGIN  # noqa: E402
 
@@ -61,10 +86,46 @@ def tiny_generator() -> tuple[DeepGIN, dict]:
 def resume_reference(tmp_path_factory) -> Path:
     """The uninterrupted run that the resume tests (killed runs, corrupt checkpoints) compare
     with: `tests.test_train.RESUME_REFERENCE_OVERRIDES`, checkpoints 1 to 6 each with its
-    digests, trained once for the session. Tests copy it before changing anything."""
+    digests, trained once for the session (once for all xdist workers). Tests copy it before
+    changing anything."""
     from deepgin_jax import train_lib
     from tests.test_train import RESUME_REFERENCE_OVERRIDES, smoke_config
 
-    workdir = tmp_path_factory.mktemp("resume_reference") / "run"
-    train_lib.train_and_evaluate(smoke_config(**RESUME_REFERENCE_OVERRIDES), str(workdir))
-    return workdir
+    def train(workdir: Path) -> Path:
+        train_lib.train_and_evaluate(smoke_config(**RESUME_REFERENCE_OVERRIDES), str(workdir))
+        return workdir
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process runs every test
+        return train(tmp_path_factory.mktemp("resume_reference") / "run")
+    # The workers' temporary folders share this session's parent; the first worker to get
+    # here trains, the others wait for it and read the finished run.
+    shared = tmp_path_factory.getbasetemp().parent / "resume_reference"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "trained").is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # what a failed attempt left
+            train(shared / "run")
+            (shared / "trained").touch()
+    return shared / "run"
+
+
+# The test files that take longest (minutes each on two cores), slowest first: xdist's workers
+# (`--dist loadfile`, one file to a worker, so each module-scoped fixture is built once) start
+# with them, so that none is left running alone at the end.
+SLOW_FIRST = (
+    "tests/test_cluster.py",  # three training processes at once, then a resume on two layouts
+    "tests/test_train.py",
+    "tests/test_checkpoint_integrity.py",
+    "tests/test_learning.py",
+    "tests/test_remote_workdir.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """An xdist worker's collection order is the order in which files are handed out."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: _slowness_rank(item.nodeid))
+
+
+def _slowness_rank(nodeid: str) -> int:
+    path = nodeid.split("::", 1)[0]
+    return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)

@@ -592,8 +592,12 @@ def test_step_on_four_devices_equals_the_one_device_step():
 
 
 def free_slurm_job_id() -> str:
-    """A job id whose coordinator port (JAX: 61440 + id % 4096) is free on this machine."""
-    for job_id in range(1000, 5096):
+    """A job id whose coordinator port (JAX: 61440 + id % 4096) is free on this machine. Each
+    xdist worker searches from its own place, so that two tests that start at the same moment
+    on two workers do not both take the first free port."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    for offset in range(4096):
+        job_id = 1000 + (worker * 512 + offset) % 4096
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", 61440 + job_id % 4096))

@@ -408,11 +408,19 @@ def signal_mid_write(monkeypatch):
 
 
 def run_stopped(signum: int, arm, command) -> int:
-    """Runs `command()` as a command line does (`cli.guarded`), stopped by `signum`."""
-    handlers = {s: signal.getsignal(s) for s in SIGNALS}
-    arm(signum)
-    status = cli.guarded(lambda argv: command())(["command"])
-    assert {s: signal.getsignal(s) for s in SIGNALS} == handlers  # restored
+    """Runs `command()` as a command line does (`cli.guarded`), stopped by `signum`.
+
+    SIGINT gets Python's own handler, as in a command started from a terminal: a pytest-xdist
+    worker ignores SIGINT (its controller handles Ctrl-C), and an ignored signal stops nothing.
+    """
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        handlers = {s: signal.getsignal(s) for s in SIGNALS}
+        arm(signum)
+        status = cli.guarded(lambda argv: command())(["command"])
+        assert {s: signal.getsignal(s) for s in SIGNALS} == handlers  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
     return status
 
 

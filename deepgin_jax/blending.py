@@ -22,7 +22,7 @@ returns the float32 fill to paste into the hole. "paste" is the fill as it is; "
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse
@@ -62,14 +62,23 @@ def _check_shapes(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> None
 def _hole_solution(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """The Poisson solution at the hole's pixels (in `np.nonzero(hole)` order): float64
     [count, C]. Only the pixels the system reads are converted to float64, not whole images."""
+    return _hole_solutions(hole, [(image, fill)])[0]
+
+
+def _hole_solutions(
+    hole: np.ndarray, problems: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> list[np.ndarray]:
+    """`_hole_solution(image, hole, fill)` for each (image, fill) of `problems`, from one
+    factorisation: the system's matrix depends on the hole alone, only the right-hand sides
+    differ (0.9 s a factorisation for a 500x400 ellipse on 2 idle cores)."""
     rows, cols = np.nonzero(hole)
     count = rows.size
     height, width = hole.shape
     index = np.full(hole.shape, -1, np.int64)
     index[rows, cols] = np.arange(count)
-    guide = fill[rows, cols].astype(np.float64)
+    guides = [fill[rows, cols].astype(np.float64) for _, fill in problems]
     diagonal = np.full(count, _ANCHOR)
-    rhs = _ANCHOR * guide
+    right_sides = [_ANCHOR * guide for guide in guides]
     off_rows, off_cols = [], []
     for dy, dx in _NEIGHBOURS:
         q_rows, q_cols = rows + dy, cols + dx
@@ -80,8 +89,10 @@ def _hole_solution(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.
         q_index = index[q_rows, q_cols]
         in_hole = q_index >= 0
         p_hole, p_known = p[in_hole], p[~in_hole]
-        rhs[p_hole] += guide[p_hole] - guide[q_index[in_hole]]
-        rhs[p_known] += image[q_rows[~in_hole], q_cols[~in_hole]].astype(np.float64)
+        known_rows, known_cols = q_rows[~in_hole], q_cols[~in_hole]
+        for (image, _), guide, rhs in zip(problems, guides, right_sides, strict=True):
+            rhs[p_hole] += guide[p_hole] - guide[q_index[in_hole]]
+            rhs[p_known] += image[known_rows, known_cols].astype(np.float64)
         off_rows.append(p_hole)
         off_cols.append(q_index[in_hole])
     off_rows_all = np.concatenate(off_rows)
@@ -103,7 +114,10 @@ def _hole_solution(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.
         diag_pivot_thresh=0.0,
         options={"SymmetricMode": True},
     )
-    return factors.solve(rhs.reshape(count, -1))
+    columns = [rhs.reshape(count, -1) for rhs in right_sides]
+    solved = factors.solve(np.concatenate(columns, axis=1))
+    splits = np.cumsum([c.shape[1] for c in columns])[:-1]
+    return np.split(solved, splits, axis=1)
 
 
 def paste(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -115,6 +129,22 @@ def paste(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
 def poisson(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """`poisson_blend` of `fill` into `image` (any pixel dtype), float32 in [0, 1]; `fill` as it
     is, with a warning, for holes beyond `POISSON_MAX_PIXELS`."""
+    return _poisson(image, hole, fill, membrane=False)[0]
+
+
+def poisson_and_membrane(
+    image: np.ndarray, hole: np.ndarray, fill: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(`poisson(image, hole, fill)`, the membrane): the membrane (harmonic) interpolation of
+    the hole's border, `poisson_blend(photo, hole, 0)` at the hole's pixels (float64 [count, C],
+    photo = `image` in [0, 1]), solved with the blend from the same factorisation; None where
+    the fill is pasted (no hole, or one beyond `POISSON_MAX_PIXELS`)."""
+    return _poisson(image, hole, fill, membrane=True)
+
+
+def _poisson(
+    image: np.ndarray, hole: np.ndarray, fill: np.ndarray, *, membrane: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     count = int(hole.sum())
     if count > POISSON_MAX_PIXELS:
         logging.warning(
@@ -123,16 +153,20 @@ def poisson(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray
             count,
             POISSON_MAX_PIXELS,
         )
-        return fill
+        return fill, None
     if count == 0:
-        return fill
+        return fill, None
     photo = to_unit_float(image)
     _check_shapes(photo, hole, fill)
     # As np.clip(poisson_blend(photo, hole, fill), 0, 1) in float32, without float64 copies of
     # the whole box (a fifth of a second for a 1500x1500 one).
     blended = np.clip(photo, 0.0, 1.0).astype(np.float32)
-    blended[hole] = np.clip(_hole_solution(photo, hole, fill), 0.0, 1.0)
-    return blended
+    problems = [(photo, fill)]
+    if membrane:
+        problems.append((photo, np.broadcast_to(np.zeros((), fill.dtype), fill.shape)))
+    solutions = _hole_solutions(hole, problems)
+    blended[hole] = np.clip(solutions[0], 0.0, 1.0)
+    return blended, solutions[1] if membrane else None
 
 
 # The `blend` option's names and what each does (module docstring).

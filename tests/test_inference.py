@@ -815,6 +815,21 @@ def test_the_poisson_blender_is_the_clipped_blend_in_float32(dtype):
         blending.poisson(image, hole[:-1], fill)
 
 
+def test_the_poisson_blend_and_the_membrane_come_from_one_solve():
+    rng = np.random.default_rng(2)
+    photo = rng.random((20, 26, 3)).astype(np.float32)
+    hole = np.zeros((20, 26), bool)
+    hole[4:15, 3:20] = True
+    fill = rng.random((20, 26, 3)).astype(np.float32)
+    blended, membrane = blending.poisson_and_membrane(photo, hole, fill)
+    np.testing.assert_array_equal(blended, blending.poisson(photo, hole, fill))
+    expected = blending.poisson_blend(photo, hole, np.zeros_like(photo))[hole]
+    np.testing.assert_allclose(membrane, expected, rtol=0, atol=1e-12)
+    # The membrane interpolates the border: between the photo's extremes, no copy of the fill.
+    assert photo.min() <= membrane.min() and membrane.max() <= photo.max()
+    assert blending.poisson_and_membrane(photo, np.zeros_like(hole), fill)[1] is None
+
+
 def offset_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The known pixels' mean colour in the hole, 0.2 too bright: a fill with a seam."""
     return np.clip(known_mean_network(masked, mask) + 0.2 * mask, 0.0, 1.0)

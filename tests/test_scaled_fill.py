@@ -239,6 +239,28 @@ def test_colour_limit_keeps_the_fill_near_the_colour_the_border_predicts(monkeyp
     assert np.linalg.norm(mean - membrane) <= 1.5, (mean, membrane)
 
 
+def test_the_colour_limits_predictions_need_only_the_holes_surroundings():
+    rng = np.random.default_rng(3)
+    photo = cv2.GaussianBlur(rng.random((90, 120, 3)).astype(np.float32), (0, 0), 3)
+    hole = np.zeros((90, 120), bool)
+    hole[30:55, 40:75] = True
+    # Telea's fill of the hole's neighbourhood alone is its fill of the whole box.
+    pixels = np.round(photo * 255.0).astype(np.uint8)
+    whole = cv2.inpaint(pixels, hole.astype(np.uint8), scaled_fill.TELEA_RADIUS, cv2.INPAINT_TELEA)
+    expected = cv2.cvtColor(whole.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[hole].mean(0)
+    np.testing.assert_allclose(scaled_fill.telea_colour(photo, hole), expected, atol=1e-4)
+    # With the Poisson blend, the membrane is solved with it; the same fill either way.
+    fill = photo.copy()
+    fill[36:50, 48:68] += np.array([-0.1, 0.3, -0.1], np.float32)  # a green cast the blend keeps
+    shared = scaled_fill.finish_fill(photo, hole, fill, detail=False, blend="poisson", colour=True)
+    blended = blending.poisson(photo, hole, fill)
+    separate = scaled_fill.colour_limited(blended, hole, scaled_fill.membrane_colour(photo, hole))
+    telea = scaled_fill.telea_colour(photo, hole)
+    separate = scaled_fill.colour_limited(separate, hole, telea, scaled_fill.TELEA_TOLERANCE)
+    np.testing.assert_allclose(shared, np.where(hole[..., None], separate, photo), atol=1e-6)
+    assert np.abs(shared - photo)[hole].max() > 0.01  # the fill is in the hole
+
+
 def stripes(height: int, width: int) -> np.ndarray:
     """Vertical stripes of period 2 (0.3, 0.7) on a smooth ramp: float32 [H, W, 3]."""
     ramp = np.linspace(0.0, 0.1, width, dtype=np.float32)[None, :, None]

@@ -68,7 +68,10 @@ _WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP"})
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IHDR_END = 33  # signature (8) + IHDR length, type, 13 data bytes and CRC (25)
-_PNG_COMPRESSION = 6  # zlib level, Pillow's default
+# The zlib level of written PNGs. 1 writes a 2560x1600 photo in a third of the time of Pillow's
+# default 6 (0.2 s against 0.55 s on an idle core) for files about a third larger; 6-9 for the
+# smallest files (`--png_compression`).
+PNG_COMPRESSION = 1
 
 
 class ImageReadError(ValueError):
@@ -604,13 +607,17 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def _encode_16_bit_png(
-    rgb: np.ndarray, alpha: np.ndarray | None, exif: bytes | None, icc_profile: bytes | None
+    rgb: np.ndarray,
+    alpha: np.ndarray | None,
+    exif: bytes | None,
+    icc_profile: bytes | None,
+    compression: int,
 ) -> bytes:
     """A 16-bit RGB(A) PNG through OpenCV (Pillow cannot write one), with the ICC profile and
     EXIF inserted as iCCP and eXIf chunks after IHDR (both must precede the image data)."""
     pixels = rgb[..., ::-1] if alpha is None else np.dstack([rgb[..., ::-1], alpha])
     ok, encoded = cv2.imencode(
-        ".png", np.ascontiguousarray(pixels), [cv2.IMWRITE_PNG_COMPRESSION, _PNG_COMPRESSION]
+        ".png", np.ascontiguousarray(pixels), [cv2.IMWRITE_PNG_COMPRESSION, compression]
     )
     if not ok:
         raise ValueError(f"OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} 16-bit PNG.")
@@ -632,6 +639,7 @@ def encode_image(
     icc_profile: bytes | None = None,
     quality: int = 95,
     lossless_webp: bool = True,
+    png_compression: int = PNG_COMPRESSION,
 ) -> bytes:
     """Encodes RGB `[H, W, 3]` (uint8, uint16 or float in [0, 1]) as "PNG", "JPEG" or "WEBP".
 
@@ -640,6 +648,7 @@ def encode_image(
     a warning) for JPEG. WebP is lossless unless `lossless_webp` is off (then lossy at
     `quality`); lossless WebP keeps the colour of fully transparent pixels too. JPEG at
     quality >= 90 uses 4:4:4 chroma so that inpainted detail is not blurred by subsampling.
+    PNG is compressed at zlib level `png_compression` (0-9).
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
@@ -652,7 +661,11 @@ def encode_image(
     if rgb.dtype == np.uint16:
         if file_format == "PNG":
             return _encode_16_bit_png(
-                rgb, None if alpha is None else _as_uint16(alpha), exif, icc_profile
+                rgb,
+                None if alpha is None else _as_uint16(alpha),
+                exif,
+                icc_profile,
+                png_compression,
             )
         logging.warning(
             "%s holds 8 bits per channel: the 16-bit image is rounded to 8 bits (write PNG to "
@@ -672,6 +685,8 @@ def encode_image(
         options.update(quality=quality, subsampling=0 if quality >= 90 else 2)
     elif file_format == "WEBP":
         options.update(quality=quality, lossless=lossless_webp, exact=lossless_webp)
+    elif file_format == "PNG":
+        options.update(compress_level=png_compression)
     buffer = io.BytesIO()
     img.save(buffer, format=file_format, **options)
     return buffer.getvalue()
@@ -686,6 +701,7 @@ def save_image(
     icc_profile: bytes | None = None,
     quality: int = 95,
     lossless_webp: bool = True,
+    png_compression: int = PNG_COMPRESSION,
 ) -> None:
     """Writes RGB `[H, W, 3]` (uint8, uint16 or float in [0, 1]) atomically; format from the
     extension.
@@ -703,6 +719,7 @@ def save_image(
         icc_profile=icc_profile,
         quality=quality,
         lossless_webp=lossless_webp,
+        png_compression=png_compression,
     )
     with atomic_write(path, "wb") as f:
         f.write(data)

@@ -226,6 +226,7 @@ def inpaint_file(
     quality: int = 95,
     lossless_webp: bool = True,
     progress: ProgressFn | None = None,
+    png_compression: int = image_io.PNG_COMPRESSION,
 ) -> None:
     """Reads, inpaints and writes (atomically) one task's image, at the input's bit depth: the
     RGB goes through the inpainter, the alpha channel and metadata straight to the output;
@@ -253,6 +254,7 @@ def inpaint_file(
         icc_profile=loaded.icc_profile,
         quality=quality,
         lossless_webp=lossless_webp,
+        png_compression=png_compression,
     )
 
 
@@ -265,6 +267,7 @@ def inpaint_tasks(
     quality: int = 95,
     lossless_webp: bool = True,
     progress: bool = True,
+    png_compression: int = image_io.PNG_COMPRESSION,
 ) -> Summary:
     """Runs every task with a progress bar; one failure (any Exception) is logged with its
     file and the rest go on.
@@ -300,7 +303,13 @@ def inpaint_tasks(
                     )
                 try:
                     inpaint_file(
-                        inpainter, task, mask_options, quality, lossless_webp, image_progress
+                        inpainter,
+                        task,
+                        mask_options,
+                        quality,
+                        lossless_webp,
+                        image_progress,
+                        png_compression,
                     )
                 except Exception as e:  # one bad file must not end the run; Ctrl-C still does
                     summary.failed[task.image] = _failure_message(task.image, e)
@@ -401,12 +410,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Write WebP losslessly (known pixels bit-identical); --nolossless_webp: lossy WebP.",
         **fv,
     )
+    flags.DEFINE_integer(
+        "png_compression",
+        image_io.PNG_COMPRESSION,
+        "zlib level of PNG outputs: 1 (the default) writes fast, 6 (Pillow's default) to 9 "
+        "write files about a quarter smaller, at three times the time or more.",
+        lower_bound=0,
+        upper_bound=9,
+        **fv,
+    )
     flags.DEFINE_enum(
         "format", "png", list(OUTPUT_FORMATS), "Format of outputs written into a folder.", **fv
     )
     cli.define_inpainter_flags(flag_values)
     cli.define_hyphenated_aliases(
-        flag_values, ["invert_mask", "mask_threshold", "resize_mask", "lossless_webp"]
+        flag_values,
+        ["invert_mask", "mask_threshold", "resize_mask", "lossless_webp", "png_compression"],
     )
     flags.adopt_module_key_flags(cli, flag_values=flag_values)  # --help lists them here
 
@@ -439,6 +458,7 @@ def run(flag_values: flags.FlagValues) -> int:
             overwrite=f.overwrite,
             quality=f.quality,
             lossless_webp=f.lossless_webp,
+            png_compression=f.png_compression,
         )
     except CheckpointNotFoundError as e:
         return cli.generator_failure(f.checkpoint, e)

@@ -378,3 +378,18 @@ def test_save_mask_writes_binary_png(tmp_path):
     np.testing.assert_array_equal(image_io.load_mask(tmp_path / "m.png"), mask[..., 0] > 0)
     with pytest.raises(ValueError, match="PNG"):
         image_io.save_mask(tmp_path / "m.jpg", mask)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_png_compression_changes_the_size_not_the_pixels(dtype):
+    rows = np.linspace(0, 1, 96)[:, None, None] * np.linspace(0.5, 1, 128)[None, :, None]
+    smooth = np.broadcast_to(rows, (96, 128, 3)) * np.iinfo(dtype).max
+    pixels = (smooth + np.random.default_rng(0).integers(0, 3, smooth.shape)).astype(dtype)
+    encoded = {
+        level: image_io.encode_image(pixels, "PNG", png_compression=level) for level in (1, 9)
+    }
+    assert len(encoded[9]) < len(encoded[1])
+    assert image_io.encode_image(pixels, "PNG") == encoded[image_io.PNG_COMPRESSION]
+    for data in encoded.values():
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)[..., ::-1]
+        np.testing.assert_array_equal(decoded, pixels)

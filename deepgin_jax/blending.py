@@ -22,7 +22,9 @@ returns the float32 fill to paste into the hole. "paste" is the fill as it is; "
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse
@@ -62,24 +64,49 @@ def _check_shapes(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> None
 def _hole_solution(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """The Poisson solution at the hole's pixels (in `np.nonzero(hole)` order): float64
     [count, C]. Only the pixels the system reads are converted to float64, not whole images."""
-    return _hole_solutions(hole, [(image, fill)])[0]
+    return hole_system(hole).solve([(image, fill)])[0]
 
 
-def _hole_solutions(
-    hole: np.ndarray, problems: Sequence[tuple[np.ndarray, np.ndarray]]
-) -> list[np.ndarray]:
-    """`_hole_solution(image, hole, fill)` for each (image, fill) of `problems`, from one
-    factorisation: the system's matrix depends on the hole alone, only the right-hand sides
-    differ (0.9 s a factorisation for a 500x400 ellipse on 2 idle cores)."""
+@dataclasses.dataclass(frozen=True)
+class HoleSystem:
+    """The factorised system of one hole (`hole_system`): it depends on the hole alone, the
+    image and the fill enter only the right-hand side (`HoleSystem.solve`)."""
+
+    shape: tuple[int, int]
+    rows: np.ndarray  # the hole's pixels, np.nonzero(hole) order
+    cols: np.ndarray
+    # Per neighbour direction: (hole pixels with that neighbour in the hole, the neighbour's
+    # index; hole pixels with a known neighbour there, its row and column).
+    neighbours: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]
+    factors: Any  # scipy.sparse.linalg.SuperLU
+
+    def solve(self, problems: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """`_hole_solution(image, hole, fill)` for each (image, fill) of `problems`: float64
+        [count, C] each, from this one factorisation."""
+        count = self.rows.size
+        columns = []
+        for image, fill in problems:
+            guide = fill[self.rows, self.cols].astype(np.float64)
+            rhs = _ANCHOR * guide
+            for p_hole, q_hole, p_known, known_rows, known_cols in self.neighbours:
+                rhs[p_hole] += guide[p_hole] - guide[q_hole]
+                rhs[p_known] += image[known_rows, known_cols].astype(np.float64)
+            columns.append(rhs.reshape(count, -1))
+        solved = self.factors.solve(np.concatenate(columns, axis=1))
+        return np.split(solved, np.cumsum([c.shape[1] for c in columns])[:-1], axis=1)
+
+
+def hole_system(hole: np.ndarray) -> HoleSystem:
+    """The Poisson system of bool [H, W] `hole` (module docstring), factorised: 0.9 s for a
+    500x400 ellipse on 2 idle cores, most of a blend's time; the factorisation releases the
+    GIL, so it can run in a thread beside other work."""
     rows, cols = np.nonzero(hole)
     count = rows.size
     height, width = hole.shape
     index = np.full(hole.shape, -1, np.int64)
     index[rows, cols] = np.arange(count)
-    guides = [fill[rows, cols].astype(np.float64) for _, fill in problems]
     diagonal = np.full(count, _ANCHOR)
-    right_sides = [_ANCHOR * guide for guide in guides]
-    off_rows, off_cols = [], []
+    neighbours, off_rows, off_cols = [], [], []
     for dy, dx in _NEIGHBOURS:
         q_rows, q_cols = rows + dy, cols + dx
         inside = (q_rows >= 0) & (q_rows < height) & (q_cols >= 0) & (q_cols < width)
@@ -88,12 +115,10 @@ def _hole_solutions(
         diagonal[p] += 1.0
         q_index = index[q_rows, q_cols]
         in_hole = q_index >= 0
-        p_hole, p_known = p[in_hole], p[~in_hole]
-        known_rows, known_cols = q_rows[~in_hole], q_cols[~in_hole]
-        for (image, _), guide, rhs in zip(problems, guides, right_sides, strict=True):
-            rhs[p_hole] += guide[p_hole] - guide[q_index[in_hole]]
-            rhs[p_known] += image[known_rows, known_cols].astype(np.float64)
-        off_rows.append(p_hole)
+        neighbours.append(
+            (p[in_hole], q_index[in_hole], p[~in_hole], q_rows[~in_hole], q_cols[~in_hole])
+        )
+        off_rows.append(p[in_hole])
         off_cols.append(q_index[in_hole])
     off_rows_all = np.concatenate(off_rows)
     matrix = scipy.sparse.csc_matrix(
@@ -114,10 +139,7 @@ def _hole_solutions(
         diag_pivot_thresh=0.0,
         options={"SymmetricMode": True},
     )
-    columns = [rhs.reshape(count, -1) for rhs in right_sides]
-    solved = factors.solve(np.concatenate(columns, axis=1))
-    splits = np.cumsum([c.shape[1] for c in columns])[:-1]
-    return np.split(solved, splits, axis=1)
+    return HoleSystem(hole.shape, rows, cols, tuple(neighbours), factors)
 
 
 def paste(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -133,17 +155,28 @@ def poisson(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray
 
 
 def poisson_and_membrane(
-    image: np.ndarray, hole: np.ndarray, fill: np.ndarray
+    image: np.ndarray,
+    hole: np.ndarray,
+    fill: np.ndarray,
+    *,
+    membrane: bool = True,
+    system: HoleSystem | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(`poisson(image, hole, fill)`, the membrane): the membrane (harmonic) interpolation of
     the hole's border, `poisson_blend(photo, hole, 0)` at the hole's pixels (float64 [count, C],
     photo = `image` in [0, 1]), solved with the blend from the same factorisation; None where
-    the fill is pasted (no hole, or one beyond `POISSON_MAX_PIXELS`)."""
-    return _poisson(image, hole, fill, membrane=True)
+    the fill is pasted (no hole, or one beyond `POISSON_MAX_PIXELS`) and without `membrane`.
+    `system`: the hole's `hole_system`, if it was factorised beforehand."""
+    return _poisson(image, hole, fill, membrane=membrane, system=system)
 
 
 def _poisson(
-    image: np.ndarray, hole: np.ndarray, fill: np.ndarray, *, membrane: bool
+    image: np.ndarray,
+    hole: np.ndarray,
+    fill: np.ndarray,
+    *,
+    membrane: bool,
+    system: HoleSystem | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     count = int(hole.sum())
     if count > POISSON_MAX_PIXELS:
@@ -164,7 +197,11 @@ def _poisson(
     problems = [(photo, fill)]
     if membrane:
         problems.append((photo, np.broadcast_to(np.zeros((), fill.dtype), fill.shape)))
-    solutions = _hole_solutions(hole, problems)
+    if system is None:
+        system = hole_system(hole)
+    elif system.shape != hole.shape:
+        raise ValueError(f"a system of a {system.shape} hole for a {hole.shape} one")
+    solutions = system.solve(problems)
     blended[hole] = np.clip(solutions[0], 0.0, 1.0)
     return blended, solutions[1] if membrane else None
 

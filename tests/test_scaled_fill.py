@@ -13,6 +13,7 @@ import threading
 
 import cv2
 import numpy as np
+import pytest
 
 from benchmarks import full_size_fill
 from benchmarks.full_size_fill import detrended_grid_excess, grid_excess, mean_colour_error
@@ -258,6 +259,13 @@ def test_the_colour_limits_predictions_need_only_the_holes_surroundings():
     telea = scaled_fill.telea_colour(photo, hole)
     separate = scaled_fill.colour_limited(separate, hole, telea, scaled_fill.TELEA_TOLERANCE)
     np.testing.assert_allclose(shared, np.where(hole[..., None], separate, photo), atol=1e-6)
+    # A system factorised beforehand (the planner does it while the network runs) gives it too.
+    system = blending.hole_system(hole)
+    options = {"detail": False, "blend": "poisson", "colour": True}
+    ahead = scaled_fill.finish_fill(photo, hole, fill, system=system, **options)
+    np.testing.assert_array_equal(ahead, shared)
+    with pytest.raises(ValueError, match="hole"):
+        scaled_fill.finish_fill(photo[1:], hole[1:], fill[1:], system=system, **options)
     assert np.abs(shared - photo)[hole].max() > 0.01  # the fill is in the hole
 
 

@@ -27,6 +27,7 @@ the network pulled in from elsewhere.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from collections.abc import Callable
 
@@ -58,6 +59,9 @@ TELEA_RADIUS = 3
 COLOUR_MAX_PIXELS = 160_000
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right)
+
+# Factorises boxes' Poisson systems beside the network (SuperLU releases the GIL).
+_FACTORISING = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="poisson")
 
 
 def _grown(bounds: np.ndarray, shape: tuple[int, int], factor: float, min_size: int) -> np.ndarray:
@@ -222,24 +226,30 @@ def finish_fill(
     detail: bool,
     blend: str,
     colour: bool = False,
+    system: blending.HoleSystem | None = None,
 ) -> np.ndarray:
     """The full-resolution fill of one box: float32 [H, W, 3] in [0, 1], equal to the photo
     outside the hole. rgb [H, W, 3] (any pixel dtype), hole bool [H, W], low_filled float
-    [h, w, 3] (the composite at the scale it was filled in)."""
+    [h, w, 3] (the composite at the scale it was filled in); `system`: the hole's
+    `blending.hole_system` for the Poisson blend, if it was factorised beforehand."""
     photo = to_unit_float(rgb).astype(np.float32)
     fill = upsample(low_filled, hole.shape)
     if detail:
         fill = fill + detail_transfer.transfer_detail(low_filled, photo - fill, hole)
     fill = np.clip(fill, 0.0, 1.0)
-    if not colour:
-        return np.where(hole[..., None], BLENDERS[blend](photo, hole, fill), photo)
-    border_photo, border_hole = _at_most(photo, hole, COLOUR_MAX_PIXELS)
+    border_photo, border_hole = photo, hole
+    if colour:
+        border_photo, border_hole = _at_most(photo, hole, COLOUR_MAX_PIXELS)
     membrane = None
-    if blend == "poisson" and border_hole is hole:
+    if blend == "poisson":
         # The membrane's system is the blend's: one factorisation for both.
-        fill, membrane = blending.poisson_and_membrane(photo, hole, fill)
+        fill, membrane = blending.poisson_and_membrane(
+            photo, hole, fill, membrane=colour and border_hole is hole, system=system
+        )
     else:
         fill = BLENDERS[blend](photo, hole, fill)
+    if not colour:
+        return np.where(hole[..., None], fill, photo)
     if membrane is None:
         target = membrane_colour(border_photo, border_hole)
     else:
@@ -309,6 +319,10 @@ class ScaledPlanner:
         else:
             low, low_hole = to_unit_float(rgb).astype(np.float32), hole
         job = dataclasses.replace(self.inner, blend="paste").plan(low, low_hole)
+        system = None
+        if self.blend == "poisson" and 0 < int(hole.sum()) <= blending.POISSON_MAX_PIXELS:
+            # The blend's factorisation depends on the hole alone: made while the network runs.
+            system = _FACTORISING.submit(blending.hole_system, hole.copy())
         tile = self.inner.tile_size
         factors = (-(-low_hole.shape[0] // tile), -(-low_hole.shape[1] // tile))
 
@@ -323,6 +337,7 @@ class ScaledPlanner:
                 detail=self.detail and scale < 1.0,
                 blend=self.blend,
                 colour=self.colour,
+                system=None if system is None else system.result(),
             )
             result = rgb.copy()
             result[hole] = convert_pixels(fill[hole], rgb.dtype)

@@ -165,19 +165,23 @@ def membrane_colour(photo: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return _mean_lab(membrane, hole)
 
 
+def _hole_window(hole: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The bounding box of the (non-empty) hole grown by `margin` pixels, cut to the image."""
+    rows, cols = np.nonzero(hole.any(axis=1))[0], np.nonzero(hole.any(axis=0))[0]
+    return (
+        slice(max(0, rows[0] - margin), rows[-1] + 1 + margin),
+        slice(max(0, cols[0] - margin), cols[-1] + 1 + margin),
+    )
+
+
 def telea_colour(photo: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """The mean CIELAB colour over the hole of OpenCV's Telea fill of `photo` (float [H, W, 3]
     in [0, 1]). Telea reads the known pixels within its radius of the hole: the fill is made in
     the hole's bounding box grown by a margin, not in the whole box (the same pixels, a tenth of
     the time)."""
-    rows, cols = np.nonzero(hole.any(axis=1))[0], np.nonzero(hole.any(axis=0))[0]
-    if rows.size == 0:
+    if not hole.any():
         return _mean_lab(photo, hole)
-    margin = TELEA_RADIUS + 2
-    window = (
-        slice(max(0, rows[0] - margin), rows[-1] + 1 + margin),
-        slice(max(0, cols[0] - margin), cols[-1] + 1 + margin),
-    )
+    window = _hole_window(hole, TELEA_RADIUS + 2)
     pixels = np.round(np.clip(photo[window], 0.0, 1.0) * 255.0).astype(np.uint8)
     part = hole[window]
     filled = cv2.inpaint(pixels, part.astype(np.uint8), TELEA_RADIUS, cv2.INPAINT_TELEA)
@@ -197,8 +201,10 @@ def colour_limited(
     distance = float(np.linalg.norm(difference))
     if distance <= tolerance:
         return fill
-    inside = cv2.distanceTransform(np.pad(hole, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    ramp = np.minimum(inside / max(1.0, 0.25 * float(inside.max())), 1.0)[hole]
+    # The distance to the nearest known pixel or edge: within the hole's bounding box.
+    part = hole[_hole_window(hole, 0)]
+    inside = cv2.distanceTransform(np.pad(part, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    ramp = np.minimum(inside / max(1.0, 0.25 * float(inside.max())), 1.0)[part]
     shift = -difference * (1.0 - tolerance / distance)
     lab += ramp[:, None] * (shift / ramp.mean())[None, :]
     corrected = cv2.cvtColor(lab.reshape(-1, 1, 3), cv2.COLOR_LAB2RGB).reshape(-1, 3)

@@ -259,13 +259,14 @@ def test_the_colour_limits_predictions_need_only_the_holes_surroundings():
     telea = scaled_fill.telea_colour(photo, hole)
     separate = scaled_fill.colour_limited(separate, hole, telea, scaled_fill.TELEA_TOLERANCE)
     np.testing.assert_allclose(shared, np.where(hole[..., None], separate, photo), atol=1e-6)
-    # A system factorised beforehand (the planner does it while the network runs) gives it too.
-    system = blending.hole_system(hole)
+    # Prepared beforehand (the planner does it while the network runs), the same fill.
     options = {"detail": False, "blend": "poisson", "colour": True}
-    ahead = scaled_fill.finish_fill(photo, hole, fill, system=system, **options)
+    prepared = scaled_fill.prepare_box(photo, hole, blend="poisson", colour=True)
+    assert prepared.system is not None and prepared.membrane is None  # solved with the blend
+    ahead = scaled_fill.finish_fill(photo, hole, fill, prepared=prepared, **options)
     np.testing.assert_array_equal(ahead, shared)
     with pytest.raises(ValueError, match="hole"):
-        scaled_fill.finish_fill(photo[1:], hole[1:], fill[1:], system=system, **options)
+        scaled_fill.finish_fill(photo[1:], hole[1:], fill[1:], prepared=prepared, **options)
     assert np.abs(shared - photo)[hole].max() > 0.01  # the fill is in the hole
 
 

@@ -60,8 +60,8 @@ COLOUR_MAX_PIXELS = 160_000
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right)
 
-# Factorises boxes' Poisson systems beside the network (SuperLU releases the GIL).
-_FACTORISING = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="poisson")
+# Prepares boxes (`prepare_box`) beside the network: SuperLU and OpenCV release the GIL.
+_PREPARING = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="box")
 
 
 def _grown(bounds: np.ndarray, shape: tuple[int, int], factor: float, min_size: int) -> np.ndarray:
@@ -224,6 +224,51 @@ def _at_most(photo: np.ndarray, hole: np.ndarray, pixels: int) -> tuple[np.ndarr
     return downscale_known(photo, hole, size)
 
 
+@dataclasses.dataclass(frozen=True)
+class BoxPreparation:
+    """What a box's finish needs from its photo and hole alone, so that it can be made while
+    the network runs (`prepare_box`): the Poisson blend's factorised system (None when the fill
+    is not Poisson-blended) and, with the colour limit, its two targets (`membrane`: None when
+    the membrane comes from the blend's own system)."""
+
+    system: blending.HoleSystem | None = None
+    membrane: np.ndarray | None = None
+    telea: np.ndarray | None = None
+
+
+def _blend_solves(hole: np.ndarray, blend: str) -> bool:
+    return blend == "poisson" and 0 < int(hole.sum()) <= blending.POISSON_MAX_PIXELS
+
+
+def _shares_membrane(hole: np.ndarray, blend: str) -> bool:
+    """Whether the membrane is solved with the blend: the same hole (no downscaled copy)."""
+    return _blend_solves(hole, blend) and int(hole.sum()) <= COLOUR_MAX_PIXELS
+
+
+def prepare_system(hole: np.ndarray, blend: str) -> blending.HoleSystem | None:
+    """The Poisson blend's `blending.hole_system` for `hole`, or None without a solve."""
+    return blending.hole_system(hole) if _blend_solves(hole, blend) else None
+
+
+def colour_targets(
+    rgb: np.ndarray, hole: np.ndarray, blend: str
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """The colour limit's (membrane, Telea) targets from the hole's full-resolution border (a
+    downscaled copy beyond `COLOUR_MAX_PIXELS`); the membrane None where the blend solves it."""
+    photo = to_unit_float(rgb).astype(np.float32)
+    border_photo, border_hole = _at_most(photo, hole, COLOUR_MAX_PIXELS)
+    membrane = None
+    if not _shares_membrane(hole, blend):
+        membrane = membrane_colour(border_photo, border_hole)
+    return membrane, telea_colour(border_photo, border_hole)
+
+
+def prepare_box(rgb: np.ndarray, hole: np.ndarray, *, blend: str, colour: bool) -> BoxPreparation:
+    """`BoxPreparation` of one box, made here and now."""
+    membrane, telea = colour_targets(rgb, hole, blend) if colour else (None, None)
+    return BoxPreparation(prepare_system(hole, blend), membrane, telea)
+
+
 def finish_fill(
     rgb: np.ndarray,
     hole: np.ndarray,
@@ -232,37 +277,32 @@ def finish_fill(
     detail: bool,
     blend: str,
     colour: bool = False,
-    system: blending.HoleSystem | None = None,
+    prepared: BoxPreparation | None = None,
 ) -> np.ndarray:
     """The full-resolution fill of one box: float32 [H, W, 3] in [0, 1], equal to the photo
     outside the hole. rgb [H, W, 3] (any pixel dtype), hole bool [H, W], low_filled float
-    [h, w, 3] (the composite at the scale it was filled in); `system`: the hole's
-    `blending.hole_system` for the Poisson blend, if it was factorised beforehand."""
+    [h, w, 3] (the composite at the scale it was filled in); `prepared`: the box's
+    `prepare_box`, if it was made beforehand."""
+    if prepared is None:
+        prepared = prepare_box(rgb, hole, blend=blend, colour=colour)
     photo = to_unit_float(rgb).astype(np.float32)
     fill = upsample(low_filled, hole.shape)
     if detail:
         fill = fill + detail_transfer.transfer_detail(low_filled, photo - fill, hole)
     fill = np.clip(fill, 0.0, 1.0)
-    border_photo, border_hole = photo, hole
-    if colour:
-        border_photo, border_hole = _at_most(photo, hole, COLOUR_MAX_PIXELS)
-    membrane = None
+    shared = colour and _shares_membrane(hole, blend)
     if blend == "poisson":
         # The membrane's system is the blend's: one factorisation for both.
         fill, membrane = blending.poisson_and_membrane(
-            photo, hole, fill, membrane=colour and border_hole is hole, system=system
+            photo, hole, fill, membrane=shared, system=prepared.system
         )
     else:
         fill = BLENDERS[blend](photo, hole, fill)
     if not colour:
         return np.where(hole[..., None], fill, photo)
-    if membrane is None:
-        target = membrane_colour(border_photo, border_hole)
-    else:
-        target = _lab(membrane).mean(axis=0)
+    target = _lab(membrane).mean(axis=0) if shared else prepared.membrane
     fill = colour_limited(fill, hole, target)
-    target = telea_colour(border_photo, border_hole)
-    fill = colour_limited(fill, hole, target, TELEA_TOLERANCE)
+    fill = colour_limited(fill, hole, prepared.telea, TELEA_TOLERANCE)
     return np.where(hole[..., None], fill, photo)
 
 
@@ -325,10 +365,13 @@ class ScaledPlanner:
         else:
             low, low_hole = to_unit_float(rgb).astype(np.float32), hole
         job = dataclasses.replace(self.inner, blend="paste").plan(low, low_hole)
-        system = None
-        if self.blend == "poisson" and 0 < int(hole.sum()) <= blending.POISSON_MAX_PIXELS:
-            # The blend's factorisation depends on the hole alone: made while the network runs.
-            system = _FACTORISING.submit(blending.hole_system, hole.copy())
+        # The blend's factorisation and the colour limit's targets depend on the box's photo
+        # and hole alone: made in threads while the network runs.
+        box_hole = hole.copy()
+        system = _PREPARING.submit(prepare_system, box_hole, self.blend)
+        targets = None
+        if self.colour:
+            targets = _PREPARING.submit(colour_targets, rgb.copy(), box_hole, self.blend)
         tile = self.inner.tile_size
         factors = (-(-low_hole.shape[0] // tile), -(-low_hole.shape[1] // tile))
 
@@ -343,7 +386,9 @@ class ScaledPlanner:
                 detail=self.detail and scale < 1.0,
                 blend=self.blend,
                 colour=self.colour,
-                system=None if system is None else system.result(),
+                prepared=BoxPreparation(
+                    system.result(), *(targets.result() if targets else (None, None))
+                ),
             )
             result = rgb.copy()
             result[hole] = convert_pixels(fill[hole], rgb.dtype)

@@ -53,15 +53,14 @@ from deepgin_jax.inference.planners import _AutoPlanner
 COLOUR_TOLERANCE = 1.0
 TELEA_TOLERANCE = 2.0
 TELEA_RADIUS = 3
-# A hole of more pixels is area-downscaled to this many for the two predictions (the membrane
-# is a sparse solve in the hole's pixels, Telea's fill grows with them; the mean colour barely
-# depends on the scale). Above every hole of the 54-photo benchmark (at most 152,562 pixels).
+# A hole of more pixels is area-downscaled to about this many for Telea's fill (its cost grows
+# with the hole; the mean colour barely depends on the scale), and for the membrane where the
+# Poisson blend does not solve it anyway (one more solve with the blend's factorisation, at full
+# resolution up to `blending.POISSON_MAX_PIXELS`). Above every hole of the 54-photo benchmark
+# (at most 152,562 pixels).
 COLOUR_MAX_PIXELS = 160_000
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right)
-
-# Prepares boxes (`prepare_box`) beside the network: SuperLU and OpenCV release the GIL.
-_PREPARING = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="box")
 
 
 def _grown(bounds: np.ndarray, shape: tuple[int, int], factor: float, min_size: int) -> np.ndarray:
@@ -240,11 +239,6 @@ def _blend_solves(hole: np.ndarray, blend: str) -> bool:
     return blend == "poisson" and 0 < int(hole.sum()) <= blending.POISSON_MAX_PIXELS
 
 
-def _shares_membrane(hole: np.ndarray, blend: str) -> bool:
-    """Whether the membrane is solved with the blend: the same hole (no downscaled copy)."""
-    return _blend_solves(hole, blend) and int(hole.sum()) <= COLOUR_MAX_PIXELS
-
-
 def prepare_system(hole: np.ndarray, blend: str) -> blending.HoleSystem | None:
     """The Poisson blend's `blending.hole_system` for `hole`, or None without a solve."""
     return blending.hole_system(hole) if _blend_solves(hole, blend) else None
@@ -253,12 +247,13 @@ def prepare_system(hole: np.ndarray, blend: str) -> blending.HoleSystem | None:
 def colour_targets(
     rgb: np.ndarray, hole: np.ndarray, blend: str
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """The colour limit's (membrane, Telea) targets from the hole's full-resolution border (a
-    downscaled copy beyond `COLOUR_MAX_PIXELS`); the membrane None where the blend solves it."""
+    """The colour limit's (membrane, Telea) targets from the hole's border: the membrane None
+    where the Poisson blend's system solves it at full resolution; otherwise, and for Telea's
+    fill, from a downscaled copy beyond `COLOUR_MAX_PIXELS`."""
     photo = to_unit_float(rgb).astype(np.float32)
     border_photo, border_hole = _at_most(photo, hole, COLOUR_MAX_PIXELS)
     membrane = None
-    if not _shares_membrane(hole, blend):
+    if not _blend_solves(hole, blend):
         membrane = membrane_colour(border_photo, border_hole)
     return membrane, telea_colour(border_photo, border_hole)
 
@@ -290,7 +285,7 @@ def finish_fill(
     if detail:
         fill = fill + detail_transfer.transfer_detail(low_filled, photo - fill, hole)
     fill = np.clip(fill, 0.0, 1.0)
-    shared = colour and _shares_membrane(hole, blend)
+    shared = colour and _blend_solves(hole, blend)
     if blend == "poisson":
         # The membrane's system is the blend's: one factorisation for both.
         fill, membrane = blending.poisson_and_membrane(
@@ -335,9 +330,14 @@ class ScaledPlanner:
         if max(hole.shape) <= self.max_direct_size:
             return self.inner.plan(rgb, hole)
         parts = []
+        # Each box's blend factorisation and colour targets depend on its photo and hole alone:
+        # made in threads while the network runs (SuperLU and OpenCV release the GIL). The
+        # threads end with their work; `shutdown` does not wait for it.
+        preparing = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="box")
         for (top, left, bottom, right), _ in self.boxes(hole):
             window = (slice(top, bottom), slice(left, right))
-            parts.append((window, self._plan_box(rgb[window], hole[window])))
+            parts.append((window, self._plan_box(rgb[window], hole[window], preparing)))
+        preparing.shutdown(wait=False)
         items = [item for _, (job, _) in parts for item in job.items]
 
         def finish() -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +348,9 @@ class ScaledPlanner:
 
         return _Job(items, finish)
 
-    def _plan_box(self, rgb: np.ndarray, hole: np.ndarray) -> tuple[_Job, Callable]:
+    def _plan_box(
+        self, rgb: np.ndarray, hole: np.ndarray, preparing: concurrent.futures.Executor
+    ) -> tuple[_Job, Callable]:
         """(inner job, finish() -> the box's result in rgb's dtype). A box that fits the
         network runs at its own size (the inner planner enlarges it by its `upscale`); a larger
         one is downscaled to `work_size` and filled in one pass, or, for a hole that this would
@@ -365,13 +367,11 @@ class ScaledPlanner:
         else:
             low, low_hole = to_unit_float(rgb).astype(np.float32), hole
         job = dataclasses.replace(self.inner, blend="paste").plan(low, low_hole)
-        # The blend's factorisation and the colour limit's targets depend on the box's photo
-        # and hole alone: made in threads while the network runs.
         box_hole = hole.copy()
-        system = _PREPARING.submit(prepare_system, box_hole, self.blend)
+        system = preparing.submit(prepare_system, box_hole, self.blend)
         targets = None
         if self.colour:
-            targets = _PREPARING.submit(colour_targets, rgb.copy(), box_hole, self.blend)
+            targets = preparing.submit(colour_targets, rgb.copy(), box_hole, self.blend)
         tile = self.inner.tile_size
         factors = (-(-low_hole.shape[0] // tile), -(-low_hole.shape[1] // tile))
 

@@ -276,6 +276,29 @@ def test_detail_transfer_brings_the_matching_texture_into_the_hole():
     assert filled[True][left].std() > 2.0 * filled[False][left].std()
 
 
+def test_detail_for_strokes_is_taken_above_the_subimage_scale():
+    """A polyphase fill at the box's own size is smooth at the sub-images' scale: measured
+    against the composite itself the known region has no detail to give, measured against
+    the composite at the sub-images' scale (`smooth_factors`) it has."""
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur(rng.standard_normal((128, 128, 3)).astype(np.float32), (0, 0), 1.0)
+    photo = np.clip(0.5 + 0.1 / noise.std() * noise, 0.0, 1.0)
+    hole = np.zeros((128, 128), bool)
+    hole[60:66, 8:120] = True
+    smooth = cv2.GaussianBlur(photo, (0, 0), 3.0)
+    low_filled = np.where(hole[..., None], smooth, photo)
+    added = {
+        factors: np.abs(
+            scaled_fill.finish_fill(
+                photo, hole, low_filled, detail=True, blend="paste", smooth_factors=factors
+            )
+            - low_filled
+        )[hole].mean()
+        for factors in ((1, 1), (2, 2))
+    }
+    assert added[(1, 1)] < 1e-3 and added[(2, 2)] > 0.01, added
+
+
 def test_detail_transfer_leaves_no_lattice_pattern():
     """A smooth fill makes every hole cell draw the same known patches; pasted on a fixed
     lattice they repeat at the cell's period, so the hole's polyphase phase means (periods

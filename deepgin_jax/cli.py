@@ -159,8 +159,8 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
         "detail",
         False,
         "--strategy auto/scaled: bring the known region's full-resolution texture into a fill "
-        "made at low resolution (contextual residual aggregation): lower LPIPS, a slight "
-        "phase-mean spread.",
+        "made at low resolution (contextual residual aggregation, without a grid): lower "
+        "LPIPS for a few hundredths of a dB of hole PSNR.",
         **fv,
     )
     define_hyphenated_aliases(flag_values, ["max_batch"])

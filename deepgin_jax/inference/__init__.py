@@ -32,7 +32,8 @@ Strategies ("auto" mode): how a photo larger than `max_direct_size` reaches the 
   (bicubic), meets the photo by `blend` and, with `colour_match` (on), keeps its mean CIELAB
   colour within 1 of a membrane interpolation of the hole's border and within 2 of OpenCV
   Telea's fill. `detail=True` adds the known region's full-resolution texture (`detail`,
-  contextual residual aggregation): lower LPIPS, a slight phase-mean spread, so off by default.
+  contextual residual aggregation, no lattice): lower LPIPS; off by default, since it raises
+  the raw phase-mean spread of some holes (a shading, not a grid).
 * "polyphase" (the reference's sub-images; IOPaint's "crop" HD strategy): "crop" when the
   holes' box covers at most `crop_max_fraction` (half) of the photo, else "whole". "crop" runs
   the network on `crop_box` alone (the holes' bounding box grown `crop_factor` (2) times and

@@ -15,7 +15,8 @@ For a photo larger than the network's input (`max_direct_size`, 256 for the ship
    goes instead through the polyphase sub-images of the box's own pixels, and the grid their
    independent fills leave is removed (`inference.strokes`).
 3. The low-resolution composite is upsampled (bicubic) to the box's size; optionally the known
-   region's full-resolution detail is brought into the hole (`inference.detail`); the hole's
+   region's full-resolution detail is brought into the hole (`inference.detail`; for strokes,
+   the detail above the sub-images' scale, at which their fill is smooth); the hole's
    pixels then meet the photo by the `blend` setting (`blending.BLENDERS`, as every planner),
    and with `colour` the fill's mean CIELAB colour is kept within `COLOUR_TOLERANCE` of a
    membrane interpolation of the hole's full-resolution border and within `TELEA_TOLERANCE`
@@ -272,18 +273,27 @@ def finish_fill(
     detail: bool,
     blend: str,
     colour: bool = False,
+    smooth_factors: tuple[int, int] = (1, 1),
     prepared: BoxPreparation | None = None,
 ) -> np.ndarray:
     """The full-resolution fill of one box: float32 [H, W, 3] in [0, 1], equal to the photo
     outside the hole. rgb [H, W, 3] (any pixel dtype), hole bool [H, W], low_filled float
-    [h, w, 3] (the composite at the scale it was filled in); `prepared`: the box's
+    [h, w, 3] (the composite at the scale it was filled in). `smooth_factors` (Fh, Fw): the
+    fill is smooth only at 1/Fh x 1/Fw of low_filled's scale (a polyphase fill of Fh x Fw
+    sub-images), which sets the scale the detail is taken above. `prepared`: the box's
     `prepare_box`, if it was made beforehand."""
     if prepared is None:
         prepared = prepare_box(rgb, hole, blend=blend, colour=colour)
     photo = to_unit_float(rgb).astype(np.float32)
     fill = upsample(low_filled, hole.shape)
     if detail:
-        fill = fill + detail_transfer.transfer_detail(low_filled, photo - fill, hole)
+        coarse = low_filled
+        if smooth_factors != (1, 1):
+            fh, fw = smooth_factors
+            size = (max(1, low_filled.shape[1] // fw), max(1, low_filled.shape[0] // fh))
+            coarse = cv2.resize(low_filled.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        smooth = upsample(coarse, hole.shape)
+        fill = fill + detail_transfer.transfer_detail(coarse, photo - smooth, hole)
     fill = np.clip(fill, 0.0, 1.0)
     shared = colour and _blend_solves(hole, blend)
     if blend == "poisson":
@@ -383,7 +393,8 @@ class ScaledPlanner:
                 rgb,
                 hole,
                 low_filled,
-                detail=self.detail and scale < 1.0,
+                detail=self.detail and (scale < 1.0 or factors != (1, 1)),
+                smooth_factors=factors if thin else (1, 1),
                 blend=self.blend,
                 colour=self.colour,
                 prepared=BoxPreparation(

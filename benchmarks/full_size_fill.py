@@ -165,7 +165,7 @@ def methods(names: Sequence[str]) -> dict[str, object]:
         "polyphase": lambda: Inpainter(strategy="polyphase"),
         "scaled:one-pass": lambda: _without_strokes_path(Inpainter(strategy="scaled")),
         "scaled": lambda: Inpainter(strategy="scaled"),
-        "scaled+detail": lambda: Inpainter(strategy="scaled", detail=True),
+        "scaled:no-detail": lambda: Inpainter(strategy="scaled", detail=False),
         "scaled:no-colour": lambda: Inpainter(strategy="scaled", colour_match=False),
         "scaled:factor-2": lambda: Inpainter(strategy="scaled", crop_factor=2.0),
         "scaled:128": lambda: Inpainter(strategy="scaled", scaled_size=128),
@@ -315,7 +315,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("seed", 0, "Seed of the holes.")
     flags.DEFINE_list(
         "methods",
-        ["telea", "polyphase", "scaled", "scaled+detail", "scaled:no-colour"],
+        ["telea", "polyphase", "scaled", "scaled:no-detail", "scaled:no-colour"],
         "Methods to compare (comma-separated, from `methods`).",
     )
     flags.DEFINE_list("kinds", ["object", "strokes"], "Hole kinds to run (object, strokes).")

@@ -157,10 +157,11 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
     )
     flags.DEFINE_bool(
         "detail",
-        False,
+        None,
         "--strategy auto/scaled: bring the known region's full-resolution texture into a fill "
         "made at low resolution (contextual residual aggregation, without a grid): lower "
-        "LPIPS for a few hundredths of a dB of hole PSNR.",
+        "LPIPS for a few hundredths of a dB of hole PSNR. Default: on with those strategies; "
+        "--nodetail keeps the smooth fill.",
         **fv,
     )
     define_hyphenated_aliases(flag_values, ["max_batch"])

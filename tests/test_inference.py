@@ -905,7 +905,7 @@ def test_one_frozen_options_object_with_one_check_for_every_caller():
     polyphase = r"strategy='polyphase' \(CLI: --strategy polyphase\) cannot apply in reference"
     with pytest.raises(ValueError, match=polyphase):
         inference.check_options(dataclasses.replace(reference, strategy="polyphase"))
-    detail = r"detail=True \(CLI: --detail\) cannot apply with strategy='crop'"
+    detail = r"detail=True \(CLI: --\[no\]detail\) cannot apply with strategy='crop'"
     with pytest.raises(ValueError, match=detail):
         inference.check_options(inference.InpaintOptions(strategy="crop", detail=True))
     with pytest.raises(ValueError, match="scaled_size=128 cannot apply with reference mode"):

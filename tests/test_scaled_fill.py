@@ -80,7 +80,9 @@ def test_scaled_strategy_runs_each_hole_once_at_the_network_size():
     hole[60:110, 40:100] = True
     hole[150:170, 240:270] = True  # far from the first: a box of its own
     network = RecordingNetwork(known_mean_network)
-    inpainter = Inpainter.from_function(network, tile_size=64, max_batch=4, colour_match=False)
+    inpainter = Inpainter.from_function(
+        network, tile_size=64, max_batch=4, colour_match=False, detail=False
+    )
     assert inpainter.strategy == "auto"
     out = inpainter.inpaint(image, hole)
     np.testing.assert_array_equal(out[~hole], image[~hole])
@@ -187,7 +189,9 @@ def test_thin_strokes_go_through_subimages_of_real_pixels_without_grid(monkeypat
     inputs, grids = {}, {}
     for path, degrid in ((True, True), (True, False), (False, True)):
         network = RecordingNetwork(PhaseOffsetNetwork())
-        inpainter = Inpainter.from_function(network, tile_size=64, max_batch=1, colour_match=False)
+        inpainter = Inpainter.from_function(
+            network, tile_size=64, max_batch=1, colour_match=False, detail=False
+        )
         inpainter._planner = dataclasses.replace(inpainter._planner, strokes=path)
         with monkeypatch.context() as patch:
             if not degrid:
@@ -421,14 +425,21 @@ def test_detail_flag_reaches_the_inpainter_options_and_needs_the_scaled_strategy
 
     from deepgin_jax import cli, inpaint
 
-    for argv, expected in (([], False), (["--detail"], True)):
+    for argv, given, resolved in (
+        ([], None, True),
+        (["--detail"], True, True),
+        (["--nodetail"], False, False),
+    ):
         flag_values = flags.FlagValues()
         inpaint.define_flags(flag_values)
         flag_values(["inpaint", "--image=x", "--output=y", *argv])
-        assert cli.inpainter_options(flag_values)["options"].detail is expected
+        options = cli.inpainter_options(flag_values)["options"]
+        assert options.detail is given
+        assert options.resolved().detail is resolved  # on by default with "scaled"
         assert cli.inpainter_flags_problem(flag_values) is None
+    assert inference.InpaintOptions(strategy="polyphase").resolved().detail is None
     flag_values = flags.FlagValues()
     inpaint.define_flags(flag_values)
     flag_values(["inpaint", "--image=x", "--output=y", "--detail", "--strategy=polyphase"])
     problem = cli.inpainter_flags_problem(flag_values)
-    assert problem is not None and "--detail" in problem and "'polyphase'" in problem
+    assert problem is not None and "--[no]detail" in problem and "'polyphase'" in problem

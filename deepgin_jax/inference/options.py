@@ -61,8 +61,8 @@ class InpaintOptions:
     "scaled", 2 for "crop"), crop_min_size (None = max_direct_size / 2 for "scaled", tile_size
     for "crop"), crop_max_fraction ("polyphase"): the boxes around the holes. upscale ("auto"
     mode; >= 1, 1 = off) and blend ("auto" mode; "paste" or "poisson"): None = the network's
-    `recommended` setting, else `PLAIN_SETTINGS`. "scaled" only: detail (add the known
-    region's full-resolution texture, `detail`), colour_match (None = on: keep the fill's mean
+    `recommended` setting, else `PLAIN_SETTINGS`. "scaled" only: detail (None = on: add the
+    known region's full-resolution texture, `detail`), colour_match (None = on: keep the fill's mean
     colour within 1 CIELAB unit of a membrane interpolation of the hole's border and within 2
     of OpenCV Telea's fill), scaled_size (the long side a large box is downscaled to; None =
     max_direct_size). buckets: the square input
@@ -82,7 +82,7 @@ class InpaintOptions:
     crop_max_fraction: float = CROP_MAX_FRACTION
     upscale: float | None = None
     blend: str | None = None
-    detail: bool = False
+    detail: bool | None = None
     colour_match: bool | None = None
     scaled_size: int | None = None
     buckets: tuple[int, ...] | None = None
@@ -122,7 +122,7 @@ class InpaintOptions:
             crop_min_size=min_size,
             upscale=float(settings["upscale"] if self.upscale is None else self.upscale),
             blend=settings["blend"] if self.blend is None else self.blend,
-            detail=bool(self.detail),
+            detail=_scaled_default(scaled, self.detail, True),
             colour_match=_scaled_default(scaled, self.colour_match, True),
             scaled_size=_scaled_default(scaled, self.scaled_size, direct, limit=direct),
             buckets=sides,
@@ -237,7 +237,7 @@ def _scaled_problem(options: InpaintOptions) -> str | None:
     given = [
         (name, flag)
         for name, flag, unset in (
-            ("detail", " (CLI: --detail)", False),
+            ("detail", " (CLI: --[no]detail)", None),
             ("colour_match", "", None),
             ("scaled_size", "", None),
         )

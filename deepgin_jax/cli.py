@@ -96,8 +96,9 @@ def define_compilation_cache_flag(flag_values: flags.FlagValues) -> None:
 
 
 def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
-    """`--max_batch`, `--dtype`, `--mode`, `--strategy`, `--ensemble`, `--upscale`, `--blend` and
-    `--detail`: how an `Inpainter` runs the generator (read them back with `inpainter_options`)."""
+    """`--max_batch`, `--dtype`, `--mode`, `--strategy`, `--ensemble`, `--upscale`, `--blend`
+    and `--[no]detail`: how an `Inpainter` runs the generator (read them back with
+    `inpainter_options`)."""
     # Imported here: the commands without a generator (masks, converters) start without JAX.
     from deepgin_jax.inference import BLENDS, MODES, STRATEGIES
 

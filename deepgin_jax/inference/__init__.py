@@ -31,9 +31,8 @@ Strategies ("auto" mode): how a photo larger than `max_direct_size` reaches the 
   polyphase sub-images of the box's own pixels, de-gridded (`strokes`); the fill is upsampled
   (bicubic), meets the photo by `blend` and, with `colour_match` (on), keeps its mean CIELAB
   colour within 1 of a membrane interpolation of the hole's border and within 2 of OpenCV
-  Telea's fill. `detail=True` adds the known region's full-resolution texture (`detail`,
-  contextual residual aggregation, no lattice): lower LPIPS; off by default, since it raises
-  the raw phase-mean spread of some holes (a shading, not a grid).
+  Telea's fill; `detail` (on) adds the known region's full-resolution texture (`detail`,
+  contextual residual aggregation, no lattice): lower LPIPS for a few hundredths of a dB.
 * "polyphase" (the reference's sub-images; IOPaint's "crop" HD strategy): "crop" when the
   holes' box covers at most `crop_max_fraction` (half) of the photo, else "whole". "crop" runs
   the network on `crop_box` alone (the holes' bounding box grown `crop_factor` (2) times and

@@ -523,47 +523,6 @@ def test_resume_checks_the_saved_config_and_drops_later_metric_records(smoke_run
     assert losses_by_step(workdir)[4]["g_loss"] == first[4]["g_loss"]
 
 
-SHARDED_CHECK = """
-import functools, json, jax, numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from deepgin_jax import config as config_lib, train_state, train_steps
-from deepgin_jax.data import pipeline
-config = config_lib.apply_variant(config_lib.default_config(), "smoke")
-config.data.items_per_batch = 4
-setup = train_state.build_setup(config)
-batch = next(pipeline.create_train_iterator(config.data))
-init = functools.partial(train_state.init_train_state, setup, crop_size=64)
-state = jax.jit(init)(jax.random.key(0))
-results = []
-for n in (1, 4):
-    mesh = Mesh(np.array(jax.devices()[:n]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    rep, bat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    gan_step = functools.partial(train_steps.gan_step, setup=setup, stage_start=0, clip_norm=3.0,
-                                 clip_includes_discriminator=True)
-    step = jax.jit(gan_step, in_shardings=(rep, bat, rep), out_shardings=(rep, rep))
-    sharded = {k: jax.device_put(v, bat) for k, v in batch.items()}
-    results.append(jax.device_get(step(jax.device_put(state, rep), sharded, None)))
-(one, m1), (four, m4) = results
-assert jax.device_count() == 4
-
-
-def relative_difference(a, b):
-    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
-    return float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(a)))
-
-
-# Adam's first moment after one step is (1 - b1) * gradient: it compares the gradients.
-report = {
-    "g_grad": relative_difference(one.g_opt_state[0].mu, four.g_opt_state[0].mu),
-    "d_grad": relative_difference(one.d_opt_state[0].mu, four.d_opt_state[0].mu),
-    "spectral": relative_difference(one.d_spectral, four.d_spectral),
-    **{k: abs(float(m1[k]) - float(m4[k])) / abs(float(m1[k]))
-       for k in ("g_loss", "d_loss", "g_grad_norm", "d_grad_norm")},
-}
-print("REPORT", json.dumps(report))
-"""
-
-
 def run_on_fake_devices(script: str, devices: int) -> dict:
     """Runs `script` in a process with `devices` CPU devices; returns its `REPORT` JSON line."""
     env = {
@@ -583,14 +542,6 @@ def run_on_fake_devices(script: str, devices: int) -> dict:
     return json.loads(line.removeprefix("REPORT"))
 
 
-def test_step_on_four_devices_equals_the_one_device_step():
-    report = run_on_fake_devices(SHARDED_CHECK, 4)
-    # Reductions run in another order on 4 devices: float32 round-off, far from the factor of
-    # 4 that a gradient summed instead of averaged over devices would show.
-    assert max(report[k] for k in ("g_grad", "d_grad", "spectral")) < 1e-4, report
-    assert max(report[k] for k in ("g_loss", "d_loss", "g_grad_norm", "d_grad_norm")) < 1e-5, report
-
-
 def free_slurm_job_id() -> str:
     """A job id whose coordinator port (JAX: 61440 + id % 4096) is free on this machine. Each
     xdist worker searches from its own place, so that two tests that start at the same moment
@@ -607,8 +558,12 @@ def free_slurm_job_id() -> str:
     raise RuntimeError("no free port in 61440-65535")
 
 
-def test_slurm_launcher_trains_two_processes_through_jax_distributed(tmp_path):
-    """launch/slurm.sbatch with a stand-in srun: two processes form one JAX job (CPU, gloo)."""
+def test_slurm_launcher_trains_two_processes_and_sigterm_to_one_stops_both_at_one_checkpoint(
+    tmp_path,
+):
+    """launch/slurm.sbatch with a stand-in srun: two processes form one JAX job (CPU, gloo).
+    Saving is collective: a signal that reaches one process of the job must stop every process
+    after the same step, with one checkpoint written by all of them."""
     env = {
         **os.environ,
         "PATH": f"{REPO / 'tests' / 'scripts'}:{os.environ['PATH']}",
@@ -626,75 +581,39 @@ def test_slurm_launcher_trains_two_processes_through_jax_distributed(tmp_path):
         "configs/ade20k.py:smoke",
         str(workdir),
         "--config.warmup_steps=1",
-        "--config.gan_steps=1",
-        "--config.sample_every_steps=10",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    logs = [(tmp_path / f"task{i}.log").read_text() for i in range(2)]
-    assert result.returncode == 0, "\n".join(log[-2000:] for log in logs)
-    assert "JAX process 0/2" in logs[0] and "JAX process 1/2" in logs[1]
-    meta = checkpointing.read_meta(workdir)
-    assert meta["step"] == 2 and meta["stage"] == "gan"
-    records = losses_by_step(workdir)
-    assert [records[s]["stage"] for s in (1, 2)] == ["warmup", "gan"]
-    _, variables = checkpointing.load_generator(workdir)
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables["params"]))
-
-
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_checkpoint(tmp_path):
-    """Saving is collective: a signal that reaches one process of a jax.distributed job must
-    stop every process after the same step, with one checkpoint written by all of them."""
-    workdir, job_id = tmp_path / "run", free_slurm_job_id()
-    command = [
-        sys.executable,
-        "-m",
-        "deepgin_jax.train",
-        "--distributed=on",
-        "--config=configs/ade20k.py:smoke",
-        f"--workdir={workdir}",
-        "--config.warmup_steps=1",
         "--config.gan_steps=500",
         "--config.checkpoint_every_steps=0",
         "--config.sample_every_steps=0",
     ]
-    processes, logs = [], [tmp_path / f"task{i}.log" for i in range(2)]
-    for rank, log in enumerate(logs):
-        # The variables SLURM gives each task (as tests/scripts/srun): two tasks, one JAX job.
-        env = {
-            **os.environ,
-            "SLURM_JOB_ID": job_id,
-            "SLURM_NTASKS": "2",
-            "SLURM_PROCID": str(rank),
-            "SLURM_LOCALID": "0",
-            "SLURM_STEP_NODELIST": "localhost",
-            "SLURM_STEP_NUM_NODES": "2",
-            "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-        }
-        with open(log, "w") as output:
-            processes.append(
-                subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
-            )
+    logs = [tmp_path / f"task{i}.log" for i in range(2)]
+    launcher = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while not any(s >= 3 for s in logged_steps(workdir)):
-            assert all(p.poll() is None for p in processes), read_logs(logs)
+            assert launcher.poll() is None, read_logs(logs)
             assert time.monotonic() < deadline, "no third step within 10 minutes"
             time.sleep(0.1)
-        processes[1].send_signal(signal.SIGTERM)  # process 1 only; process 0 writes the logs
-        for process in processes:
-            process.wait(timeout=300)
+        # Task 1 only (the stand-in srun wrote its process id); process 0 writes the logs.
+        os.kill(int((tmp_path / "task1.pid").read_text()), signal.SIGTERM)
+        launcher.wait(timeout=300)
     except subprocess.TimeoutExpired:
         pytest.fail(f"a process did not exit after the SIGTERM:\n{read_logs(logs)}")
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert [p.returncode for p in processes] == [0, 0], read_logs(logs)
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert launcher.returncode == 0, read_logs(logs)
+    texts = [log.read_text() for log in logs]
+    assert "JAX process 0/2" in texts[0] and "JAX process 1/2" in texts[1]
     saved = {int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()}
     stopped = max(saved)
     assert saved == {1, stopped} and 3 < stopped < 501, saved  # the warm-up's end, the stop
-    texts = [log.read_text() for log in logs]
     assert "SIGTERM received" in texts[1] and "SIGTERM received" not in texts[0]
     assert "another process received a stop signal" in texts[0]
     for text in texts:
@@ -702,6 +621,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_checkpoint(tmp_path):
     meta = checkpointing.read_meta(workdir)
     assert meta["step"] == stopped and meta["stage"] == "gan"
     assert max(logged_steps(workdir)) == stopped
+    records = losses_by_step(workdir)
+    assert [records[s]["stage"] for s in (1, 2)] == ["warmup", "gan"]
     _, variables = checkpointing.load_generator(workdir)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables["params"]))
 

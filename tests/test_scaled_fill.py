@@ -274,6 +274,31 @@ def test_the_colour_limits_predictions_need_only_the_holes_surroundings():
     assert np.abs(shared - photo)[hole].max() > 0.01  # the fill is in the hole
 
 
+def test_a_hole_beyond_the_telea_bound_still_gets_one_factorisation(monkeypatch):
+    """Beyond `COLOUR_MAX_PIXELS` only Telea's fill is downscaled: the membrane is still the
+    blend's own, at full resolution, from the one factorisation."""
+    rng = np.random.default_rng(4)
+    photo = cv2.GaussianBlur(rng.random((90, 120, 3)).astype(np.float32), (0, 0), 3)
+    hole = np.zeros((90, 120), bool)
+    hole[30:55, 40:75] = True
+    fill = photo + np.float32(0.2) * hole[..., None]  # a cast for the limit to pull back
+    monkeypatch.setattr(scaled_fill, "COLOUR_MAX_PIXELS", int(hole.sum()) // 4)
+    factorised = []
+    factorise = blending.hole_system
+    monkeypatch.setattr(
+        blending, "hole_system", lambda h: factorised.append(h.sum()) or factorise(h)
+    )
+    out = scaled_fill.finish_fill(photo, hole, fill, detail=False, blend="poisson", colour=True)
+    assert factorised == [hole.sum()]
+    blended, membrane = blending.poisson_and_membrane(photo, hole, fill)
+    small_photo, small_hole = scaled_fill._at_most(photo, hole, scaled_fill.COLOUR_MAX_PIXELS)
+    assert small_hole.sum() < hole.sum()  # Telea's fill is made on the smaller copy
+    expected = scaled_fill.colour_limited(blended, hole, scaled_fill._lab(membrane).mean(axis=0))
+    telea = scaled_fill.telea_colour(small_photo, small_hole)
+    expected = scaled_fill.colour_limited(expected, hole, telea, scaled_fill.TELEA_TOLERANCE)
+    np.testing.assert_allclose(out, np.where(hole[..., None], expected, photo), atol=1e-6)
+
+
 def stripes(height: int, width: int) -> np.ndarray:
     """Vertical stripes of period 2 (0.3, 0.7) on a smooth ramp: float32 [H, W, 3]."""
     ramp = np.linspace(0.0, 0.1, width, dtype=np.float32)[None, :, None]

@@ -1,19 +1,28 @@
 """How long a new hole takes once the inpainter is warm: the editor's case.
 
-    python -m benchmarks.new_holes --photo PHOTO --holes 4 --strategies scaled,polyphase
+    python -m benchmarks.new_holes --photo PHOTO --holes 4 --strategies scaled,polyphase \
+        [--against OLD_CHECKOUT]
 
 The photo is resized to `--size` (2560x1600 by default). Each strategy gets its own
 `Inpainter` (the shipped model, `max_batch` 4 as the editor builds it), `warm_up()`, then
 `--holes` seeded object holes (ellipses and boxes of 3-8 % of the photo) that it has never
 seen; per hole it prints the wall and CPU seconds and how many executables were compiled
-(`inference.forward_cache_size()`; 0 is the goal).
+(`inference.forward_cache_size()`; 0 is the goal). With `--against`, the same run is made by
+that checkout and by this one in turns, each in its own process, into one table whose
+`checkout` column says which ("before", "this").
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from absl import app, flags
@@ -29,6 +38,10 @@ flags.DEFINE_list("size", ["2560", "1600"], "Width, height it is resized to.")
 flags.DEFINE_integer("holes", 4, "New holes per strategy.")
 flags.DEFINE_list("strategies", ["scaled", "polyphase"], "Inpainter strategies, side by side.")
 flags.DEFINE_string("out", "benchmarks/results", "Where to write the table.")
+flags.DEFINE_string("against", None, "Another checkout, run in turns with this one.")
+
+HERE = Path(__file__).resolve().parent.parent
+COLUMNS = ["strategy", "case", "hole_percent", "wall_s", "cpu_s", "compiled"]
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -37,8 +50,32 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def _rows_of(checkout: Path, folder: Path) -> list[dict]:
+    """This benchmark's rows, run by `checkout`'s code in a process of its own."""
+    command = [
+        sys.executable, "-m", "benchmarks.new_holes", f"--photo={Path(FLAGS.photo).resolve()}",
+        f"--size={','.join(FLAGS.size)}", f"--holes={FLAGS.holes}",
+        f"--strategies={','.join(FLAGS.strategies)}", f"--out={folder}",
+    ]  # fmt: skip
+    environment = dict(os.environ, PYTHONPATH=str(checkout))
+    subprocess.run(command, env=environment, check=True, capture_output=True, cwd=checkout)
+    (table,) = folder.glob("*/new_holes.json")
+    return json.loads(table.read_text())["rows"]
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
+    if FLAGS.against:
+        checkouts = {"before": Path(FLAGS.against).resolve(), "this": HERE}
+        rows = []
+        with tempfile.TemporaryDirectory() as folder:
+            for label, checkout in checkouts.items():
+                rows += [
+                    {"checkout": label, **row} for row in _rows_of(checkout, Path(folder) / label)
+                ]
+        table = common.write_results("new_holes", rows, ["checkout", *COLUMNS], FLAGS.out)
+        print(table.read_text())
+        return
     compile_cache.enable()
     width, height = (int(v) for v in FLAGS.size)
     photo = np.asarray(Image.open(FLAGS.photo).convert("RGB").resize((width, height)))
@@ -61,8 +98,7 @@ def main(argv: Sequence[str]) -> None:
                  "hole_percent": 100 * float(hole.mean()), "wall_s": wall, "cpu_s": cpu,
                  "compiled": forward_cache_size() - before}
             )  # fmt: skip
-    columns = ["strategy", "case", "hole_percent", "wall_s", "cpu_s", "compiled"]
-    print(common.write_results("new_holes", rows, columns, FLAGS.out).read_text())
+    print(common.write_results("new_holes", rows, COLUMNS, FLAGS.out).read_text())
 
 
 if __name__ == "__main__":

@@ -383,17 +383,20 @@ def test_new_holes_benchmark_compiles_nothing_after_warm_up(tmp_path):
     Image.fromarray(rng.integers(0, 256, (90, 120, 3), np.uint8)).save(tmp_path / "photo.png")
     argv = [
         sys.executable, "-m", "benchmarks.new_holes", f"--photo={tmp_path / 'photo.png'}",
-        "--size=400,300", "--holes=2", f"--out={tmp_path}",
+        "--size=400,300", "--holes=2", f"--out={tmp_path}", f"--against={REPO}",
     ]  # fmt: skip
     env = {**os.environ, shipped.ENV_VAR: str(tiny_shipped())}
     subprocess.run(argv, check=True, cwd=REPO, capture_output=True, text=True, env=env)
     (table,) = tmp_path.glob("*/new_holes.json")
     rows = json.loads(table.read_text())["rows"]
-    assert [(r["strategy"], r["case"][:6]) for r in rows] == [
-        (strategy, case)
+    # --against: the other checkout's run, then this one's, in one table.
+    assert [(r["checkout"], r["strategy"], r["case"][:6]) for r in rows] == [
+        (checkout, strategy, case)
+        for checkout in ("before", "this")
         for strategy in ("scaled", "polyphase")
         for case in ("warm_u", "hole 0", "hole 1")
     ]
+    rows = [r for r in rows if r["checkout"] == "this"]
     holes = [r for r in rows if r["case"].startswith("hole")]
     assert all(3 <= r["hole_percent"] <= 8.5 and r["wall_s"] > 0 for r in holes), holes
     assert [r["compiled"] for r in holes] == [0, 0, 0, 0]

@@ -14,6 +14,15 @@ the hole instead of showing as a seam. Per channel it is one sparse symmetric li
 the hole's pixels (a 5-point Laplacian), factorised once for the three channels. Known pixels are
 never changed.
 
+A hole of up to `TWO_LEVEL_MIN_PIXELS` pixels is solved exactly (SuperLU). A larger one, whose
+LU grows faster than the hole (1.2 s for a 500x400 ellipse, 2.2 s for 640x500), is solved in
+two levels: the solution minus the fill is harmonic, so smooth away from the border. It is
+solved on a grid `COARSE_STEP` times coarser, bilinearly interpolated (the coarse system is the
+fine one's Galerkin projection, so no boundary is moved), and then solved exactly, at full
+resolution, in the band of hole pixels within `BAND_WIDTH` of the border, taking the coarse
+solution at the band's inner edge. One more such correction of the residual follows. On a
+500x400 ellipse: 0.2 s instead of 1.2 s, within 0.09 of a 0-255 level of the exact solution.
+
 `BLENDERS` names the ways a fill can meet the photo (the `blend` option of `Inpainter`): each
 takes (image [H, W, 3] in its own dtype, hole bool [H, W], fill float [H, W, 3] in [0, 1]) and
 returns the float32 fill to paste into the hole. "paste" is the fill as it is; "poisson" is
@@ -26,6 +35,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
@@ -42,6 +52,13 @@ POISSON_MAX_PIXELS = 1_000_000
 _ANCHOR = 1e-6
 
 _NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+
+# The two-level solve (module docstring): holes above this many pixels; the coarse grid's step
+# and the exactly solved band's width, in pixels; the corrections after the first pass.
+TWO_LEVEL_MIN_PIXELS = 50_000
+COARSE_STEP = 3
+BAND_WIDTH = 16
+CORRECTIONS = 1
 
 
 def poisson_blend(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -78,13 +95,13 @@ class HoleSystem:
     # Per neighbour direction: (hole pixels with that neighbour in the hole, the neighbour's
     # index; hole pixels with a known neighbour there, its row and column).
     neighbours: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]
-    factors: Any  # scipy.sparse.linalg.SuperLU
+    solver: _DirectSolver | _TwoLevelSolver
 
     def solve(self, problems: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """`_hole_solution(image, hole, fill)` for each (image, fill) of `problems`: float64
         [count, C] each, from this one factorisation."""
         count = self.rows.size
-        columns = []
+        columns, guides = [], []
         for image, fill in problems:
             guide = fill[self.rows, self.cols].astype(np.float64)
             rhs = _ANCHOR * guide
@@ -92,14 +109,115 @@ class HoleSystem:
                 rhs[p_hole] += guide[p_hole] - guide[q_hole]
                 rhs[p_known] += image[known_rows, known_cols].astype(np.float64)
             columns.append(rhs.reshape(count, -1))
-        solved = self.factors.solve(np.concatenate(columns, axis=1))
+            guides.append(guide.reshape(count, -1))
+        solved = self.solver.solve(np.concatenate(columns, axis=1), np.concatenate(guides, axis=1))
         return np.split(solved, np.cumsum([c.shape[1] for c in columns])[:-1], axis=1)
 
 
+def _factorised(matrix: scipy.sparse.spmatrix) -> Any:
+    """SuperLU of a symmetric, diagonally dominant matrix: no pivoting, and an ordering of
+    A + A^T's graph (0.85 s against 1.0 s with the defaults for a 640x320 hole, 2 CPU cores)."""
+    return scipy.sparse.linalg.splu(
+        scipy.sparse.csc_matrix(matrix),
+        permc_spec="MMD_AT_PLUS_A",
+        diag_pivot_thresh=0.0,
+        options={"SymmetricMode": True},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _DirectSolver:
+    """The exact solve: the matrix's LU."""
+
+    factors: Any  # scipy.sparse.linalg.SuperLU
+
+    def solve(self, rhs: np.ndarray, guess: np.ndarray) -> np.ndarray:
+        del guess
+        return self.factors.solve(rhs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TwoLevelSolver:
+    """The two-level solve of a large hole (module docstring)."""
+
+    matrix: scipy.sparse.csr_matrix
+    prolongation: scipy.sparse.csr_matrix  # bilinear: coarse nodes -> hole pixels
+    restriction: scipy.sparse.csr_matrix  # its transpose
+    coarse: Any  # SuperLU of restriction @ matrix @ prolongation
+    band: np.ndarray  # the indices of the hole pixels solved exactly
+    inner: np.ndarray  # and of the others
+    band_factors: Any  # SuperLU of the band's block of `matrix`
+    band_coupling: scipy.sparse.csr_matrix  # the band's rows, the other pixels' columns
+
+    def solve(self, rhs: np.ndarray, guess: np.ndarray) -> np.ndarray:
+        """The solution near `guess` (the fill, whose difference from the solution is smooth
+        away from the border)."""
+        target = rhs - self.matrix @ guess  # what the correction solves
+        correction = np.zeros_like(guess)
+        residual = target
+        for correcting in range(1 + CORRECTIONS):
+            if correcting:
+                residual = target - self.matrix @ correction
+            correction += self.prolongation @ self.coarse.solve(self.restriction @ residual)
+            correction[self.band] = self.band_factors.solve(
+                target[self.band] - self.band_coupling @ correction[self.inner]
+            )
+        return guess + correction
+
+
+def _bilinear_prolongation(
+    rows: np.ndarray, cols: np.ndarray, step: int
+) -> scipy.sparse.csr_matrix:
+    """[count, nodes]: each pixel (rows, cols) as the bilinear interpolation of the nodes of a
+    grid of spacing `step` around it (only the nodes some pixel reads)."""
+    y, x = rows / step, cols / step
+    top, left = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
+    down, right = y - top, x - left
+    node_cols = int(left.max()) + 2
+    count = rows.size
+    pixels, nodes, weights = [], [], []
+    for dy, dx, weight in (
+        (0, 0, (1 - down) * (1 - right)),
+        (1, 0, down * (1 - right)),
+        (0, 1, (1 - down) * right),
+        (1, 1, down * right),
+    ):
+        used = weight > 0
+        pixels.append(np.arange(count)[used])
+        nodes.append(((top + dy) * node_cols + left + dx)[used])
+        weights.append(weight[used])
+    used_nodes, node_index = np.unique(np.concatenate(nodes), return_inverse=True)
+    return scipy.sparse.csr_matrix(
+        (np.concatenate(weights), (np.concatenate(pixels), node_index)),
+        shape=(count, used_nodes.size),
+    )
+
+
+def _two_level(matrix: scipy.sparse.csr_matrix, hole: np.ndarray) -> _TwoLevelSolver:
+    rows, cols = np.nonzero(hole)
+    prolongation = _bilinear_prolongation(rows, cols, COARSE_STEP)
+    restriction = prolongation.T.tocsr()
+    # The distance to the nearest known pixel (the image's edge counts as one).
+    distance = cv2.distanceTransform(np.pad(hole, 1).astype(np.uint8), cv2.DIST_L2, 3)
+    in_band = distance[1:-1, 1:-1][hole] <= BAND_WIDTH
+    band, inner = np.flatnonzero(in_band), np.flatnonzero(~in_band)
+    band_rows = matrix[band]
+    return _TwoLevelSolver(
+        matrix=matrix,
+        prolongation=prolongation,
+        restriction=restriction,
+        coarse=_factorised(restriction @ matrix @ prolongation),
+        band=band,
+        inner=inner,
+        band_factors=_factorised(band_rows[:, band]),
+        band_coupling=band_rows[:, inner].tocsr(),
+    )
+
+
 def hole_system(hole: np.ndarray) -> HoleSystem:
-    """The Poisson system of bool [H, W] `hole` (module docstring), factorised: 0.9 s for a
-    500x400 ellipse on 2 idle cores, most of a blend's time; the factorisation releases the
-    GIL, so it can run in a thread beside other work."""
+    """The Poisson system of bool [H, W] `hole` (module docstring), factorised (in two levels
+    beyond `TWO_LEVEL_MIN_PIXELS`); the factorisations release the GIL, so they can run in a
+    thread beside other work."""
     rows, cols = np.nonzero(hole)
     count = rows.size
     height, width = hole.shape
@@ -121,7 +239,7 @@ def hole_system(hole: np.ndarray) -> HoleSystem:
         off_rows.append(p[in_hole])
         off_cols.append(q_index[in_hole])
     off_rows_all = np.concatenate(off_rows)
-    matrix = scipy.sparse.csc_matrix(
+    matrix = scipy.sparse.csr_matrix(
         (
             np.concatenate([diagonal, -np.ones(off_rows_all.size)]),
             (
@@ -131,15 +249,11 @@ def hole_system(hole: np.ndarray) -> HoleSystem:
         ),
         shape=(count, count),
     )
-    # The matrix is symmetric and diagonally dominant: no pivoting, and an ordering of A + A^T's
-    # graph (0.85 s against 1.0 s with the defaults for a 640x320 hole, 2 CPU cores).
-    factors = scipy.sparse.linalg.splu(
-        matrix,
-        permc_spec="MMD_AT_PLUS_A",
-        diag_pivot_thresh=0.0,
-        options={"SymmetricMode": True},
-    )
-    return HoleSystem(hole.shape, rows, cols, tuple(neighbours), factors)
+    if count > TWO_LEVEL_MIN_PIXELS:
+        solver = _two_level(matrix, hole)
+    else:
+        solver = _DirectSolver(_factorised(matrix))
+    return HoleSystem(hole.shape, rows, cols, tuple(neighbours), solver)
 
 
 def paste(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:

@@ -830,6 +830,32 @@ def test_the_poisson_blend_and_the_membrane_come_from_one_solve():
     assert blending.poisson_and_membrane(photo, np.zeros_like(hole), fill)[1] is None
 
 
+def test_a_large_hole_is_solved_in_two_levels_within_a_tenth_of_a_level(monkeypatch):
+    rng = np.random.default_rng(3)
+    height, width = 180, 220
+    rows, cols = np.mgrid[:height, :width] / 100.0
+    photo = np.stack(
+        [0.3 + 0.4 * np.sin(2 * rows + cols), 0.5 + 0.3 * np.cos(3 * cols), 0.2 + 0.25 * rows],
+        axis=-1,
+    )
+    photo = np.clip(photo + 0.05 * rng.standard_normal(photo.shape), 0.0, 1.0)
+    hole = np.zeros((height, width), np.uint8)
+    cv2.ellipse(hole, (110, 95), (80, 60), 20, 0, 360, 1, -1)
+    hole[:40, 190:] = 1  # a second hole, in the image's corner
+    hole = hole.astype(bool)
+    fill = np.clip(photo + 0.2 + 0.1 * rng.standard_normal(photo.shape), 0.0, 1.2)
+    problems = [(photo, fill), (photo, np.zeros_like(fill))]  # the blend and the membrane
+    exact = blending.hole_system(hole)
+    assert isinstance(exact.solver, blending._DirectSolver)
+    monkeypatch.setattr(blending, "TWO_LEVEL_MIN_PIXELS", 1000)  # this hole: 16,478 pixels
+    two_levels = blending.hole_system(hole)
+    assert isinstance(two_levels.solver, blending._TwoLevelSolver)
+    assert 0 < two_levels.solver.band.size < hole.sum()  # the band is solved exactly, not all
+    for expected, solved in zip(exact.solve(problems), two_levels.solve(problems), strict=True):
+        # 0.06 of a 0-255 level here; 0.42 for the blend without the correction pass.
+        assert 255 * np.abs(solved - expected).max() < 0.1
+
+
 def offset_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The known pixels' mean colour in the hole, 0.2 too bright: a fill with a seam."""
     return np.clip(known_mean_network(masked, mask) + 0.2 * mask, 0.0, 1.0)

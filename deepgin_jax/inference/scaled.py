@@ -274,16 +274,15 @@ def finish_fill(
     blend: str,
     colour: bool = False,
     smooth_factors: tuple[int, int] = (1, 1),
-    prepared: BoxPreparation | None = None,
+    prepared: BoxPreparation | Callable[[], BoxPreparation] | None = None,
 ) -> np.ndarray:
     """The full-resolution fill of one box: float32 [H, W, 3] in [0, 1], equal to the photo
     outside the hole. rgb [H, W, 3] (any pixel dtype), hole bool [H, W], low_filled float
     [h, w, 3] (the composite at the scale it was filled in). `smooth_factors` (Fh, Fw): the
     fill is smooth only at 1/Fh x 1/Fw of low_filled's scale (a polyphase fill of Fh x Fw
     sub-images), which sets the scale the detail is taken above. `prepared`: the box's
-    `prepare_box`, if it was made beforehand."""
-    if prepared is None:
-        prepared = prepare_box(rgb, hole, blend=blend, colour=colour)
+    `prepare_box`, if it was made beforehand, or a function that waits for it (called only
+    once the blend needs it: the fill and its detail are made in the meantime)."""
     photo = to_unit_float(rgb).astype(np.float32)
     fill = upsample(low_filled, hole.shape)
     if detail:
@@ -295,6 +294,10 @@ def finish_fill(
         smooth = upsample(coarse, hole.shape)
         fill = fill + detail_transfer.transfer_detail(coarse, photo - smooth, hole)
     fill = np.clip(fill, 0.0, 1.0)
+    if prepared is None:
+        prepared = prepare_box(rgb, hole, blend=blend, colour=colour)
+    elif callable(prepared):
+        prepared = prepared()
     shared = colour and _blend_solves(hole, blend)
     if blend == "poisson":
         # The membrane's system is the blend's: one factorisation for both.
@@ -397,7 +400,7 @@ class ScaledPlanner:
                 smooth_factors=factors if thin else (1, 1),
                 blend=self.blend,
                 colour=self.colour,
-                prepared=BoxPreparation(
+                prepared=lambda: BoxPreparation(
                     system.result(), *(targets.result() if targets else (None, None))
                 ),
             )

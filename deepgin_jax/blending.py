@@ -206,7 +206,13 @@ def _two_level(matrix: scipy.sparse.csr_matrix, hole: np.ndarray) -> _TwoLevelSo
         matrix=matrix,
         prolongation=prolongation,
         restriction=restriction,
-        coarse=_factorised(restriction @ matrix @ prolongation),
+        # Where a few pixels read more nodes than they are (a lone pixel, a thin stroke), the
+        # projection is singular; the anchor only picks among nodes whose interpolation at the
+        # pixels is the same.
+        coarse=_factorised(
+            restriction @ matrix @ prolongation
+            + _ANCHOR * scipy.sparse.identity(prolongation.shape[1], format="csr")
+        ),
         band=band,
         inner=inner,
         band_factors=_factorised(band_rows[:, band]),

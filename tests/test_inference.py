@@ -842,12 +842,14 @@ def test_a_large_hole_is_solved_in_two_levels_within_a_tenth_of_a_level(monkeypa
     hole = np.zeros((height, width), np.uint8)
     cv2.ellipse(hole, (110, 95), (80, 60), 20, 0, 360, 1, -1)
     hole[:40, 190:] = 1  # a second hole, in the image's corner
+    hole[170, 20] = 1  # a lone pixel and a thin line read more coarse nodes than they have
+    cv2.line(hole, (5, 150), (60, 175), 1, 1)
     hole = hole.astype(bool)
     fill = np.clip(photo + 0.2 + 0.1 * rng.standard_normal(photo.shape), 0.0, 1.2)
     problems = [(photo, fill), (photo, np.zeros_like(fill))]  # the blend and the membrane
     exact = blending.hole_system(hole)
     assert isinstance(exact.solver, blending._DirectSolver)
-    monkeypatch.setattr(blending, "TWO_LEVEL_MIN_PIXELS", 1000)  # this hole: 16,478 pixels
+    monkeypatch.setattr(blending, "TWO_LEVEL_MIN_PIXELS", 1000)  # this hole: 16,535 pixels
     two_levels = blending.hole_system(hole)
     assert isinstance(two_levels.solver, blending._TwoLevelSolver)
     assert 0 < two_levels.solver.band.size < hole.sum()  # the band is solved exactly, not all

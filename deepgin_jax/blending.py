@@ -15,13 +15,14 @@ the hole's pixels (a 5-point Laplacian), factorised once for the three channels.
 never changed.
 
 A hole of up to `TWO_LEVEL_MIN_PIXELS` pixels is solved exactly (SuperLU). A larger one, whose
-LU grows faster than the hole (1.2 s for a 500x400 ellipse, 2.2 s for 640x500), is solved in
-two levels: the solution minus the fill is harmonic, so smooth away from the border. It is
-solved on a grid `COARSE_STEP` times coarser, bilinearly interpolated (the coarse system is the
-fine one's Galerkin projection, so no boundary is moved), and then solved exactly, at full
-resolution, in the band of hole pixels within `BAND_WIDTH` of the border, taking the coarse
-solution at the band's inner edge. One more such correction of the residual follows. On a
-500x400 ellipse: 0.2 s instead of 1.2 s, within 0.09 of a 0-255 level of the exact solution.
+LU grows faster than the hole (1.3 s of CPU for a 500x400 ellipse, 2.7 s for one of 253,000
+pixels), is solved in two levels: the solution minus the fill is harmonic, so smooth away from
+the border. It is solved on a grid `COARSE_STEP` times coarser, bilinearly interpolated (the
+coarse system is the fine one's Galerkin projection, so no boundary is moved), and then solved
+exactly, at full resolution, in the band of hole pixels within `BAND_WIDTH` of the border,
+taking the coarse solution at the band's inner edge. One more such correction of the residual
+follows. On a 500x400 ellipse: 0.37 s instead of 1.28 s to factorise, within 0.09 of a 0-255
+level of the exact solution.
 
 `BLENDERS` names the ways a fill can meet the photo (the `blend` option of `Inpainter`): each
 takes (image [H, W, 3] in its own dtype, hole bool [H, W], fill float [H, W, 3] in [0, 1]) and
@@ -43,8 +44,8 @@ from absl import logging
 
 from deepgin_jax.image_io import to_unit_float
 
-# The Poisson blend's largest system: its sparse LU grows faster than the hole (a 640x320 hole
-# took 0.85 s on 2 idle cores, a 1,144x714 one 9 s on busy ones); larger holes are pasted.
+# The Poisson blend's largest system (a million pixels: 4.9 s of CPU to factorise in two levels
+# and 2.7 s to solve, on busy cores); larger holes are pasted.
 POISSON_MAX_PIXELS = 1_000_000
 
 # Ties every hole pixel weakly to the fill, so that a hole with no known neighbour (the whole

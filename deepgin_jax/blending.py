@@ -64,7 +64,8 @@ CORRECTIONS = 1
 
 def poisson_blend(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """image, fill: float [H, W, C]; hole: bool [H, W]. Returns float64 [H, W, C]: `image`
-    outside the hole, the Poisson solution (module docstring) inside it."""
+    outside the hole, the Poisson solution (module docstring; for a hole beyond
+    `TWO_LEVEL_MIN_PIXELS`, the two-level one) inside it."""
     _check_shapes(image, hole, fill)
     result = image.astype(np.float64)  # a copy
     if hole.any():

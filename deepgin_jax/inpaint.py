@@ -451,6 +451,7 @@ def run(flag_values: flags.FlagValues) -> int:
     inpainter = functools.partial(
         Inpainter.from_checkpoint, f.checkpoint, **cli.inpainter_options(f)
     )
+    cli.one_blas_thread()
     try:
         summary = inpaint_tasks(
             inpainter,

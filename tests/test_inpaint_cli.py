@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -24,6 +25,34 @@ from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped
 HEIGHT, WIDTH = 37, 53
 MAKE = 0x010F
 ORIENTATION = 0x0112
+
+
+@pytest.fixture(scope="module", autouse=True)
+def blas_limits() -> Iterator[list[None]]:
+    """The runs' calls of `cli.one_blas_thread`, which is not run here: it would limit the
+    whole test process (`test_one_blas_thread_limits_numpys_and_scipys_openblas` runs it)."""
+    calls: list[None] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "one_blas_thread", lambda: calls.append(None))
+        yield calls
+
+
+def test_one_blas_thread_limits_numpys_and_scipys_openblas():
+    code = (
+        "import os, numpy, scipy.sparse.linalg\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from deepgin_jax import cli\n"
+        "blas = [i for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "assert len(blas) == 2, blas\n"
+        "assert os.cpu_count() == 1 or max(i['num_threads'] for i in blas) > 1, blas\n"
+        "cli.one_blas_thread()\n"
+        "print([i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'])\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[1, 1]"
 
 
 def run_cli(*args: str) -> int:
@@ -149,12 +178,14 @@ def test_folder_run_reports_bad_files_and_keeps_existing_outputs(inputs, tmp_pat
     assert "Inpainted 6 image(s), skipped 1 existing output(s), 2 failed." in caplog.text
 
 
-def test_single_file_overwrite_and_format(inputs, tmp_path):
+def test_single_file_overwrite_and_format(inputs, tmp_path, blas_limits):
     image, mask = inputs / "images" / "a.png", inputs / "masks" / "a.png"
     target = tmp_path / "result.webp"
     target.write_bytes(b"old")
+    calls = len(blas_limits)
     assert run_cli(f"--image={image}", f"--mask={mask}", f"--output={target}") == 0
     assert target.read_bytes() == b"old"
+    assert len(blas_limits) == calls + 1
     args = (f"--image={image}", f"--mask={mask}", f"--output={target}", "--overwrite")
     assert run_cli(*args, "--quality=80") == 0
     assert Image.open(target).format == "WEBP" and Image.open(target).size == (WIDTH, HEIGHT)

@@ -29,7 +29,7 @@ from absl import app, flags
 from PIL import Image
 
 from benchmarks import common
-from deepgin_jax import compile_cache, masks
+from deepgin_jax import cli, compile_cache, masks
 from deepgin_jax.inference import Inpainter, forward_cache_size
 
 FLAGS = flags.FLAGS
@@ -77,6 +77,7 @@ def main(argv: Sequence[str]) -> None:
         print(table.read_text())
         return
     compile_cache.enable()
+    cli.one_blas_thread()  # as the editor does
     width, height = (int(v) for v in FLAGS.size)
     photo = np.asarray(Image.open(FLAGS.photo).convert("RGB").resize((width, height)))
     rows = []

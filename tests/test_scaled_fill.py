@@ -371,9 +371,22 @@ def test_detail_transfer_leaves_no_lattice_pattern():
     hole[32:96, 32:96] = True
     low, low_hole = scaled_fill.downscale_known(photo, hole, (64, 64))
     low_filled = np.where(low_hole[..., None], low[~low_hole].mean(axis=0), low)
-    detail = detail_transfer.transfer_detail(
-        low_filled, photo - scaled_fill.upsample(low_filled, hole.shape), hole
-    )
+    residual = photo - scaled_fill.upsample(low_filled, hole.shape)
+    # The patches' placement alone, without `phase_neutral`.
+    detail = detail_transfer.transfer_detail(low_filled, residual, hole, neutral_periods=())
+    spread, deviation = _phase_spread(detail, hole), detail[hole].std()
+    assert deviation > 0.005  # there is detail
+    assert spread < 0.7 * deviation, (spread, deviation)
+    neutral = detail_transfer.transfer_detail(low_filled, residual, hole)
+    assert neutral.dtype == np.float32
+    assert _phase_spread(neutral, hole) < 0.5 * spread
+    assert neutral[hole].std() > 0.9 * deviation  # the detail is kept
+    np.testing.assert_array_equal(neutral[~hole], detail[~hole])
+
+
+def _phase_spread(detail: np.ndarray, hole: np.ndarray) -> float:
+    """The largest spread, over periods 2-8, of the means of the hole's polyphase phases of the
+    detail's channel mean."""
     grey = detail.mean(axis=-1)[hole]
     rows, cols = np.nonzero(hole)
     spreads = []
@@ -381,9 +394,25 @@ def test_detail_transfer_leaves_no_lattice_pattern():
         phase = (rows % period) * period + cols % period
         means = np.bincount(phase, grey) / np.bincount(phase)
         spreads.append(means.max() - means.min())
-    spread, deviation = max(spreads), detail[hole].std()
-    assert deviation > 0.005  # there is detail
-    assert spread < 0.7 * deviation, (spread, deviation)
+    return max(spreads)
+
+
+def test_phase_neutral_removes_block_offsets_where_they_are_and_leaves_flat_parts_alone():
+    rng = np.random.default_rng(1)
+    detail = 0.02 * rng.standard_normal((120, 200, 3)).astype(np.float32)
+    detail[::8, ::8] += 0.3  # 8x8 blocks, as copied from a JPEG
+    detail[:, :100] = 0.0  # a flat part: no detail there
+    hole = np.zeros((120, 200), bool)
+    hole[10:110, 20:190] = True
+    assert _phase_spread(detail, hole) > 0.1
+    neutral = detail_transfer.phase_neutral(detail, hole)
+    assert neutral.dtype == np.float32
+    assert _phase_spread(neutral, hole) < 0.005
+    np.testing.assert_array_equal(neutral[~hole], detail[~hole])
+    # The flat part stays flat beyond the windows' reach from the blocks (the passes at periods
+    # 8, 6, 7 and 5 reach 4 periods each: 104 pixels in all; 64 here, so a trace is left).
+    assert np.abs(neutral[20:100, 20:36]).max() < 2e-3
+    assert abs(neutral[hole & (np.arange(200) >= 100)].std() - 0.02) < 0.003  # the noise stays
 
 
 def test_buckets_and_batch_sizes():

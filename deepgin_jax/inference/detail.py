@@ -18,7 +18,11 @@ windows whose shifted copies sum to one (overlap-add: no seams), and each hole c
 patches at a random offset of up to half a cell from where they matched, so no period survives.
 Mixing incoherent patches lowers their contrast; the mix is rescaled to keep the patches'
 variance (Heitz and Neyret's variance-preserving blending, HPG 2018), by constant gains (a gain
-that followed the windows' overlap would itself be periodic).
+that followed the windows' overlap would itself be periodic). The copied patches still carry
+their sources' own short periods (a JPEG's 8x8 blocks, its 2x2 colour sampling), which random
+offsets average out only over many cells: `phase_neutral` removes, wherever the detail has
+them, the local differences between its polyphase phase means at periods 5 to 8 (and so at
+their divisors: every period from 2 to 8), leaving flat regions untouched.
 Pure NumPy: [hole cells, known cells] distances in chunks and one gather of residual patches.
 """
 
@@ -38,6 +42,10 @@ MAX_SOURCES = 8192  # bounds the distance matrix (the known cells are strided do
 CHUNK = 1024  # hole cells per distance matrix
 CONTEXT = 6  # a cell's descriptor: CONTEXT x CONTEXT half cells of the fill (3x3 cells)
 SEED = 0
+# `phase_neutral`: the periods whose phase means are evened out (their divisors follow), and
+# the half-width, in periods, of the square window over which each phase's local mean is taken.
+NEUTRAL_PERIODS = (8, 6, 7, 5)
+NEUTRAL_RADIUS = 4
 # Four overlapping windows carry incoherent patches: the sum's variance is the sum of the
 # squared windows, 9/16 on average.
 WINDOW_GAIN = 4.0 / 3.0
@@ -69,6 +77,68 @@ def _matches(
     return np.concatenate(nearest), np.concatenate(weights).astype(np.float32)
 
 
+def _window_sums(values: np.ndarray, radius: int) -> np.ndarray:
+    """float [h, w, K] -> the sums over the (2 radius + 1)^2 windows around each position, cut
+    at the edges (summed-area tables)."""
+    height, width = values.shape[:2]
+    table = np.zeros((height + 1, width + 1, values.shape[2]))
+    table[1:, 1:] = values.cumsum(axis=0).cumsum(axis=1)
+    y0, y1 = (
+        np.clip(np.arange(height) - radius, 0, height),
+        np.clip(np.arange(height) + radius + 1, 0, height),
+    )
+    x0, x1 = (
+        np.clip(np.arange(width) - radius, 0, width),
+        np.clip(np.arange(width) + radius + 1, 0, width),
+    )
+    return table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
+
+
+def phase_neutral(
+    detail: np.ndarray,
+    hole: np.ndarray,
+    periods: tuple[int, ...] = NEUTRAL_PERIODS,
+    radius: int = NEUTRAL_RADIUS,
+) -> np.ndarray:
+    """float [H, W, C] `detail` whose hole pixels of each polyphase phase (pixel (y, x) is in
+    phase (y % P, x % P)) lose that phase's local offset: the mean of the phase's hole pixels
+    over the (2 radius + 1) P square around them minus the mean of all the hole pixels there,
+    for each period P of `periods` in turn. Where the detail is flat there is no offset; away
+    from the hole nothing changes."""
+    rows, cols = np.nonzero(hole)
+    if rows.size == 0 or not periods:
+        return detail
+    result = detail.copy()
+    channels = detail.shape[2]
+    margin = radius * max(periods)
+    top, left = max(0, rows.min() - margin), max(0, cols.min() - margin)
+    bottom = min(hole.shape[0], rows.max() + 1 + margin)
+    right = min(hole.shape[1], cols.max() + 1 + margin)
+    inside = hole[top:bottom, left:right].astype(np.float64)
+    for period in periods:
+        height = -(-(bottom - top) // period) * period
+        width = -(-(right - left) // period) * period
+        weight = np.zeros((height, width))
+        weight[: bottom - top, : right - left] = inside
+        values = np.zeros((height, width, channels))
+        values[: bottom - top, : right - left] = result[top:bottom, left:right] * inside[..., None]
+        shape = (height // period, period, width // period, period)
+        # [h, w, phase, C] and [h, w, phase]: one plane per phase.
+        planes = values.reshape(*shape, channels).transpose(0, 2, 1, 3, 4)
+        planes = planes.reshape(shape[0], shape[2], period * period * channels)
+        plane_weights = weight.reshape(shape).transpose(0, 2, 1, 3)
+        plane_weights = plane_weights.reshape(shape[0], shape[2], period * period)
+        sums = _window_sums(planes, radius).reshape(shape[0], shape[2], period * period, channels)
+        counts = _window_sums(plane_weights, radius)
+        phase_means = sums / np.maximum(counts, 1e-9)[..., None]
+        means = sums.sum(axis=2) / np.maximum(counts.sum(axis=2), 1e-9)[..., None]
+        offsets = (phase_means - means[:, :, None]) * (plane_weights > 0)[..., None]
+        offsets = offsets.reshape(shape[0], shape[2], period, period, channels)
+        offsets = offsets.transpose(0, 2, 1, 3, 4).reshape(height, width, channels)
+        result[top:bottom, left:right] -= offsets[: bottom - top, : right - left]
+    return result
+
+
 def transfer_detail(
     low_fill: np.ndarray,
     residual: np.ndarray,
@@ -80,6 +150,7 @@ def transfer_detail(
     strength: float = STRENGTH,
     jitter: float = JITTER,
     seed: int = SEED,
+    neutral_periods: tuple[int, ...] = NEUTRAL_PERIODS,
 ) -> np.ndarray:
     """The hole's borrowed detail, float32 [H, W, 3] (zero away from the hole).
 
@@ -94,6 +165,8 @@ def transfer_detail(
       strength: the detail's scale, 1 = the known patches' own variance.
       jitter: how far from the matched cells the patches are read, in half cells.
       seed: of the read offsets.
+      neutral_periods: the periods whose local phase offsets are removed (`phase_neutral`;
+        () keeps them).
     """
     height, width = hole.shape
     low_h, low_w = low_fill.shape[:2]
@@ -166,4 +239,5 @@ def transfer_detail(
         mixed *= window[..., None]
         for r, c, patch in zip(target_rows[part], target_cols[part], mixed, strict=True):
             out[r * half : r * half + size, c * half : c * half + size] += patch
-    return strength * WINDOW_GAIN * out[half : half + height, half : half + width]
+    detail = strength * WINDOW_GAIN * out[half : half + height, half : half + width]
+    return phase_neutral(detail, hole, neutral_periods)

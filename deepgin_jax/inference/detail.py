@@ -22,7 +22,8 @@ that followed the windows' overlap would itself be periodic). The copied patches
 their sources' own short periods (a JPEG's 8x8 blocks, its 2x2 colour sampling), which random
 offsets average out only over many cells: `phase_neutral` removes, wherever the detail has
 them, the local differences between its polyphase phase means at periods 5 to 8 (and so at
-their divisors: every period from 2 to 8), leaving flat regions untouched.
+their divisors: every period from 2 to 8), scaled by how much of the window's detail the
+pixel's own neighbourhood holds, so a flat part beside a textured one stays flat.
 Pure NumPy: [hole cells, known cells] distances in chunks and one gather of residual patches.
 """
 
@@ -135,7 +136,14 @@ def phase_neutral(
         offsets = (phase_means - means[:, :, None]) * (plane_weights > 0)[..., None]
         offsets = offsets.reshape(shape[0], shape[2], period, period, channels)
         offsets = offsets.transpose(0, 2, 1, 3, 4).reshape(height, width, channels)
-        result[top:bottom, left:right] -= offsets[: bottom - top, : right - left]
+        offsets = offsets[: bottom - top, : right - left]
+        # Only as much as the pixel's own period carries: a flat part beside a textured one
+        # (whose offsets the window sees) is left flat.
+        energy = (result[top:bottom, left:right] ** 2).mean(axis=-1) * inside
+        near = cv2.blur(energy, (period, period))
+        wide = cv2.blur(energy, (2 * radius * period + 1,) * 2)
+        share = np.sqrt(np.clip(near / np.maximum(wide, 1e-12), 0.0, 1.0))
+        result[top:bottom, left:right] -= offsets * share[..., None]
     return result
 
 

@@ -9,7 +9,9 @@ of the photo's area, random aspect and position) and free-form strokes scaled to
 LPIPS (VGG, `--lpips` file) on a square around the hole resized to 256; the grid (`grid_excess`:
 the largest, over periods 2..8, spread of the polyphase phase means of the hole's grey levels
 beyond the original's); the colour cast (`mean_colour_error`: CIELAB distance between the
-hole's mean colour and the original's) and how far it exceeds Telea's on the same case.
+hole's mean colour and the original's) and how far it exceeds Telea's on the same case. A
+second table pairs each method with each of `--against` photo by photo (`paired_summary`:
+mean differences of hole PSNR and LPIPS with 95 % bootstrap intervals over the photos).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from absl import app, flags
 
 from deepgin_jax import compile_cache, masks
 from deepgin_jax.baselines import BASELINES, make_baseline
+from deepgin_jax.full_size_evaluation import bootstrap_interval
 from deepgin_jax.image_io import read_rgb
 from deepgin_jax.inference import Inpainter
 
 PERIODS = tuple(range(2, 9))
+PAIRED_RESAMPLES = 10_000  # bootstrap resamples of the photos per paired interval
 TEXT_COLUMNS = ("photo", "kind", "method")
 LPIPS_SIDE = 256
 
@@ -165,6 +169,7 @@ def methods(names: Sequence[str]) -> dict[str, object]:
         "polyphase": lambda: Inpainter(strategy="polyphase"),
         "scaled:one-pass": lambda: _without_strokes_path(Inpainter(strategy="scaled")),
         "scaled": lambda: Inpainter(strategy="scaled"),
+        "scaled:polyphase-strokes": lambda: Inpainter(strategy="scaled", stroke_fill="polyphase"),
         "scaled:no-detail": lambda: Inpainter(strategy="scaled", detail=False),
         "scaled:no-colour": lambda: Inpainter(strategy="scaled", colour_match=False),
         "scaled:factor-2": lambda: Inpainter(strategy="scaled", crop_factor=2.0),
@@ -262,6 +267,41 @@ def summary(rows: list[dict], names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _paired(mine: list[dict], theirs: dict[str, dict], key: str) -> str:
+    """Mean of `key` minus the other method's on the same photos, with its 95 % bootstrap
+    interval over the photos (`PAIRED_RESAMPLES`)."""
+    differences = [r[key] - theirs[r["photo"]][key] for r in mine if r["photo"] in theirs]
+    if not differences:
+        return "-"
+    low, high = bootstrap_interval(np.array(differences), PAIRED_RESAMPLES)
+    interval = "" if low is None else f" [{low:+.3f}, {high:+.3f}]"
+    return f"{np.mean(differences):+.3f}{interval}"
+
+
+def paired_summary(rows: list[dict], names: Sequence[str], against: Sequence[str]) -> str:
+    """The table of each method's paired differences (hole PSNR, LPIPS) from each method in
+    `against`, per hole kind, with 95 % bootstrap intervals over the photos."""
+    lines = [
+        "| holes | method | against | photos | hole PSNR difference [95 % CI] "
+        "| LPIPS difference [95 % CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in ("object", "strokes"):
+        for other in against:
+            theirs = {r["photo"]: r for r in rows if r["kind"] == kind and r["method"] == other}
+            for name in names:
+                mine = [r for r in rows if r["kind"] == kind and r["method"] == name]
+                if name == other or not mine or not theirs:
+                    continue
+                count = sum(r["photo"] in theirs for r in mine)
+                lp = _paired(mine, theirs, "lpips") if "lpips" in mine[0] else "-"
+                lines.append(
+                    f"| {kind} | {name} | {other} | {count} | {_paired(mine, theirs, 'psnr')} "
+                    f"| {lp} |"
+                )
+    return "\n".join(lines)
+
+
 def _append_csv(path: str, row: dict) -> None:
     new = not Path(path).exists()
     with open(path, "a", newline="") as file:
@@ -289,6 +329,7 @@ def main(argv: Sequence[str]) -> None:
         photos = {row["photo"] for row in rows}
         print(f"{len(photos)} photos, {len(rows) // len(names)} cases, from {FLAGS.summarise}")
         print(summary(rows, names))
+        print(paired_summary(rows, names, FLAGS.against))
         return
     if not FLAGS.photos:
         raise app.UsageError("--photos is required (or --summarise)")
@@ -303,6 +344,7 @@ def main(argv: Sequence[str]) -> None:
     rows = score(cases, methods(names), FLAGS.lpips, FLAGS.csv)
     print(f"{len(photos)} photos, {len(cases)} cases, seed {FLAGS.seed}")
     print(summary(rows, names))
+    print(paired_summary(rows, names, FLAGS.against))
 
 
 FLAGS = flags.FLAGS
@@ -319,6 +361,11 @@ if __name__ == "__main__":
         "Methods to compare (comma-separated, from `methods`).",
     )
     flags.DEFINE_list("kinds", ["object", "strokes"], "Hole kinds to run (object, strokes).")
+    flags.DEFINE_list(
+        "against",
+        ["telea"],
+        "Methods each method's paired differences are measured from (with bootstrap intervals).",
+    )
     flags.DEFINE_string("lpips", None, "lpips_vgg.npz (python -m deepgin_jax.pretrained).")
     flags.DEFINE_string("csv", None, "Write the per-case rows here.")
     app.run(main)

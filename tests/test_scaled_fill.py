@@ -190,7 +190,12 @@ def test_thin_strokes_go_through_subimages_of_real_pixels_without_grid(monkeypat
     for path, degrid in ((True, True), (True, False), (False, True)):
         network = RecordingNetwork(PhaseOffsetNetwork())
         inpainter = Inpainter.from_function(
-            network, tile_size=64, max_batch=1, colour_match=False, detail=False
+            network,
+            tile_size=64,
+            max_batch=1,
+            colour_match=False,
+            detail=False,
+            stroke_fill="polyphase",
         )
         inpainter._planner = dataclasses.replace(inpainter._planner, strokes=path)
         with monkeypatch.context() as patch:
@@ -211,6 +216,66 @@ def test_thin_strokes_go_through_subimages_of_real_pixels_without_grid(monkeypat
         np.testing.assert_allclose(masked[0][known], photo[q::3, p::4][known], atol=1e-6)
     # The sub-images' disagreement is a grid of about 0.1 x 255 / 2 grey levels; de-gridded, none.
     assert grids[True, False] > 5 and grids[True, True] < 0.5, grids
+
+
+def test_tiles_cover_the_image_with_weights_that_sum_to_one():
+    shape = (100, 150)
+    windows = strokes.tile_windows(shape, 64)
+    # At most 48 px apart (3/4 of the tile), evenly: 2 rows and 3 columns of tiles.
+    assert sorted({(r.start, c.start) for r, c in windows}) == [
+        (top, left) for top in (0, 36) for left in (0, 43, 86)
+    ]
+    assert all(r.stop - r.start == 64 and c.stop - c.start == 64 for r, c in windows)
+    weights = strokes.tile_weights(shape, windows)
+    total = np.zeros(shape)
+    for weight, window in zip(weights, windows, strict=True):
+        total[window] += weight
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    # Smooth: a tile's weight changes by little from pixel to pixel (no seam).
+    assert max(np.abs(np.diff(w, axis=a)).max() for w in weights for a in (0, 1)) < 0.1
+    # A smaller image is one tile of its own size; blending identical fills gives them back.
+    assert strokes.tile_windows((40, 50), 64) == [(slice(0, 40), slice(0, 50))]
+    fill = np.random.default_rng(0).random((*shape, 3)).astype(np.float32)
+    blended = strokes.blend_tiles([fill[w] for w in windows], windows, shape)
+    np.testing.assert_allclose(blended, fill, atol=1e-5)
+
+
+def test_tile_scale_brings_the_brushes_to_the_width_the_network_knows():
+    # The network's brushes are 8 px at a 64 px input (STROKE_FRACTION).
+    for brush, expected in ((6, 1.0), (16, 0.5), (32, 0.25)):
+        hole = np.zeros((256, 256), bool)
+        hole[100 : 100 + brush, 20:236] = True
+        width = strokes.hole_width(hole)
+        assert abs(width - brush) <= 0.15 * brush, (brush, width)
+        assert strokes.tile_scale(hole, 64) == pytest.approx(min(1.0, 8 / width))
+        assert strokes.tile_scale(hole, 64) == pytest.approx(expected, rel=0.15)
+
+
+def test_thin_strokes_go_through_overlapping_tiles_without_grid():
+    image, hole = two_tone_strokes(6)
+    network = RecordingNetwork(PhaseOffsetNetwork())
+    inpainter = Inpainter.from_function(
+        network, tile_size=64, max_batch=1, colour_match=False, detail=False
+    )
+    assert inpainter._planner.stroke_fill == "tiles"  # the default
+    out = inpainter.inpaint(image, hole)
+    np.testing.assert_array_equal(out[~hole], image[~hole])
+    # 6 px strokes are narrower than the 8 px brushes the network knows at 64 px: the photo is
+    # not downscaled, and each tile that holds hole pixels goes to the network with the
+    # photo's own pixels.
+    windows = [w for w in strokes.tile_windows(hole.shape, 64) if hole[w].any()]
+    assert len(network.inputs) == len(windows) > 4
+    photo = image.astype(np.float32) / 255.0
+    for (masked, mask), window in zip(network.inputs, windows, strict=True):
+        np.testing.assert_array_equal(mask[0, ..., 0] > 0.5, hole[window])
+        known = mask[0, ..., 0] < 0.5
+        np.testing.assert_allclose(masked[0][known], photo[window][known], atol=1e-6)
+    # Neighbouring tiles' fills differ (their known means, and 0.1 x 255 grey levels every
+    # other call); blended, no grid and no seam: along a stroke the fill moves from one tile's
+    # to the next over many pixels (a seam would be a step of the whole difference).
+    assert grid_excess(out, image, hole) < 0.5
+    along = out[60:66, 10:246].astype(np.float64).mean(axis=(0, 2))
+    assert np.abs(np.diff(along)).max() < 0.15 * np.ptp(along), along
 
 
 def test_colour_limit_keeps_the_fill_near_the_colour_the_border_predicts(monkeypatch):
@@ -475,6 +540,15 @@ def test_shipped_model_fills_a_sky_without_grid_or_colour_cast():
     assert grid <= 0.25 and colour <= 2.3, (grid, colour)
 
 
+def test_stroke_fill_option_is_checked_and_needs_the_scaled_strategy():
+    assert inference.InpaintOptions().resolved().stroke_fill == "tiles"
+    assert inference.InpaintOptions(strategy="crop").resolved().stroke_fill is None
+    with pytest.raises(ValueError, match="stroke_fill must be one of"):
+        Inpainter.from_function(known_mean_network, stroke_fill="sub-images")
+    with pytest.raises(ValueError, match="stroke_fill='polyphase' cannot apply"):
+        Inpainter.from_function(known_mean_network, strategy="whole", stroke_fill="polyphase")
+
+
 def test_detail_flag_reaches_the_inpainter_options_and_needs_the_scaled_strategy():
     from absl import flags
 
@@ -498,3 +572,18 @@ def test_detail_flag_reaches_the_inpainter_options_and_needs_the_scaled_strategy
     flag_values(["inpaint", "--image=x", "--output=y", "--detail", "--strategy=polyphase"])
     problem = cli.inpainter_flags_problem(flag_values)
     assert problem is not None and "--[no]detail" in problem and "'polyphase'" in problem
+
+
+def test_full_size_fill_pairs_methods_by_photo_with_bootstrap_intervals():
+    rows = [
+        {"photo": f"{k}.jpg", "kind": "strokes", "method": method, "psnr": psnr, "lpips": lp}
+        for k in range(6)
+        for method, psnr, lp in (("a", 20.0 + k, 0.2), ("b", 19.0 + k + 0.1 * (k % 2), 0.25))
+    ]
+    table = full_size_fill.paired_summary(rows, ["a", "b"], ["b"])
+    [line] = [row for row in table.splitlines() if "| a | b |" in row]
+    # a - b per photo: PSNR 1.0 or 0.9 (mean 0.95, the interval inside the range), LPIPS -0.05.
+    assert line.startswith("| strokes | a | b | 6 | +0.950 [")
+    assert line.endswith("| -0.050 [-0.050, -0.050] |")
+    low, high = (float(v) for v in line.split("[")[1].split("]")[0].split(","))
+    assert 0.9 <= low < 0.95 < high <= 1.0, line

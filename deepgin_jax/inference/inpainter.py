@@ -185,7 +185,8 @@ class Inpainter(InpainterBase):
       dtype: with a path (or None) only: the computation dtype (default float32).
       **fields: `InpaintOptions` fields that replace those of `options` (mode, strategy,
         ensemble, max_batch, tile_size, max_direct_size, crop_factor, crop_min_size,
-        crop_max_fraction, upscale, blend, detail, colour_match, scaled_size, buckets);
+        crop_max_fraction, upscale, blend, detail, colour_match, scaled_size, stroke_fill,
+        buckets);
         None-valued `upscale` and `blend` take the network's `recommended` settings (the
         shipped model's card: upscale 2 and "poisson" for DeepGIN-compact), else
         `options.PLAIN_SETTINGS` (1 and "paste"); None-valued `buckets` are the default
@@ -344,6 +345,7 @@ def _planner(options: InpaintOptions) -> _Planner | ScaledPlanner:
             blend=options.blend,
             detail=options.detail,
             colour=bool(options.colour_match),
+            stroke_fill=str(options.stroke_fill),
         )
     return _CropPlanner(
         planner,

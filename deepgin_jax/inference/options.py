@@ -26,6 +26,9 @@ MODES = ("auto", "reference")
 # "whole" (all of it) or "polyphase" (crop or whole by the box's size). "auto": scaled.
 STRATEGIES = ("auto", "scaled", "polyphase", "crop", "whole")
 SCALED_STRATEGIES = ("auto", "scaled")
+# How the "scaled" strategy fills a thin hole (brush strokes): overlapping tiles at the scale of
+# the brushes the network knows, or the polyphase sub-images of the box (`scaled`, `strokes`).
+STROKE_FILLS = ("tiles", "polyphase")
 CROP_MAX_FRACTION = 0.5  # "polyphase": crop when the crop box is at most this of the image
 # `upscale` and `blend` of a network that recommends none (and always in "reference" mode).
 PLAIN_SETTINGS: Mapping[str, Any] = {"upscale": 1.0, "blend": "paste"}
@@ -65,10 +68,10 @@ class InpaintOptions:
     known region's full-resolution texture, `detail`), colour_match (None = on: keep the fill's mean
     colour within 1 CIELAB unit of a membrane interpolation of the hole's border and within 2
     of OpenCV Telea's fill), scaled_size (the long side a large box is downscaled to; None =
-    max_direct_size). buckets: the square input
-    sides the network sees (`buckets`); None = a quarter, half, three quarters and all of
-    max_direct_size and tile_size for a compiled generator, none (exact shapes) for a network
-    function, tile_size alone in "reference" mode.
+    max_direct_size), stroke_fill (a thin hole's fill, `STROKE_FILLS`; None = "tiles").
+    buckets: the square input sides the network sees (`buckets`); None = a quarter, half, three
+    quarters and all of max_direct_size and tile_size for a compiled generator, none (exact
+    shapes) for a network function, tile_size alone in "reference" mode.
     """
 
     mode: str = "auto"
@@ -85,6 +88,7 @@ class InpaintOptions:
     detail: bool | None = None
     colour_match: bool | None = None
     scaled_size: int | None = None
+    stroke_fill: str | None = None
     buckets: tuple[int, ...] | None = None
 
     def resolved(
@@ -125,6 +129,7 @@ class InpaintOptions:
             detail=_scaled_default(scaled, self.detail, True),
             colour_match=_scaled_default(scaled, self.colour_match, True),
             scaled_size=_scaled_default(scaled, self.scaled_size, direct, limit=direct),
+            stroke_fill=_scaled_default(scaled, self.stroke_fill, STROKE_FILLS[0]),
             buckets=sides,
         )
 
@@ -141,7 +146,8 @@ def _scaled_default(scaled: bool, value: Any, default: Any, *, limit: int | None
 def check_options(options: InpaintOptions, mask: MaskOptions | None = None) -> None:
     """ValueError naming the first option that is invalid or does not fit the mode or strategy
     (the reference mode's rules: strategy "auto" or "whole", upscale 1, blend "paste", no mask
-    threshold; `detail`, `colour_match` and `scaled_size` only with the "scaled" strategy)."""
+    threshold; `detail`, `colour_match`, `scaled_size` and `stroke_fill` only with the "scaled"
+    strategy)."""
     if problem := _problem(options, mask):
         raise ValueError(problem)
 
@@ -184,6 +190,8 @@ def _problem(options: InpaintOptions, mask: MaskOptions | None) -> str | None:
         )
     if o.scaled_size is not None and not (_is_whole(o.scaled_size) and o.scaled_size >= MIN_SIZE):
         return f"scaled_size must be a whole number >= {MIN_SIZE}, got {o.scaled_size!r}"
+    if o.stroke_fill is not None and o.stroke_fill not in STROKE_FILLS:
+        return f"stroke_fill must be one of {STROKE_FILLS}, got {o.stroke_fill!r}"
     if o.buckets is not None and any(
         not _is_whole(side) or side < MIN_SIZE or side % SIZE_MULTIPLE for side in o.buckets
     ):
@@ -230,8 +238,9 @@ def _reference_problem(options: InpaintOptions, mask: MaskOptions | None) -> str
 
 
 def _scaled_problem(options: InpaintOptions) -> str | None:
-    """Why `detail`, `colour_match` or `scaled_size` cannot apply: they shape the "scaled"
-    strategy's fill, which "reference" mode and the polyphase strategies never make."""
+    """Why `detail`, `colour_match`, `scaled_size` or `stroke_fill` cannot apply: they shape
+    the "scaled" strategy's fill, which "reference" mode and the polyphase strategies never
+    make."""
     if options.mode == "auto" and options.strategy in SCALED_STRATEGIES:
         return None
     given = [
@@ -240,6 +249,7 @@ def _scaled_problem(options: InpaintOptions) -> str | None:
             ("detail", " (CLI: --[no]detail)", None),
             ("colour_match", "", None),
             ("scaled_size", "", None),
+            ("stroke_fill", "", None),
         )
         if getattr(options, name) != unset
     ]

@@ -12,18 +12,20 @@ For a photo larger than the network's input (`max_direct_size`, 256 for the ship
    covers any hole pixel is a hole) until its long side is `work_size`, and filled in ONE
    network pass; a box that fits runs at its own size (enlarged by the `upscale` setting).
    A thin hole (brush strokes: narrower than the brushes the network knows once downscaled)
-   goes instead through the polyphase sub-images of the box's own pixels, and the grid their
-   independent fills leave is removed (`inference.strokes`).
+   goes instead, by `stroke_fill`, through overlapping network-sized tiles of the box
+   downscaled only as far as its brushes need, their fills blended by smooth weights ("tiles",
+   the default), or through the polyphase sub-images of the box's own pixels, the grid their
+   independent fills leave removed ("polyphase"; both in `inference.strokes`).
 3. The low-resolution composite is upsampled (bicubic) to the box's size; optionally the known
    region's full-resolution detail is brought into the hole (`inference.detail`; for strokes,
-   the detail above the sub-images' scale, at which their fill is smooth); the hole's
+   the detail above a coarser scale, at which their fill is smooth); the hole's
    pixels then meet the photo by the `blend` setting (`blending.BLENDERS`, as every planner),
    and with `colour` the fill's mean CIELAB colour is kept within `COLOUR_TOLERANCE` of a
    membrane interpolation of the hole's full-resolution border and within `TELEA_TOLERANCE`
    of OpenCV Telea's fill.
 
-No sub-image grid (one pass, or sub-images de-gridded); the colour limit removes a colour that
-the network pulled in from elsewhere.
+No sub-image grid (one pass, blended tiles, or sub-images de-gridded); the colour limit removes
+a colour that the network pulled in from elsewhere.
 """
 
 from __future__ import annotations
@@ -339,6 +341,7 @@ class ScaledPlanner:
     detail: bool = True
     colour: bool = False
     strokes: bool = True
+    stroke_fill: str = "tiles"  # a thin hole's path: "tiles" or "polyphase" (`STROKE_FILLS`)
 
     @property
     def prepare(self) -> Callable[..., np.ndarray]:
@@ -381,6 +384,8 @@ class ScaledPlanner:
         height, width = hole.shape
         scale = min(1.0, self.work_size / max(height, width))
         thin = scale < 1.0 and self.strokes and strokes.is_thin(hole, scale, self.work_size)
+        if thin and self.stroke_fill == "tiles":
+            return self._plan_tiles(rgb, hole, preparing)
         if thin:
             scale = strokes.subimage_scale(hole.shape, self.inner.tile_size)
         if scale < 1.0:
@@ -419,3 +424,51 @@ class ScaledPlanner:
             return result
 
         return job, finish
+
+    def _plan_tiles(
+        self, rgb: np.ndarray, hole: np.ndarray, preparing: concurrent.futures.Executor
+    ) -> tuple[_Job, Callable]:
+        """`_plan_box` for a thin hole: the box area-downscaled to `strokes.tile_scale`, its
+        overlapping network-sized tiles that hold hole pixels filled (one work item each, all
+        batched together) and blended (`strokes.blend_tiles`); the detail is taken above
+        `strokes.TILE_DETAIL_FACTOR` times the tiles' scale."""
+        height, width = hole.shape
+        scale = strokes.tile_scale(hole, self.work_size)
+        if scale < 1.0:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            low, low_hole = downscale_known(rgb, hole, size)
+        else:
+            low, low_hole = to_unit_float(rgb).astype(np.float32), hole
+        inner = dataclasses.replace(self.inner, blend="paste")
+        windows = strokes.tile_windows(
+            low_hole.shape, self.inner.tile_size, strokes.TILE_STRIDE_FRACTION
+        )
+        windows = [window for window in windows if low_hole[window].any()]
+        jobs = [inner.plan(low[window], low_hole[window]) for window in windows]
+        box_hole = hole.copy()
+        system = preparing.submit(prepare_system, box_hole, self.blend)
+        targets = None
+        if self.colour:
+            targets = preparing.submit(colour_targets, rgb.copy(), box_hole, self.blend)
+
+        def finish() -> np.ndarray:
+            fills = [job.finish()[0] for job in jobs]
+            blended = strokes.blend_tiles(fills, windows, low_hole.shape)
+            low_filled = np.where(low_hole[..., None], blended, low)
+            fill = finish_fill(
+                rgb,
+                hole,
+                low_filled,
+                detail=self.detail,
+                smooth_factors=(strokes.TILE_DETAIL_FACTOR,) * 2,
+                blend=self.blend,
+                colour=self.colour,
+                prepared=BoxPreparation(
+                    system.result(), *(targets.result() if targets else (None, None))
+                ),
+            )
+            result = rgb.copy()
+            result[hole] = convert_pixels(fill[hole], rgb.dtype)
+            return result
+
+        return _Job([item for job in jobs for item in job.items], finish), finish

@@ -463,7 +463,7 @@ class ScaledPlanner:
                 smooth_factors=(strokes.TILE_DETAIL_FACTOR,) * 2,
                 blend=self.blend,
                 colour=self.colour,
-                prepared=BoxPreparation(
+                prepared=lambda: BoxPreparation(
                     system.result(), *(targets.result() if targets else (None, None))
                 ),
             )

@@ -360,8 +360,11 @@ def test_cli_without_checkpoint_serves_the_shipped_model(monkeypatch, caplog):
         return built[-1][1]
 
     monkeypatch.setattr(webapp, "build_app", build_app)
+    blas_limits: list[None] = []  # not run here: it would limit the whole test process
+    monkeypatch.setattr(webapp.cli, "one_blas_thread", lambda: blas_limits.append(None))
     with caplog.at_level(logging.INFO, logger="absl"):
         assert webapp.main(["app"]) == 0
+    assert len(blas_limits) == 1
     [(inpainter, blocks)] = built
     assert inpainter.model.base_features == TINY_WIDTH and inpainter.strategy == "crop"
     assert inpainter.max_batch == webapp.DEFAULT_MAX_BATCH == 4  # a short warm-up

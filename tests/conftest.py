@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from deepgin_jax import compile_cache  # imports no JAX
@@ -72,6 +73,18 @@ def masked_inputs(n: int, h: int, w: int, seed: int = 0) -> tuple[jax.Array, jax
     mask[:, h // 4 : h // 2, w // 8 : w // 2] = 1
     mask[:, -6:, :] = 1
     return jnp.asarray(image * (1 - mask) + mask), jnp.asarray(mask)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _blas_threads_left_alone() -> Iterator[None]:
+    """Commands run in this process (`inpaint.run`, the editor's `main`) would limit NumPy's
+    and SciPy's BLAS to one thread for every later test; test_inpaint_cli runs the real
+    `cli.one_blas_thread` in a process of its own."""
+    from deepgin_jax import cli
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "one_blas_thread", lambda: None)
+        yield
 
 
 @pytest.fixture(scope="session")

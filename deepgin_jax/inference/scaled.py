@@ -461,6 +461,7 @@ class ScaledPlanner:
                 low_filled,
                 detail=self.detail,
                 smooth_factors=(strokes.TILE_DETAIL_FACTOR,) * 2,
+                neutral_periods=detail_transfer.NEUTRAL_PERIODS,
                 blend=self.blend,
                 colour=self.colour,
                 prepared=lambda: BoxPreparation(

@@ -104,6 +104,14 @@ SLOW_FIRST = (
 )
 
 
+def pytest_configure(config) -> None:
+    """Files go out in the workers' collection order however pytest is called, as with
+    `--no-loadscope-reorder` (the Makefile's): xdist's own order, files with the most tests
+    first, would start the slowest files last and leave one worker running them alone."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """An xdist worker's collection order is the order in which files are handed out."""
     if hasattr(config, "workerinput"):

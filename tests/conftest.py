@@ -14,8 +14,6 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from deepgin_jax import compile_cache  # imports no JAX
-
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
     # Once: the flags are part of every compiled program's cache key, so a second copy would
@@ -26,27 +24,13 @@ os.environ.setdefault(
     str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax_compilation_cache"),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# The size bound that the command lines give the cache (compile_cache.enable), for the test
-# processes too: JAX then locks the folder around reads and writes, and keeps each entry's last
-# use beside it. An entry written without that record makes a bounded process's every later
-# write fail ("Error writing persistent compilation cache entry"), so the training and CLI
-# subprocesses would compile again what they compiled before.
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(compile_cache.DEFAULT_MAX_BYTES))
-
-
-def _record_last_uses(folder: Path) -> None:
-    """Gives every entry of the cache without a last-use record one (entries that an unbounded
-    process wrote, such as this suite's before it bounded the cache)."""
-    for entry in folder.glob("*-cache"):
-        record = entry.with_name(entry.name.removesuffix("-cache") + "-atime")
-        try:
-            if not record.exists():
-                record.write_bytes(entry.stat().st_mtime_ns.to_bytes(8, "little"))
-        except FileNotFoundError:  # removed by another process meanwhile
-            pass
-
-
-_record_last_uses(Path(os.environ["JAX_COMPILATION_CACHE_DIR"]))
+# No size bound, for the test processes and (inherited) every subprocess: with one, JAX scans
+# the whole folder (a stat and a last-use read per entry) under a folder-wide lock at every
+# write, and the suite writes thousands of entries to one folder: minutes of CPU, and workers
+# waiting on each other. Unbounded, JAX writes entries unlocked; an entry read while another
+# process writes it fails to decompress, which JAX reports and compiles again. (Every process
+# must agree: a bounded one fails every write to a folder of entries without last-use records.)
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", "-1")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Pretrained networks in the user's cache must not change what a test sees: the default folder
 # (deepgin_jax.user_cache) is one that no test writes unless it sets its own.
@@ -131,6 +115,14 @@ SLOW_FIRST = (
     "tests/test_learning.py",
     "tests/test_remote_workdir.py",
 )
+
+
+def pytest_configure(config) -> None:
+    """Files go out in the workers' collection order however pytest is called, as with
+    `--no-loadscope-reorder` (the Makefile's): xdist's own order, files with the most tests
+    first, would start the slowest files last and leave one worker running them alone."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items) -> None:

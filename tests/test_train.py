@@ -253,19 +253,24 @@ def test_gan_step_advances_spectral_vectors_as_three_discriminator_calls():
     new_state, step_metrics = step(state, batch, None)
     assert bool(step_metrics["finite"]) and "d_loss" in step_metrics
 
-    target, mask, masked = train_steps.prepare_batch(batch)
-    fake = setup.generator.apply({"params": state.g_params}, masked, mask, target).completed
-    spectral, calls = state.d_spectral, []
-    for candidate in (fake, target, fake):
-        _, updated = setup.discriminator.apply(
-            {"params": state.d_params, SPECTRAL_COLLECTION: spectral},
-            masked,
-            candidate,
-            update_stats=True,
-            mutable=[SPECTRAL_COLLECTION],
-        )
-        spectral = updated[SPECTRAL_COLLECTION]
-        calls.append(spectral)
+    @jax.jit  # one program: run op by op, the networks compile hundreds of small ones
+    def spectral_after_each_call(state: train_state.TrainState, batch: dict) -> list:
+        target, mask, masked = train_steps.prepare_batch(batch)
+        fake = setup.generator.apply({"params": state.g_params}, masked, mask, target).completed
+        spectral, calls = state.d_spectral, []
+        for candidate in (fake, target, fake):
+            _, updated = setup.discriminator.apply(
+                {"params": state.d_params, SPECTRAL_COLLECTION: spectral},
+                masked,
+                candidate,
+                update_stats=True,
+                mutable=[SPECTRAL_COLLECTION],
+            )
+            spectral = updated[SPECTRAL_COLLECTION]
+            calls.append(spectral)
+        return calls
+
+    calls = spectral_after_each_call(state, batch)
 
     def max_difference(a, b) -> float:
         return max(

@@ -78,6 +78,7 @@ def main(argv: Sequence[str]) -> None:
         return
     compile_cache.enable()
     cli.one_blas_thread()  # as the editor does
+    cli.no_huge_page_advice()
     width, height = (int(v) for v in FLAGS.size)
     photo = np.asarray(Image.open(FLAGS.photo).convert("RGB").resize((width, height)))
     rows = []

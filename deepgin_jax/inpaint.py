@@ -452,6 +452,7 @@ def run(flag_values: flags.FlagValues) -> int:
         Inpainter.from_checkpoint, f.checkpoint, **cli.inpainter_options(f)
     )
     cli.one_blas_thread()
+    cli.no_huge_page_advice()
     try:
         summary = inpaint_tasks(
             inpainter,

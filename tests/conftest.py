@@ -60,14 +60,16 @@ def masked_inputs(n: int, h: int, w: int, seed: int = 0) -> tuple[jax.Array, jax
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _blas_threads_left_alone() -> Iterator[None]:
+def _process_settings_left_alone() -> Iterator[None]:
     """Commands run in this process (`inpaint.run`, the editor's `main`) would limit NumPy's
-    and SciPy's BLAS to one thread for every later test; test_inpaint_cli runs the real
-    `cli.one_blas_thread` in a process of its own."""
+    and SciPy's BLAS to one thread and turn NumPy's huge-page advice off for every later test;
+    test_inpaint_cli runs the real `cli.one_blas_thread` and `cli.no_huge_page_advice` in a
+    process of their own."""
     from deepgin_jax import cli
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cli, "one_blas_thread", lambda: None)
+        patch.setattr(cli, "no_huge_page_advice", lambda: None)
         yield
 
 

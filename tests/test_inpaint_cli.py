@@ -30,14 +30,14 @@ ORIENTATION = 0x0112
 @pytest.fixture(scope="module", autouse=True)
 def blas_limits() -> Iterator[list[None]]:
     """The runs' calls of `cli.one_blas_thread`, which is not run here: it would limit the
-    whole test process (`test_one_blas_thread_limits_numpys_and_scipys_openblas` runs it)."""
+    whole test process (the test after this runs it in a process of its own)."""
     calls: list[None] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cli, "one_blas_thread", lambda: calls.append(None))
         yield calls
 
 
-def test_one_blas_thread_limits_numpys_and_scipys_openblas():
+def test_inference_commands_limit_blas_threads_and_huge_page_advice():
     code = (
         "import os, numpy, scipy.sparse.linalg\n"
         "from threadpoolctl import threadpool_info\n"
@@ -47,12 +47,15 @@ def test_one_blas_thread_limits_numpys_and_scipys_openblas():
         "assert os.cpu_count() == 1 or max(i['num_threads'] for i in blas) > 1, blas\n"
         "cli.one_blas_thread()\n"
         "print([i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'])\n"
+        "from numpy._core import multiarray\n"
+        "cli.no_huge_page_advice()\n"
+        "print(multiarray._set_madvise_hugepage(True))\n"  # returns the setting it replaces
     )
     environment = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     result = subprocess.run(
         [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
     )
-    assert result.stdout.strip() == "[1, 1]"
+    assert result.stdout.split() == ["[1,", "1]", "False"]
 
 
 def run_cli(*args: str) -> int:

@@ -325,6 +325,13 @@ def finish_fill(
     return np.where(hole[..., None], fill, photo)
 
 
+def _pasted(rgb: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """`rgb` with its hole pixels from float `fill`, in rgb's dtype."""
+    result = rgb.copy()
+    result[hole] = convert_pixels(fill[hole], rgb.dtype)
+    return result
+
+
 @dataclasses.dataclass(frozen=True)
 class ScaledPlanner:
     """The "scaled" strategy around an "auto" planner (`inner`, which runs an image of at most
@@ -394,11 +401,7 @@ class ScaledPlanner:
         else:
             low, low_hole = to_unit_float(rgb).astype(np.float32), hole
         job = dataclasses.replace(self.inner, blend="paste").plan(low, low_hole)
-        box_hole = hole.copy()
-        system = preparing.submit(prepare_system, box_hole, self.blend)
-        targets = None
-        if self.colour:
-            targets = preparing.submit(colour_targets, rgb.copy(), box_hole, self.blend)
+        prepared = self._prepare(rgb, hole, preparing)
         tile = self.inner.tile_size
         factors = (-(-low_hole.shape[0] // tile), -(-low_hole.shape[1] // tile))
 
@@ -415,15 +418,25 @@ class ScaledPlanner:
                 neutral_periods=() if thin else detail_transfer.NEUTRAL_PERIODS,
                 blend=self.blend,
                 colour=self.colour,
-                prepared=lambda: BoxPreparation(
-                    system.result(), *(targets.result() if targets else (None, None))
-                ),
+                prepared=prepared,
             )
-            result = rgb.copy()
-            result[hole] = convert_pixels(fill[hole], rgb.dtype)
-            return result
+            return _pasted(rgb, hole, fill)
 
         return job, finish
+
+    def _prepare(
+        self, rgb: np.ndarray, hole: np.ndarray, preparing: concurrent.futures.Executor
+    ) -> Callable[[], BoxPreparation]:
+        """The box's `BoxPreparation`, made by `preparing`'s threads: a function that waits
+        for it."""
+        box_hole = hole.copy()
+        system = preparing.submit(prepare_system, box_hole, self.blend)
+        targets = None
+        if self.colour:
+            targets = preparing.submit(colour_targets, rgb.copy(), box_hole, self.blend)
+        return lambda: BoxPreparation(
+            system.result(), *(targets.result() if targets else (None, None))
+        )
 
     def _plan_tiles(
         self, rgb: np.ndarray, hole: np.ndarray, preparing: concurrent.futures.Executor
@@ -445,11 +458,7 @@ class ScaledPlanner:
         )
         windows = [window for window in windows if low_hole[window].any()]
         jobs = [inner.plan(low[window], low_hole[window]) for window in windows]
-        box_hole = hole.copy()
-        system = preparing.submit(prepare_system, box_hole, self.blend)
-        targets = None
-        if self.colour:
-            targets = preparing.submit(colour_targets, rgb.copy(), box_hole, self.blend)
+        prepared = self._prepare(rgb, hole, preparing)
 
         def finish() -> np.ndarray:
             fills = [job.finish()[0] for job in jobs]
@@ -464,12 +473,8 @@ class ScaledPlanner:
                 neutral_periods=detail_transfer.NEUTRAL_PERIODS,
                 blend=self.blend,
                 colour=self.colour,
-                prepared=lambda: BoxPreparation(
-                    system.result(), *(targets.result() if targets else (None, None))
-                ),
+                prepared=prepared,
             )
-            result = rgb.copy()
-            result[hole] = convert_pixels(fill[hole], rgb.dtype)
-            return result
+            return _pasted(rgb, hole, fill)
 
         return _Job([item for job in jobs for item in job.items], finish), finish

@@ -278,6 +278,64 @@ def test_thin_strokes_go_through_overlapping_tiles_without_grid():
     assert np.abs(np.diff(along)).max() < 0.15 * np.ptp(along), along
 
 
+def test_detail_scale_and_phase_neutral_reach_the_detail_of_each_path(monkeypatch):
+    """Object holes take the detail above 1/DETAIL_FACTOR of the low-resolution scale, tiled
+    strokes above a third of the tiles' scale; both without the local phase offsets."""
+    calls = []
+    transfer = detail_transfer.transfer_detail
+
+    def recording(low_fill, residual, hole, **options):
+        calls.append((low_fill.shape[:2], options.get("neutral_periods")))
+        return transfer(low_fill, residual, hole, **options)
+
+    monkeypatch.setattr(detail_transfer, "transfer_detail", recording)
+    options = dict(tile_size=64, max_batch=4, colour_match=False)
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (200, 300, 3), np.uint8)
+    hole = np.zeros((200, 300), bool)
+    hole[60:110, 40:100] = True  # its box: 180 px, downscaled to 64
+    Inpainter.from_function(known_mean_network, **options).inpaint(image, hole)
+    image, strokes_hole = two_tone_strokes(6)
+    Inpainter.from_function(known_mean_network, **options).inpaint(image, strokes_hole)
+    factor = scaled_fill.DETAIL_FACTOR
+    assert calls == [
+        ((64 // factor, 64 // factor), detail_transfer.NEUTRAL_PERIODS),
+        (
+            tuple(n // strokes.TILE_DETAIL_FACTOR for n in strokes_hole.shape),
+            detail_transfer.NEUTRAL_PERIODS,
+        ),
+    ]
+
+
+def test_finish_fill_waits_for_the_preparation_only_when_the_blend_needs_it(monkeypatch):
+    events = []
+    transfer = detail_transfer.transfer_detail
+
+    def recording(*args, **options):
+        events.append("detail")
+        return transfer(*args, **options)
+
+    monkeypatch.setattr(detail_transfer, "transfer_detail", recording)
+    photo = np.random.default_rng(5).random((96, 96, 3)).astype(np.float32)
+    hole = np.zeros((96, 96), bool)
+    hole[30:60, 30:66] = True
+    low, low_hole = scaled_fill.downscale_known(photo, hole, (48, 48))
+    low_filled = np.where(low_hole[..., None], low[~low_hole].mean(axis=0), low)
+
+    def prepared():
+        events.append("prepared")
+        return scaled_fill.prepare_box(photo, hole, blend="poisson", colour=True)
+
+    waited = scaled_fill.finish_fill(
+        photo, hole, low_filled, detail=True, blend="poisson", colour=True, prepared=prepared
+    )
+    assert events == ["detail", "prepared"]
+    made_here = scaled_fill.finish_fill(
+        photo, hole, low_filled, detail=True, blend="poisson", colour=True
+    )
+    np.testing.assert_array_equal(waited, made_here)
+
+
 def test_colour_limit_keeps_the_fill_near_the_colour_the_border_predicts(monkeypatch):
     photo = np.full((64, 64, 3), 0.5, np.float32)
     photo[:, 32:] = 0.6

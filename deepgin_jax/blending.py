@@ -15,14 +15,14 @@ the hole's pixels (a 5-point Laplacian), factorised once for the three channels.
 never changed.
 
 A hole of up to `TWO_LEVEL_MIN_PIXELS` pixels is solved exactly (SuperLU). A larger one, whose
-LU grows faster than the hole (1.3 s of CPU for a 500x400 ellipse, 2.7 s for one of 253,000
-pixels), is solved in two levels: the solution minus the fill is harmonic, so smooth away from
+LU grows faster than the hole (1.1-1.9 s of CPU for an ellipse of 160,000 pixels, 1.8-2.0 s
+for 254,000, idle cores), is solved in two levels: the solution minus the fill is harmonic, so smooth away from
 the border. It is solved on a grid `COARSE_STEP` times coarser, bilinearly interpolated (the
 coarse system is the fine one's Galerkin projection, so no boundary is moved), and then solved
 exactly, at full resolution, in the band of hole pixels within `BAND_WIDTH` of the border,
 taking the coarse solution at the band's inner edge. One more such correction of the residual
-follows. On a 500x400 ellipse: 0.37 s instead of 1.28 s to factorise, within 0.09 of a 0-255
-level of the exact solution.
+follows. On those ellipses: 0.30-0.45 s and 0.69-0.78 s to factorise, within 0.08 of a 0-255
+level of the exact solution (`python -m benchmarks.poisson_solve`).
 
 `BLENDERS` names the ways a fill can meet the photo (the `blend` option of `Inpainter`): each
 takes (image [H, W, 3] in its own dtype, hole bool [H, W], fill float [H, W, 3] in [0, 1]) and
@@ -222,10 +222,10 @@ def _two_level(matrix: scipy.sparse.csr_matrix, hole: np.ndarray) -> _TwoLevelSo
     )
 
 
-def hole_system(hole: np.ndarray) -> HoleSystem:
-    """The Poisson system of bool [H, W] `hole` (module docstring), factorised (in two levels
-    beyond `TWO_LEVEL_MIN_PIXELS`); the factorisations release the GIL, so they can run in a
-    thread beside other work."""
+def hole_system(hole: np.ndarray, *, two_level: bool | None = None) -> HoleSystem:
+    """The Poisson system of bool [H, W] `hole` (module docstring), factorised in two levels
+    where `two_level` says (None: beyond `TWO_LEVEL_MIN_PIXELS`); the factorisations release
+    the GIL, so they can run in a thread beside other work."""
     rows, cols = np.nonzero(hole)
     count = rows.size
     height, width = hole.shape
@@ -257,10 +257,9 @@ def hole_system(hole: np.ndarray) -> HoleSystem:
         ),
         shape=(count, count),
     )
-    if count > TWO_LEVEL_MIN_PIXELS:
-        solver = _two_level(matrix, hole)
-    else:
-        solver = _DirectSolver(_factorised(matrix))
+    if two_level is None:
+        two_level = count > TWO_LEVEL_MIN_PIXELS
+    solver = _two_level(matrix, hole) if two_level else _DirectSolver(_factorised(matrix))
     return HoleSystem(hole.shape, rows, cols, tuple(neighbours), solver)
 
 

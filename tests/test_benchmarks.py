@@ -425,3 +425,17 @@ def test_startup_benchmark_times_a_first_and_a_later_process(tmp_path):
         ("this", "later 1"),
     ]
     assert all(r["wall_s"] > 0 and r["cpu_s"] > 0 and r["load"] >= 0 for r in rows), rows
+
+
+def test_poisson_solve_benchmark_times_both_solvers_on_the_same_holes(tmp_path):
+    argv = [
+        sys.executable, "-m", "benchmarks.poisson_solve", "--size=400,300", "--holes=20",
+        f"--out={tmp_path}",
+    ]  # fmt: skip
+    subprocess.run(argv, check=True, cwd=REPO, capture_output=True, text=True)
+    (table,) = tmp_path.glob("*/poisson_solve.json")
+    rows = json.loads(table.read_text())["rows"]
+    assert [r["solver"] for r in rows] == ["exact", "two-level"]
+    assert rows[0]["pixels"] == rows[1]["pixels"] > 20_000
+    assert all(r["factor_cpu_s"] > 0 and r["solve_cpu_s"] > 0 for r in rows)
+    assert 0 < rows[1]["max_difference"] < 0.1  # 0-255 levels

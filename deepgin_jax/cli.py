@@ -330,8 +330,8 @@ def one_blas_thread() -> None:
     """NumPy's and SciPy's OpenBLAS each keep a thread per core that busy-waits between calls.
     Inference gives them small matrices (the detail transfer's distances, SuperLU's supernodes)
     while XLA's threads and the blend's factorisation thread want the cores: with one BLAS
-    thread each, a 2560x1600 `inpaint` took 4.5-5.3 s of CPU against 5.1-6.3 s (3 runs each,
-    in turns, on busy cores)."""
+    thread each, a 2560x1600 `inpaint` took 4.5-5.3 s of CPU against 5.1-6.3 s (3 processes
+    each, in turns, on busy cores; `OPENBLAS_NUM_THREADS=1` against none, /usr/bin/time)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
@@ -343,7 +343,8 @@ def no_huge_page_advice() -> None:
     default), a command that allocates its arrays once pays for it: 0.97 s of CPU for the
     first call of the detail transfer's `phase_neutral` on a 2560x1600 photo against 0.33 s
     without (and 0.35 s for its second call either way); the process's system time fell from
-    1.2-2.1 s to 0.9-1.1 s."""
+    1.2-2.1 s to 0.9-1.1 s (3 processes each, in turns, `NUMPY_MADVISE_HUGEPAGE=0` against
+    none, idle cores)."""
     from numpy._core import multiarray
 
     multiarray._set_madvise_hugepage(False)

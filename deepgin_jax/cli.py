@@ -23,6 +23,7 @@ is shown only with `-v`.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging as std_logging
 import os
 import signal
@@ -406,5 +407,15 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 def run(main: Callable[[Sequence[str]], Any]) -> None:
     """`absl.app.run(main)` for a command line: `guarded(main)`, flag errors as one line (exit
-    EXIT_USAGE), and a bare `-v` accepted."""
-    app.run(guarded(main), argv=expand_verbose(sys.argv), flags_parser=parse_flags)
+    EXIT_USAGE), and a bare `-v` accepted.
+
+    The objects that exist when the command starts (the imported modules') and when it ends are
+    frozen out of the cyclic garbage collector (`gc.freeze`): they live until the process ends,
+    and the collector would otherwise walk them all at every full collection, and again for
+    each module the interpreter tears down at exit (0.25-0.3 s of an `inpaint` process's
+    last 0.3-0.4 s, after its outputs are written)."""
+    gc.freeze()
+    try:
+        app.run(guarded(main), argv=expand_verbose(sys.argv), flags_parser=parse_flags)
+    finally:
+        gc.freeze()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from deepgin_jax import losses
+from deepgin_jax.inference import detail as detail_transfer
 from deepgin_jax.models import layers, vgg
 from deepgin_jax.models.layers import edge_pad, max_pool_2x2
 
@@ -168,3 +169,72 @@ def test_edge_padded_conv_uses_the_row_split_only_where_it_crops():
         conv = layers.EdgePaddedConv(8, (7, 7), edge_padding=4, padding=padding)
         variables = conv.init(jax.random.key(0), x)
         assert ("custom_vjp" in str(jax.make_jaxpr(conv.apply)(variables, x))) == split
+
+
+def direct_phase_neutral(detail, hole, periods, radius):
+    """`detail_transfer.phase_neutral` written out pixel by pixel: for each hole pixel, the
+    mean of its phase's hole pixels in the blocks within `radius` of its own block, minus the
+    mean of all the hole pixels there, scaled by the pixel's share of the window's energy."""
+    import cv2
+
+    result = detail.astype(np.float64)
+    for period in periods:
+        energy = (result**2).mean(axis=-1) * hole
+        near = cv2.blur(energy, (period, period))
+        wide = cv2.blur(energy, (2 * radius * period + 1,) * 2)
+        share = np.sqrt(np.clip(near / np.maximum(wide, 1e-12), 0.0, 1.0))
+        corrected = result.copy()
+        for y, x in zip(*np.nonzero(hole), strict=True):
+            block_y, block_x = y // period, x // period
+            rows = slice(max(0, (block_y - radius) * period), (block_y + radius + 1) * period)
+            cols = slice(max(0, (block_x - radius) * period), (block_x + radius + 1) * period)
+            window, window_hole = result[rows, cols], hole[rows, cols]
+            phase = np.zeros_like(window_hole)
+            phase[(y - rows.start) % period :: period, (x - cols.start) % period :: period] = True
+            phase_mean = window[window_hole & phase].mean(axis=0)
+            corrected[y, x] -= (phase_mean - window[window_hole].mean(axis=0)) * share[y, x]
+        result = corrected
+    return result
+
+
+def test_window_sums_are_the_windows_sums():
+    values = RNG.standard_normal((7, 9, 5))
+    sums = detail_transfer._window_sums(values, 2)
+    for y, x in [(0, 0), (3, 4), (6, 8), (2, 7)]:
+        window = values[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3]
+        np.testing.assert_allclose(sums[y, x], window.sum(axis=(0, 1)), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,box", [((30, 41), (4, 27, 6, 35)), ((23, 19), (0, 23, 3, 19))])
+def test_phase_neutral_is_the_phase_offsets_written_out(shape, box):
+    detail = RNG.standard_normal((*shape, 3)).astype(np.float32)
+    detail[::4, ::3] += 1.0  # offsets at the periods below
+    hole = np.zeros(shape, bool)
+    hole[box[0] : box[1], box[2] : box[3]] = True
+    hole[box[0] + 2, box[2] : box[2] + 4] = False  # not a rectangle
+    neutral = detail_transfer.phase_neutral(detail, hole, periods=(4, 3), radius=2)
+    expected = direct_phase_neutral(detail, hole, periods=(4, 3), radius=2)
+    np.testing.assert_allclose(neutral, expected, atol=1e-5)
+    assert np.abs(neutral - detail).max() > 0.1  # it did correct something
+
+
+def test_overlap_add_is_the_gather_of_every_patch():
+    """The detail's patches mixed and pasted one cell at a time (`_overlap_add`) against the
+    formulation it replaced: every patch's pixels gathered at once, mixed by an einsum."""
+    source = RNG.standard_normal((40, 50, 3)).astype(np.float32)
+    size, cells, k = 6, 7, 3
+    tops = RNG.integers(0, 40 - size, (cells, k))
+    lefts = RNG.integers(0, 50 - size, (cells, k))
+    gains = RNG.random((cells, k)).astype(np.float32)
+    corners = RNG.integers(0, 5, (cells, 2)) * (size // 2)  # overlapping cells
+    got = detail_transfer._overlap_add(source, tops, lefts, gains, corners, size, (20, 20))
+
+    span = np.arange(size)
+    patches = source[tops[:, :, None, None] + span[:, None], lefts[:, :, None, None] + span]
+    window = detail_transfer._window(size)[:, None] * detail_transfer._window(size)[None, :]
+    mixed = np.einsum("tk,tkyxc->tyxc", gains, patches) * window[..., None]
+    expected = np.zeros((20, 20, 3), np.float32)
+    for (row, col), patch in zip(corners, mixed, strict=True):
+        expected[row : row + size, col : col + size] += patch
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(expected).max() > 0.5

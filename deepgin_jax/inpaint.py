@@ -449,7 +449,10 @@ def run(flag_values: flags.FlagValues) -> int:
     except ValueError as e:
         return cli.usage_failure("%s", e)
     inpainter = functools.partial(
-        Inpainter.from_checkpoint, f.checkpoint, **cli.inpainter_options(f)
+        Inpainter.from_checkpoint,
+        f.checkpoint,
+        few_calls=len(tasks) == 1,  # the network runs once or a few times
+        **cli.inpainter_options(f),
     )
     cli.one_blas_thread()
     cli.no_huge_page_advice()

@@ -620,3 +620,20 @@ def test_dilate_flag_is_bounded():
         flag_values(["inpaint", "--dilate=10000", "--image=x", "--output=y"])
     flag_values(["inpaint", f"--dilate={inference.MAX_DILATE}", "--image=x", "--output=y"])
     assert flag_values.dilate == inference.MAX_DILATE
+
+
+def test_one_photo_is_compiled_for_few_calls_and_a_folder_is_not(inputs, tmp_path, monkeypatch):
+    few_calls = []
+    real = inpaint.Inpainter.from_checkpoint
+
+    def recording(*args, **kwargs):
+        few_calls.append(kwargs["few_calls"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inpaint.Inpainter, "from_checkpoint", recording)
+    image, mask = inputs / "images" / "a.png", inputs / "masks" / "a.png"
+    assert run_cli(f"--image={image}", f"--mask={mask}", f"--output={tmp_path}/a.png") == 0
+    folder = (f"--image={inputs / 'images'}", f"--mask={inputs / 'masks'}")
+    run_cli(*folder, f"--output={tmp_path}/all")  # exit 1: the folder holds a photo without mask
+    assert (tmp_path / "all" / "a.png").is_file()
+    assert few_calls == [True, False]

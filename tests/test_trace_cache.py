@@ -39,6 +39,20 @@ def _refuse_tracing(monkeypatch):
     monkeypatch.setattr(DeepGIN, "__call__", traced)
 
 
+def test_few_calls_compiles_the_kept_program_with_its_options_and_gives_the_same_output(
+    tiny_generator, traced_folder
+):
+    model, variables = tiny_generator
+    masked, mask = (np.asarray(x) for x in masked_inputs(1, 32, 32))
+    plain = np.asarray(network.GeneratorForward(model, variables)(masked, mask))
+    few = network.GeneratorForward(model, variables, few_calls=True)
+    np.testing.assert_allclose(np.asarray(few(masked, mask)), plain, atol=1e-5)
+    assert len(_forward_files(traced_folder)) == 1  # one traced program for both
+    options = {key[1] for key in network._READ_BACK}
+    assert options == {(), network.FEW_CALLS_CPU_OPTIONS}
+    assert network.FEW_CALLS_CPU_OPTIONS == (("xla_cpu_experimental_ynn_fusion_type", ""),)
+
+
 def test_a_kept_forward_pass_runs_without_tracing_and_gives_the_same_output(
     tiny_generator, traced_folder, monkeypatch
 ):

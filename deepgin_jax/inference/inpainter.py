@@ -270,15 +270,18 @@ class Inpainter(InpainterBase):
         checkpoint: str | os.PathLike | None = None,
         *,
         dtype: Any = jnp.float32,
+        few_calls: bool = False,
         **options: Any,
     ) -> Inpainter:
         """An Inpainter for any generator `deepgin_jax.shipped.load_any_generator` reads (a
         converted model, a training checkpoint step, a `checkpoints/` folder, a training
         workdir, a shipped-model folder or its generator.npz; None or "shipped": the shipped
         model), computing in `dtype` (e.g. jnp.bfloat16 on GPU; the parameters stay
-        float32). The options are checked before the generator is loaded."""
+        float32), compiled for a few calls of each shape if `few_calls` (one photo: see
+        `GeneratorForward`). The options are checked before the generator is loaded."""
         checked = _checked(options.pop("options", None), options)
-        return cls(GeneratorForward.from_checkpoint(checkpoint, dtype=dtype), options=checked)
+        forward = GeneratorForward.from_checkpoint(checkpoint, dtype=dtype, few_calls=few_calls)
+        return cls(forward, options=checked)
 
     @classmethod
     def from_model(

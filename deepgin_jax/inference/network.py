@@ -29,10 +29,19 @@ from deepgin_jax.models.generator import DeepGIN
 ForwardFn = Callable[[np.ndarray, np.ndarray], Any]
 
 
+# For a process that runs each compiled shape only a few times (`few_calls`): XLA:CPU builds
+# the YNNPACK pipelines of a compiled program at its first run (0.2 s of CPU for
+# DeepGIN-compact at 128x128: a first call of 0.24 s against 0.07 s without them), which its
+# later calls repay at about 0.015 s each (0.03 s against 0.045 s).
+FEW_CALLS_CPU_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+CompilerOptions = tuple[tuple[str, str], ...]
+
+
 def forward_cache_size() -> int:
     """How many compiled forms of the generator's forward pass this process holds (one per
-    model configuration and input shape)."""
-    return _reconstruct._cache_size() + sum(f._cache_size() for f in _READ_BACK.values())
+    model configuration, input shape and compiler options)."""
+    jitted = [_reconstruct, *_WITH_OPTIONS.values(), *_READ_BACK.values()]
+    return sum(f._cache_size() for f in jitted)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -40,21 +49,38 @@ def _reconstruct(model: DeepGIN, variables: Any, masked: jax.Array, mask: jax.Ar
     return model.apply(variables, masked, mask).reconstructed
 
 
+_WITH_OPTIONS: dict[CompilerOptions, Callable[..., jax.Array]] = {}
+
+
+def _traced_forward(options: CompilerOptions) -> Callable[..., jax.Array]:
+    """`_reconstruct` compiled with XLA `options` (jitted once per options)."""
+    if not options:
+        return _reconstruct
+    if (function := _WITH_OPTIONS.get(options)) is None:
+        function = jax.jit(
+            _reconstruct.__wrapped__, static_argnums=0, compiler_options=dict(options)
+        )
+        _WITH_OPTIONS[options] = function
+    return function
+
+
 # The forward passes read back from `trace_cache` (or traced and kept there) in this process,
 # by their file stem: jitted, so that each is compiled (or read from the compilation cache) once.
-_READ_BACK: dict[str, Callable[..., jax.Array]] = {}
+_READ_BACK: dict[tuple[str, CompilerOptions], Callable[..., jax.Array]] = {}
 _NOT_EXPORTABLE: set[str] = set()  # run by `_reconstruct`, traced in every process
 
 
-def _read_back(model: DeepGIN, variables: Any, masked: Any, mask: Any) -> Callable[..., jax.Array]:
+def _read_back(
+    model: DeepGIN, variables: Any, masked: Any, mask: Any, options: CompilerOptions = ()
+) -> Callable[..., jax.Array]:
     """The jitted forward pass of `model` at these inputs' shapes, run from its StableHLO in
-    `trace_cache` (traced and kept there the first time)."""
+    `trace_cache` (traced and kept there the first time), compiled with XLA `options`."""
     inputs = [trace_cache.abstract(x) for x in (masked, mask)]
     shapes = jax.tree.map(lambda v: (v.shape, str(v.dtype)), variables)
     stem = trace_cache.key("generator_forward", (trace_cache.module_fields(model), shapes, inputs))
     if stem in _NOT_EXPORTABLE:
-        return functools.partial(_reconstruct, model)
-    if (function := _READ_BACK.get(stem)) is None:
+        return functools.partial(_traced_forward(options), model)
+    if (function := _READ_BACK.get((stem, options))) is None:
         try:
             program = trace_cache.exported(
                 stem, jax.jit(functools.partial(_reconstruct, model)), (variables, *inputs)
@@ -62,14 +88,15 @@ def _read_back(model: DeepGIN, variables: Any, masked: Any, mask: Any) -> Callab
         except Exception as e:  # e.g. an operation that jax.export does not serialize
             logging.warning("The generator is traced in every process: cannot keep it (%s).", e)
             _NOT_EXPORTABLE.add(stem)
-            return functools.partial(_reconstruct, model)
+            return functools.partial(_traced_forward(options), model)
 
         def _reconstruct_exported(variables: Any, masked: jax.Array, mask: jax.Array):
             return program.call(variables, masked, mask)
 
         # Named as the traced function, so that compilation logs read the same either way.
         _reconstruct_exported.__name__ = "_reconstruct"
-        function = _READ_BACK[stem] = jax.jit(_reconstruct_exported)
+        function = jax.jit(_reconstruct_exported, compiler_options=dict(options) or None)
+        _READ_BACK[(stem, options)] = function
     return function
 
 
@@ -92,6 +119,9 @@ class GeneratorForward:
       model, variables: the generator and its variables.
       dtype: the computation dtype (e.g. jnp.bfloat16 on GPU), None for the model's; the
         parameters stay float32.
+      few_calls: compiled for a process that runs each input shape a few times (a command on
+        one photo): on CPUs without the pipelines XLA builds at a program's first run, which
+        pay off after about ten runs (`FEW_CALLS_CPU_OPTIONS`). The same values.
     """
 
     def __init__(
@@ -101,10 +131,13 @@ class GeneratorForward:
         *,
         dtype: Any = None,
         recommended: dict[str, Any] | None = None,
+        few_calls: bool = False,
     ):
         if dtype is not None and dtype != model.dtype:
             model = model.clone(dtype=dtype)
         self.model = _hashable(model)
+        on_cpu = jax.default_backend() == "cpu"
+        self._options: CompilerOptions = FEW_CALLS_CPU_OPTIONS if few_calls and on_cpu else ()
         # device_put, not jnp.asarray: that compiles a conversion per parameter shape (~1 s).
         self._variables = jax.device_put(variables)
         self._read_back: dict[tuple, Callable[..., jax.Array]] = {}  # by input shapes
@@ -113,7 +146,11 @@ class GeneratorForward:
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str | os.PathLike | None, *, dtype: Any = jnp.float32
+        cls,
+        checkpoint: str | os.PathLike | None,
+        *,
+        dtype: Any = jnp.float32,
+        few_calls: bool = False,
     ) -> GeneratorForward:
         """The generator `deepgin_jax.shipped.load_any_generator` reads from `checkpoint`
         (None: the shipped model); a shipped model's card gives the settings it is
@@ -121,13 +158,14 @@ class GeneratorForward:
         from deepgin_jax import shipped  # which reads its cards' settings with our options
 
         model, variables = shipped.load_any_generator(checkpoint, dtype=dtype)
-        return cls(model, variables, recommended=shipped.recommended_inference(checkpoint))
+        recommended = shipped.recommended_inference(checkpoint)
+        return cls(model, variables, recommended=recommended, few_calls=few_calls)
 
     def __call__(self, masked: np.ndarray, mask: np.ndarray) -> jax.Array:
         if trace_cache.folder() is None:
-            return _reconstruct(self.model, self._variables, masked, mask)
+            return _traced_forward(self._options)(self.model, self._variables, masked, mask)
         inputs = (np.shape(masked), masked.dtype, np.shape(mask), mask.dtype)
         if (function := self._read_back.get(inputs)) is None:
-            function = _read_back(self.model, self._variables, masked, mask)
+            function = _read_back(self.model, self._variables, masked, mask, self._options)
             self._read_back[inputs] = function
         return function(self._variables, masked, mask)

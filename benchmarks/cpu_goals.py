@@ -11,7 +11,10 @@ GFLOP/s that makes, its fraction of the cores' ceiling and the compiled program'
 by kind (the instructions XLA runs, outside fusions: convolutions, dots, fusions, and the
 layout operations: copies, transposes, pads, concatenations, slices). The ceiling is stated
 (--ceiling_gflops: a hand-written 512-bit FMA loop gives about 245 GFLOP/s a core in float32
-on these Zen 5 cores, 490 for the two) and XLA's own 2048^3 float32 matmul is measured beside.
+on Zen 5 cores, 490 for the two; on cores without AVX-512 none is stated unless given) and
+XLA's own 2048^3 float32 matmul is measured beside, in each process: `of_matmul` is the
+GFLOP/s as a fraction of it, which compares across machines. The cores' model and vector
+width head the notes.
 
 --against runs the same measurements on another checkout (its `deepgin_jax`) in a second
 process, in turns with this one: both processes compile everything first, then each round
@@ -269,6 +272,25 @@ class Measurement:
         return times
 
 
+def vector_isa() -> str:
+    """The widest FMA vectors these cores have, from /proc/cpuinfo ("unknown" elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = (
+        set(re.findall(r"^flags\s*:\s*(.*)$", text, re.M)[0].split()) if "flags" in text else set()
+    )
+    model = re.findall(r"^model name\s*:\s*(.*)$", text, re.M)
+    width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model[0] if model else 'unknown model'}, {width} FMA"
+
+
+def default_ceiling() -> float | None:
+    """CEILING_GFLOPS on cores with 512-bit FMA (where it was measured), else None."""
+    return CEILING_GFLOPS if "AVX-512" in vector_isa() else None
+
+
 def xla_matmul_gflops(n: int = 2048, calls: int = 5) -> float:
     import jax
     import jax.numpy as jnp
@@ -361,7 +383,7 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="Another checkout to measure in turns.")
     parser.add_argument("--rounds", type=int, default=5, help="Rounds of timed calls.")
     parser.add_argument("--calls", type=int, default=0, help="Calls per round (0: by program).")
-    parser.add_argument("--ceiling_gflops", type=float, default=CEILING_GFLOPS)
+    parser.add_argument("--ceiling_gflops", type=float, default=default_ceiling())
     parser.add_argument("--name", default="cpu_goals")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
@@ -401,7 +423,10 @@ def main() -> None:
             row[f"{label}_min_ms"] = min(times[(label, name)]) * 1e3
             row[f"{label}_gflop"] = gflops
             row[f"{label}_gflop_per_s"] = gflops / median if gflops else None
-            row[f"{label}_of_ceiling"] = gflops / median / flags.ceiling_gflops if gflops else None
+            ceiling = flags.ceiling_gflops
+            row[f"{label}_of_ceiling"] = gflops / median / ceiling if gflops and ceiling else None
+            matmul = worker.matmul_gflops
+            row[f"{label}_of_matmul"] = gflops / median / matmul if gflops and matmul else None
             row[f"{label}_compile_s"] = info["compile_s"]
             row.update({f"{label}_{k}": v for k, v in summarise_ops(info["ops"]).items()})
             row[f"{label}_op_counts"] = info["ops"]
@@ -419,14 +444,20 @@ def report(rows: list[dict], workers: dict, loads: list[str], flags: argparse.Na
     columns = ["measurement", "goal_ms"]
     for label in labels:
         columns += [f"{label}_ms", f"{label}_gflop", f"{label}_gflop_per_s", f"{label}_of_ceiling"]
+        columns.append(f"{label}_of_matmul")
         columns += [f"{label}_ops", f"{label}_layout_ops", f"{label}_convolutions"]
     if "before" in workers:
         columns.append("ratio")
     path = common.write_results(flags.name, rows, columns, flags.out)
     matmul = {label: w.matmul_gflops for label, w in workers.items()}
+    ceiling = (
+        f"ceiling {flags.ceiling_gflops:.0f} GFLOP/s (stated: a 512-bit FMA loop on both cores)"
+        if flags.ceiling_gflops
+        else "no ceiling stated for these cores (the stated 490 GFLOP/s is for 512-bit FMA)"
+    )
     extra = (
-        f"\nceiling {flags.ceiling_gflops:.0f} GFLOP/s (stated: a 512-bit FMA loop on both "
-        f"cores); XLA's 2048^3 float32 matmul here: "
+        f"\ncores: {vector_isa()}; {ceiling}; XLA's 2048^3 float32 matmul here "
+        f"(of_matmul divides by it): "
         + ", ".join(f"{label} {g:.0f} GFLOP/s" for label, g in matmul.items())
         + f"; load average over the rounds: {' '.join(loads)}\n"
     )

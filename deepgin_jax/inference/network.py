@@ -121,7 +121,8 @@ class GeneratorForward:
         parameters stay float32.
       few_calls: compiled for a process that runs each input shape a few times (a command on
         one photo): on CPUs without the pipelines XLA builds at a program's first run, which
-        pay off after about ten runs (`FEW_CALLS_CPU_OPTIONS`). The same values.
+        pay off after about ten runs (`FEW_CALLS_CPU_OPTIONS`). The same values to float
+        rounding.
     """
 
     def __init__(

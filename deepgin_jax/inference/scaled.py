@@ -36,8 +36,6 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
-import scipy.sparse
-import scipy.sparse.csgraph
 
 from deepgin_jax import blending
 from deepgin_jax.blending import BLENDERS
@@ -103,6 +101,10 @@ def context_boxes(
     bounds = np.stack([y, x, y + h, x + w], axis=1)
     while True:
         boxes = _grown(bounds, hole.shape, factor, min_size)
+        if len(bounds) == 1:
+            break
+        from scipy.sparse import csgraph, csr_matrix  # on first use, as in `blending`
+
         t, l, b, r = (boxes[:, i] for i in range(4))
         overlap = (
             (t[:, None] < b[None, :])
@@ -110,9 +112,7 @@ def context_boxes(
             & (l[:, None] < r[None, :])
             & (l[None, :] < r[:, None])
         )
-        groups, labels = scipy.sparse.csgraph.connected_components(
-            scipy.sparse.csr_matrix(overlap), directed=False
-        )
+        groups, labels = csgraph.connected_components(csr_matrix(overlap), directed=False)
         if groups == len(bounds):
             break
         merged = np.empty((groups, 4), np.int64)

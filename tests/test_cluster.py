@@ -89,6 +89,7 @@ from deepgin_jax import config as config_lib, train_state, train_steps
 from deepgin_jax.data import pipeline
 config = config_lib.apply_variant(config_lib.default_config(), "smoke")
 config.data.items_per_batch = 4  # the paper's 12 samples: 3 a device on 4, 16 with padding on 8
+config.model.num_coarse_blocks = config.model.num_refine_blocks = 1  # ONE_BLOCK_NETWORK
 setup = train_state.build_setup(config)
 state = jax.jit(functools.partial(train_state.init_train_state, setup, crop_size=64))(
     jax.random.key(0))

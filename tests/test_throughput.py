@@ -11,7 +11,7 @@ import pytest
 
 from deepgin_jax import config as config_lib
 from deepgin_jax import metric_writers, throughput, train_lib
-from tests.test_train import smoke_config
+from tests.test_train import ONE_BLOCK_NETWORK, smoke_config
 
 
 def test_peaks_are_dense_with_float32_at_the_tf32_rate_on_gpus():
@@ -78,7 +78,7 @@ def test_profile_steps_are_validated():
 def test_training_logs_throughput_and_traces_the_chosen_steps(tmp_path):
     workdir = tmp_path / "run"
     train_lib.train_and_evaluate(
-        smoke_config(profile_first_step=2, profile_last_step=3), str(workdir)
+        smoke_config(**ONE_BLOCK_NETWORK, profile_first_step=2, profile_last_step=3), str(workdir)
     )
     records = [r for r in metric_writers.read_metrics(workdir) if "g_loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3, 4]

@@ -602,7 +602,7 @@ def _write_format(path: Path) -> str:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    crc = zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF  # without copying the data
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from PIL import Image
 
 from deepgin_jax import config as config_lib
 from deepgin_jax import train_state, train_steps
@@ -439,3 +441,22 @@ def test_poisson_solve_benchmark_times_both_solvers_on_the_same_holes(tmp_path):
     assert rows[0]["pixels"] == rows[1]["pixels"] > 20_000
     assert all(r["factor_cpu_s"] > 0 and r["solve_cpu_s"] > 0 for r in rows)
     assert 0 < rows[1]["max_difference"] < 0.1  # 0-255 levels
+
+
+def test_one_photo_benchmark_writes_both_pngs_and_times_their_writers(tmp_path):
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(photo)
+    argv = [
+        sys.executable, "-m", "benchmarks.one_photo", f"--photo={photo}", "--size=64,48",
+        "--repeats=1", "--parts=png", f"--out={tmp_path}",
+    ]  # fmt: skip
+    subprocess.run(argv, check=True, cwd=REPO, capture_output=True, text=True)
+    (table,) = tmp_path.glob("*/one_photo.json")
+    rows = json.loads(table.read_text())["rows"]
+    assert [(r["part"], r["variant"]) for r in rows] == [
+        (f"png, level {level}", variant)
+        for level in (1, 6)
+        for variant in ("image_io (Up filter)", "Pillow")
+    ]
+    assert all(0 < r["fastest_s"] <= r["slowest_s"] and r["bytes"] > 48 * 64 for r in rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from benchmarks import cpu_goals
 from benchmarks.cpu_goals import op_counts, summarise_ops
 
 
@@ -23,3 +24,12 @@ def test_op_counts_read_the_programs_top_level_instructions():
     assert summary["convolutions"] + counts.get("fusion:kCustom", 0) >= 1  # plain or YNNPACK
     assert not {"parameter", "constant", "tuple", "get-tuple-element"} & set(counts)
     assert summary["fusions"] >= 1
+
+
+def test_the_512_bit_ceiling_is_stated_only_on_cores_with_avx512(monkeypatch):
+    here = cpu_goals.vector_isa()  # this machine's, from /proc/cpuinfo
+    assert here == "unknown" or here.endswith(("AVX-512 FMA", "AVX2 FMA", "no AVX2 FMA")), here
+    monkeypatch.setattr(cpu_goals, "vector_isa", lambda: "AMD EPYC, AVX-512 FMA")
+    assert cpu_goals.default_ceiling() == cpu_goals.CEILING_GFLOPS
+    monkeypatch.setattr(cpu_goals, "vector_isa", lambda: "AMD EPYC, AVX2 FMA")
+    assert cpu_goals.default_ceiling() is None

@@ -540,3 +540,31 @@ def test_every_command_line_starts_through_cli_run(module):
     source = (REPO / "deepgin_jax" / f"{module.replace('.', '/')}.py").read_text()
     entry = source[source.index('if __name__ == "__main__":') :]
     assert "cli.run(" in entry and "app.run(" not in entry
+
+
+def test_cli_run_freezes_the_objects_of_the_start_and_of_the_end(monkeypatch):
+    """`cli.run` takes the objects that exist before and after the command out of the cyclic
+    collector (the interpreter's exit would walk them all again), also when it fails."""
+    events = []
+    monkeypatch.setattr(cli.gc, "freeze", lambda: events.append("freeze"))
+    monkeypatch.setattr(sys, "argv", ["command"])
+
+    def main(argv):
+        events.append("main")
+        raise RuntimeError("the command failed")
+
+    with pytest.raises(RuntimeError, match="the command failed"):
+        cli.run(main)
+    assert events == ["freeze", "main", "freeze"]
+
+
+def test_importing_inpaint_leaves_scipy_to_the_blend():
+    """SciPy's sparse modules load where a Poisson system is built (in the thread beside the
+    network), not with the command's imports."""
+    code = "import json, sys, deepgin_jax.inpaint; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    modules = json.loads(result.stdout)
+    assert "deepgin_jax.blending" in modules
+    assert not [m for m in modules if m.split(".")[0] == "scipy"]

@@ -582,11 +582,12 @@ def test_the_bar_advances_per_batch_of_sub_images_and_logs_do_not_break_it(
     mask[8:56, 8:56] = 255
     Image.fromarray(mask).save(tmp_path / "a_mask.png")
     # The bar and absl's log lines on the one captured stream, as on a terminal (absl.app.run
-    # puts absl's handler on the root logger; other tests may have taken it off).
+    # puts absl's handler on the root logger once; other tests may have taken it off or left it).
     absl_handler = absl_logging.get_absl_handler()
     monkeypatch.setattr(absl_handler.python_handler, "stream", sys.stderr)
     root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [*root.handlers, absl_handler])
+    others = [handler for handler in root.handlers if handler is not absl_handler]
+    monkeypatch.setattr(root, "handlers", [*others, absl_handler])
     reported = []
 
     def slow_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -15,11 +15,13 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
-
-from etils import epath
+from typing import TYPE_CHECKING
 
 from deepgin_jax.atomic import atomic_write
 from deepgin_jax.paths import as_path, is_remote
+
+if TYPE_CHECKING:
+    from etils import epath
 
 DIGESTS_FILE = "sha256.json"
 _CHUNK = 8 << 20

@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 from absl import logging
-from etils import epath
 
 from deepgin_jax import checkpoint_digests
-from deepgin_jax.models.discriminator import SPECTRAL_COLLECTION, MultiScaleDiscriminator
-from deepgin_jax.models.generator import DeepGIN
 from deepgin_jax.paths import as_path
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the networks' modules import Flax, which reading a shipped model skips
+    from etils import epath
+
+    from deepgin_jax.models.generator import DeepGIN
     from deepgin_jax.train_state import TrainState
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -254,6 +254,8 @@ def load_generator(
     folder or a training workdir (the latest step is used). `model_overrides` change runtime
     fields such as `dtype` or `attention_impl`, never the architecture.
     """
+    from deepgin_jax.models.generator import DeepGIN
+
     step_dir = resolve_checkpoint(path)
     meta = read_meta(step_dir)
     if "model" not in meta or not (step_dir / GENERATOR_ITEM).is_dir():
@@ -276,6 +278,8 @@ def load_discriminator(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     `path` may be a converted reference discriminator (`save_discriminator`), a training
     checkpoint step, a `checkpoints/` folder or a training workdir (the latest step).
     """
+    from deepgin_jax.models.discriminator import SPECTRAL_COLLECTION, MultiScaleDiscriminator
+
     step_dir = resolve_checkpoint(path)
     meta = read_meta(step_dir)
     if "discriminator" not in meta or not (step_dir / DISCRIMINATOR_ITEM).is_dir():
@@ -307,6 +311,8 @@ TRAIN_ITEMS = (GENERATOR_ITEM, G_OPT_ITEM, DISCRIMINATOR_ITEM, D_OPT_ITEM)
 def train_items(state: TrainState) -> dict[str, Any]:
     """A `train_state.TrainState` as the arrays of `TRAIN_ITEMS`. The networks are stored as
     `load_generator` and `load_discriminator` read them; the step is in the meta."""
+    from deepgin_jax.models.discriminator import SPECTRAL_COLLECTION
+
     return {
         GENERATOR_ITEM: {"params": state.g_params},
         G_OPT_ITEM: state.g_opt_state,
@@ -318,6 +324,8 @@ def train_items(state: TrainState) -> dict[str, Any]:
 def state_from_train_items(items: Mapping[str, Any], step: int, like: TrainState) -> TrainState:
     """The inverse of `train_items`: a state of the structure of `like` (whose `step` gives the
     step's sharding) holding `items` at `step`."""
+    from deepgin_jax.models.discriminator import SPECTRAL_COLLECTION
+
     discriminator = items[DISCRIMINATOR_ITEM]
     return like.replace(
         step=jax.device_put(np.asarray(step, np.int32), like.step.sharding),
@@ -382,7 +390,7 @@ class TrainCheckpointManager:
         return self._manager.latest_step()
 
     def step_directory(self, step: int) -> epath.Path:
-        return epath.Path(self._manager.directory) / str(step)
+        return as_path(self._manager.directory) / str(step)
 
     def read_meta(self, step: int) -> dict[str, Any]:
         """The JSON meta of checkpoint `step`, without restoring the arrays."""

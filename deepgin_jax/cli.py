@@ -332,9 +332,17 @@ def one_blas_thread() -> None:
     Inference gives them small matrices (the detail transfer's distances, SuperLU's supernodes)
     while XLA's threads and the blend's factorisation thread want the cores: with one BLAS
     thread each, a 2560x1600 `inpaint` took 4.5-5.3 s of CPU against 5.1-6.3 s (3 processes
-    each, in turns, on busy cores; `OPENBLAS_NUM_THREADS=1` against none, /usr/bin/time)."""
+    each, in turns, on busy cores; `OPENBLAS_NUM_THREADS=1` against none, /usr/bin/time).
+
+    threadpoolctl limits the libraries loaded already (NumPy's); OpenBLAS reads
+    `OPENBLAS_NUM_THREADS` when it is loaded, which for SciPy's copy is later, at the first use
+    of `scipy.linalg` (JAX's lowering of an exported program on CPUs initialises its LAPACK
+    kernels from there). Set, it spares that load the start of a thread per core: a later
+    `inpaint` process on a 2560x1600 photo took 3.6-3.9 s of CPU against 4.2-4.4 s (4 each, in
+    turns, idle cores)."""
     from threadpoolctl import threadpool_limits
 
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     threadpool_limits(1, user_api="blas")
 
 

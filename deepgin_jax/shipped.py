@@ -32,24 +32,24 @@ model's by at most 7.8e-4 (0.2 of an 8-bit level; mean 2.6e-4) with float16 and 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import traverse_util
 
 from deepgin_jax import checkpointing, trace_cache, weights_io
 from deepgin_jax.atomic import atomic_write
 from deepgin_jax.inference.options import PLAIN_SETTINGS, check_settings
-from deepgin_jax.models.generator import DeepGIN
+
+if TYPE_CHECKING:  # built only where needed: reading a shipped model imports no Flax
+    from deepgin_jax.models.generator import DeepGIN
 
 MODEL_NAME = "DeepGIN-compact"
 SHIPPED_NAME = "shipped"  # names the default shipped model wherever a generator is named
@@ -62,6 +62,25 @@ FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float16", "bfloat16")
 # DeepGIN fields that choose how the network runs, not what it computes: never shipped.
 RUNTIME_FIELDS = ("dtype", "attention_impl", "remat")
+# Every field of `models.generator.DeepGIN` (but Flax's parent and name), which a card is
+# checked against without importing Flax; a test keeps the two the same.
+DEEPGIN_FIELDS = (
+    "base_features",
+    "num_coarse_blocks",
+    "num_refine_blocks",
+    "coarse_rates",
+    "refine_rates",
+    "block_type",
+    "attention",
+    "back_projection",
+    "coarse_only",
+    "dtype",
+    "attention_impl",
+    "remat",
+    "crop_padding",
+    "init_scale",
+    "init_scheme",
+)
 OWN_CARD_KEYS = (
     "format",
     "format_version",
@@ -174,15 +193,11 @@ def read_card(path: str | os.PathLike | None = None) -> dict[str, Any]:
     return card
 
 
-def _architecture_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(DeepGIN) if f.name not in ("parent", "name")}
-
-
 def _architecture_problem(architecture: Any) -> str | None:
     """Why a card's `architecture` cannot be the keyword arguments of `DeepGIN`, or None."""
     if not isinstance(architecture, dict):
         return f"'architecture' must be an object of DeepGIN's fields, got {architecture!r:.60}"
-    unknown = sorted(set(architecture) - _architecture_fields())
+    unknown = sorted(set(architecture) - set(DEEPGIN_FIELDS))
     if unknown:
         return f"'architecture' has fields DeepGIN does not know: {', '.join(unknown)}"
     return None
@@ -252,10 +267,12 @@ def _architecture(card: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_shipped_generator(
+def read_shipped_generator(
     path: str | os.PathLike | None = None, **model_overrides: Any
-) -> tuple[DeepGIN, dict[str, Any]]:
-    """The generator of a shipped folder as float32 `(model, {"params": ...})`.
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The generator of a shipped folder as `(fields, {"params": ...})`, float32: `fields` are
+    the keyword arguments of its `DeepGIN` (`build_generator` makes it). Reading it imports no
+    Flax once the architecture's parameter shapes are kept (`parameter_shapes`).
 
     path: the folder (or its .npz / .json); None = `default_dir()`, logged once as "using the
     shipped DeepGIN-compact (...)". `model_overrides` change runtime fields (`dtype`,
@@ -276,9 +293,9 @@ def load_shipped_generator(
     except (OSError, ValueError) as e:
         raise ShippedWeightsError(f"{weights} cannot be read: {e}") from e
     params = jax.tree.map(lambda a: _to_float32(a, storage_dtype), stored)
+    fields = {**_architecture(card), **model_overrides}
     try:
-        model = DeepGIN(**_architecture(card), **model_overrides)
-        _check_fits(model, params, weights)
+        _check_fits(fields, params, weights)
     except (TypeError, ValueError) as e:  # a value of the card's that the model refuses
         raise ShippedWeightsError(
             f"{directory / CARD_FILE}: its architecture {card['architecture']} does not build "
@@ -287,21 +304,44 @@ def load_shipped_generator(
         ) from e
     if path is None:
         logging.info("No checkpoint given: using %s.", describe(directory))
-    return model, {"params": params}
+    return fields, {"params": params}
 
 
-def parameter_shapes(model: DeepGIN, *, cached: bool = True) -> dict[str, tuple[int, ...]]:
-    """The shape of each of `model`'s parameters by its '/'-joined path; traced once per
-    architecture and kept beside the compilation cache while that is on (`trace_cache`;
-    `cached=False` traces again and replaces the kept copy)."""
+def build_generator(fields: Mapping[str, Any]) -> DeepGIN:
+    """`DeepGIN(**fields)`, importing Flax on first use."""
+    from deepgin_jax.models.generator import DeepGIN
+
+    return DeepGIN(**fields)
+
+
+def load_shipped_generator(
+    path: str | os.PathLike | None = None, **model_overrides: Any
+) -> tuple[DeepGIN, dict[str, Any]]:
+    """`read_shipped_generator` with its `DeepGIN` built: `(model, {"params": ...})`."""
+    fields, variables = read_shipped_generator(path, **model_overrides)
+    return build_generator(fields), variables
+
+
+def _flat_shapes(params: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(np.shape(v)) for k, v in weights_io.flatten(params).items()}
+
+
+def parameter_shapes(
+    model: DeepGIN | Mapping[str, Any], *, cached: bool = True
+) -> dict[str, tuple[int, ...]]:
+    """The shape of each parameter of `model` (a DeepGIN or its fields) by its '/'-joined
+    path; traced once per architecture and kept beside the compilation cache while that is
+    on (`trace_cache`; `cached=False` traces again and replaces the kept copy)."""
+    fields = model if isinstance(model, Mapping) else dict(trace_cache.module_fields(model))
 
     def trace() -> dict[str, list[int]]:
+        network = build_generator(fields) if isinstance(model, Mapping) else model
         image = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
         mask = jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)
-        abstract = jax.eval_shape(model.init, jax.random.key(0), image, mask)["params"]
-        return {k: list(v.shape) for k, v in traverse_util.flatten_dict(abstract, sep="/").items()}
+        abstract = jax.eval_shape(network.init, jax.random.key(0), image, mask)["params"]
+        return {k: list(v) for k, v in _flat_shapes(abstract).items()}
 
-    stem = trace_cache.key("generator_parameters", trace_cache.module_fields(model))
+    stem = trace_cache.key("generator_parameters", tuple(sorted(fields.items())))
     shapes = trace_cache.cached_json(stem, trace, read=cached)
     try:
         return {str(k): tuple(int(n) for n in v) for k, v in shapes.items()}
@@ -311,9 +351,12 @@ def parameter_shapes(model: DeepGIN, *, cached: bool = True) -> dict[str, tuple[
         return parameter_shapes(model, cached=False)
 
 
-def _check_fits(model: DeepGIN, params: Mapping[str, Any], weights: Path) -> None:
-    """ShippedWeightsError unless `params` has exactly the model's parameter names and shapes."""
-    have = {k: v.shape for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
+def _check_fits(
+    model: DeepGIN | Mapping[str, Any], params: Mapping[str, Any], weights: Path
+) -> None:
+    """ShippedWeightsError unless `params` has exactly the parameter names and shapes of
+    `model` (a DeepGIN or its fields)."""
+    have = _flat_shapes(params)
     if (want := parameter_shapes(model)) != have:
         want = parameter_shapes(model, cached=False)  # not trusting a kept copy to refuse
     if want != have:
@@ -340,10 +383,14 @@ def _is_shipped_name(source: str | os.PathLike) -> bool:
 
 
 def load_any_generator(
-    source: str | os.PathLike | None = None, **model_overrides: Any
-) -> tuple[DeepGIN, dict[str, Any]]:
+    source: str | os.PathLike | None = None, *, as_fields: bool = False, **model_overrides: Any
+) -> tuple[DeepGIN | dict[str, Any], dict[str, Any]]:
     """The one loader of every generator a user can name (`--checkpoint`, `config.init_from`,
     `Inpainter.from_checkpoint`): returns (model, {"params": ...}).
+
+    as_fields: a shipped model comes back as its DeepGIN's fields (`read_shipped_generator`),
+    unbuilt, so that running it from traced programs never imports Flax; any other generator
+    comes back built.
 
     source: None or "shipped" = the shipped default (`default_dir()`); a shipped folder or its
     `generator.npz` / `generator.json` (the exported weights); a converted model, a training
@@ -354,10 +401,11 @@ def load_any_generator(
     Raises:
       CheckpointNotFoundError (or its ShippedWeightsError): nothing usable there.
     """
+    read = read_shipped_generator if as_fields else load_shipped_generator
     if source is None or _is_shipped_name(source):
-        return load_shipped_generator(None, **model_overrides)
+        return read(None, **model_overrides)
     if (folder := shipped_dir(source)) is not None:
-        return load_shipped_generator(folder, **model_overrides)
+        return read(folder, **model_overrides)
     return checkpointing.load_generator(source, **model_overrides)
 
 
@@ -479,7 +527,7 @@ def write_shipped_weights(
             list(checkpoint_path), averaging_weights
         )
         checkpoint_path = list(checkpoint_path)[-1]
-    flat = traverse_util.flatten_dict(dict(variables["params"]), sep="/")
+    flat = weights_io.flatten(variables["params"])
     stored = {name: _cast(jax.device_get(value), dtype, name) for name, value in flat.items()}
     architecture = {
         field: getattr(model, field)
@@ -492,9 +540,7 @@ def write_shipped_weights(
         source_meta = checkpointing.read_meta(checkpoint_path)
     output_dir = Path(output_dir)
     weights = output_dir / WEIGHTS_FILE
-    weights_io.save_weights(
-        weights, traverse_util.unflatten_dict(stored, sep="/"), {"storage_dtype": dtype}
-    )
+    weights_io.save_weights(weights, weights_io.unflatten(stored), {"storage_dtype": dtype})
     own = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -60,15 +61,21 @@ def _source_digest() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _flax_version() -> str:
+    """Flax's version, read without importing it (a process that reads its traced programs
+    back need not)."""
+    return importlib.metadata.version("flax")
+
+
 def fingerprint() -> dict[str, str]:
     """What besides the caller's own key decides the traced program."""
-    import flax
     import jaxlib.version
 
     return {
         "jax": jax.__version__,
         "jaxlib": jaxlib.version.__version__,
-        "flax": flax.__version__,
+        "flax": _flax_version(),
         "backend": jax.default_backend(),
         "x64": str(jax.config.jax_enable_x64),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

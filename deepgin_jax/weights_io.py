@@ -15,19 +15,45 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
 
 from deepgin_jax.atomic import atomic_write
 
 _META_KEY = "__meta__"
 FORMAT_VERSION = 1  # recorded as meta["format_version"] by the LPIPS and FID converters
+SEPARATOR = "/"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A tree of nested mappings as {'/'-joined path: leaf} (what `flax.traverse_util`'s
+    `flatten_dict(tree, sep="/")` gives; written here so that reading weights imports no
+    Flax). Empty mappings are left out."""
+    flat: dict[str, Any] = {}
+    for name, value in tree.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, path + SEPARATOR))
+        else:
+            flat[path] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `flatten`: {'a/b': leaf} -> {'a': {'b': leaf}}."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, name = path.split(SEPARATOR)
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[name] = value
+    return tree
 
 
 def save_weights(
     path: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[str, Any]
 ) -> None:
     """Writes `params` and `meta` to `path` (.npz) atomically."""
-    flat = traverse_util.flatten_dict(params, sep="/")
+    flat = flatten(params)
     if _META_KEY in flat:
         raise ValueError(f"parameter name {_META_KEY!r} is reserved")
     buffer = io.BytesIO()
@@ -50,4 +76,4 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any
     if _META_KEY not in flat:
         raise ValueError(f"{path} has no {_META_KEY!r} entry; was it written by save_weights?")
     meta = json.loads(str(flat.pop(_META_KEY)))
-    return traverse_util.unflatten_dict(flat, sep="/"), meta
+    return unflatten(flat), meta

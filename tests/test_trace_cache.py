@@ -4,8 +4,12 @@ logged and replaced; nothing is kept while the compilation cache is off."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -16,6 +20,7 @@ from deepgin_jax import shipped, trace_cache
 from deepgin_jax.inference import network
 from deepgin_jax.models import DeepGIN
 from tests.conftest import masked_inputs
+from tests.inpainting_helpers import tiny_shipped
 
 
 @pytest.fixture
@@ -189,3 +194,57 @@ def test_float64_inputs_read_back_the_float32_program(tiny_generator, traced_fol
         network.GeneratorForward(model, variables)(masked, mask)
         network.GeneratorForward(model, variables)(masked.astype(np.float32), mask)
     assert kept.stat().st_mtime_ns == written
+
+
+def test_a_generator_given_by_its_fields_is_built_only_to_be_traced(
+    tiny_generator, traced_folder, monkeypatch
+):
+    model, variables = tiny_generator
+    fields = dict(trace_cache.module_fields(model))
+    masked, mask = (np.asarray(x) for x in masked_inputs(1, 32, 32))
+    expected = np.asarray(network._reconstruct(model, variables, masked, mask))
+    first = network.GeneratorForward(fields, variables)
+    np.testing.assert_array_equal(np.asarray(first(masked, mask)), expected)
+    assert first._model is not None  # built to be traced
+    monkeypatch.setattr(network, "_READ_BACK", {})  # a new process
+    later = network.GeneratorForward(fields, variables)
+    np.testing.assert_array_equal(np.asarray(later(masked, mask)), expected)
+    assert later._model is None
+    assert later.model == model  # built when asked for
+
+
+def test_a_later_process_runs_the_shipped_model_without_importing_flax(tmp_path):
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from deepgin_jax import compile_cache\n"
+        "compile_cache.enable()\n"
+        "from deepgin_jax.inference import GeneratorForward\n"
+        "forward = GeneratorForward.from_checkpoint(None)\n"
+        "masked = np.linspace(0, 1, 32 * 32 * 3, dtype=np.float32).reshape(1, 32, 32, 3)\n"
+        "mask = np.zeros((1, 32, 32, 1), np.float32)\n"
+        "mask[:, 8:24, 8:24] = 1\n"
+        "print(float(np.asarray(forward(masked, mask)).sum()), 'flax' in sys.modules)\n"
+    )
+    environment = {
+        **os.environ,
+        shipped.ENV_VAR: str(tiny_shipped()),
+        "DEEPGIN_XLA_CACHE": str(tmp_path / "cache"),
+    }
+
+    def run() -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=environment, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    first_sum, first_flax = run()
+    later_sum, later_flax = run()
+    assert (first_flax, later_flax) == ("True", "False")  # traced, then read back
+    assert later_sum == first_sum
+
+
+def test_the_cards_field_list_is_deepgins():
+    names = [field.name for field in dataclasses.fields(DeepGIN)]
+    assert [*shipped.DEEPGIN_FIELDS, "parent", "name"] == names

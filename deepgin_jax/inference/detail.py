@@ -104,27 +104,35 @@ def phase_neutral(
     box around the hole is in phase (y % P, x % P)) lose that phase's local offset: the mean of
     the phase's hole pixels over the (2 radius + 1) P square around them minus the mean of all
     the hole pixels there, for each period P of `periods` in turn. Where the detail is flat
-    there is no offset; away from the hole nothing changes."""
+    there is no offset; away from the hole nothing changes. Computed in float32."""
+    result = np.array(detail, np.float32)
+    _neutralise(result, hole, periods, radius)
+    return result
+
+
+def _neutralise(
+    detail: np.ndarray, hole: np.ndarray, periods: tuple[int, ...], radius: int
+) -> None:
+    """`phase_neutral` in place on float32 `detail`."""
     rows, cols = np.nonzero(hole)
     if rows.size == 0 or not periods:
-        return detail
-    result = detail.copy()
+        return
     channels = detail.shape[2]
     margin = radius * max(periods)
     top, left = max(0, rows.min() - margin), max(0, cols.min() - margin)
     bottom = min(hole.shape[0], rows.max() + 1 + margin)
     right = min(hole.shape[1], cols.max() + 1 + margin)
     box_h, box_w = bottom - top, right - left
-    inside = hole[top:bottom, left:right].astype(np.float64)
+    inside = hole[top:bottom, left:right].astype(np.float32)
     in_hole = hole[top:bottom, left:right, None]
-    box = result[top:bottom, left:right]  # a view: each period corrects it in place
+    box = detail[top:bottom, left:right]  # a view: each period corrects it in place
     for period in periods:
         grid_h, grid_w = -(-box_h // period), -(-box_w // period)
         height, width, phases = grid_h * period, grid_w * period, period * period
-        weight = np.zeros((height, width))
+        weight = np.zeros((height, width), np.float32)
         weight[:box_h, :box_w] = inside
-        values = np.zeros((height, width, channels))
-        values[:box_h, :box_w] = box * in_hole
+        values = np.zeros((height, width, channels), np.float32)
+        np.multiply(box, in_hole, out=values[:box_h, :box_w])
         shape = (grid_h, period, grid_w, period)
         # [h, w, phase x C] and [h, w, phase]: one plane per phase.
         planes = values.reshape(*shape, channels).transpose(0, 2, 1, 3, 4)
@@ -145,13 +153,12 @@ def phase_neutral(
         offsets = offsets.reshape(height, width, channels)[:box_h, :box_w]
         # Only as much as the pixel's own period carries: a flat part beside a textured one
         # (whose offsets the window sees) is left flat.
-        energy = np.einsum("ijc,ijc->ij", box, box, dtype=np.float64) * (inside / channels)
+        energy = np.einsum("ijc,ijc->ij", box, box) * (inside / channels)
         near = cv2.blur(energy, (period, period))
         wide = cv2.blur(energy, (2 * radius * period + 1,) * 2)
         share = np.sqrt(np.clip(near / np.maximum(wide, 1e-12), 0.0, 1.0))
         offsets *= share[..., None]
         box -= offsets
-    return result
 
 
 def _overlap_add(
@@ -272,5 +279,7 @@ def transfer_detail(
     out = _overlap_add(
         padded, top, left, gains, corners, size, ((rows + 2) * half, (cols + 2) * half)
     )
-    detail = (strength * WINDOW_GAIN) * out[half : half + height, half : half + width]
-    return phase_neutral(detail, hole, neutral_periods)
+    detail = out[half : half + height, half : half + width]
+    detail *= strength * WINDOW_GAIN
+    _neutralise(detail, hole, neutral_periods, NEUTRAL_RADIUS)
+    return detail

@@ -9,7 +9,7 @@ import collections
 import dataclasses
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,9 @@ from deepgin_jax.inference.planners import (
     _WholeImagePlanner,
 )
 from deepgin_jax.inference.scaled import ScaledPlanner
-from deepgin_jax.models.generator import DeepGIN
+
+if TYPE_CHECKING:
+    from deepgin_jax.models.generator import DeepGIN
 
 
 class InpainterBase:
@@ -214,7 +216,6 @@ class Inpainter(InpainterBase):
         compiled = isinstance(forward, GeneratorForward)
         options = options.resolved(getattr(forward, "recommended", {}), compiled=compiled)
         self._forward = forward
-        self.model: DeepGIN | None = getattr(forward, "model", None)
         self.mode = options.mode
         self.strategy = options.strategy
         self.ensemble = options.ensemble
@@ -227,6 +228,11 @@ class Inpainter(InpainterBase):
         self.buckets = options.buckets
         self.batch_shapes: set[tuple[int, int, int]] = set()  # (B, H, W) sent to the network
         super().__init__(_planner(options), options)
+
+    @property
+    def model(self) -> DeepGIN | None:
+        """The DeepGIN behind this Inpainter, None for a plain network function."""
+        return getattr(self._forward, "model", None)
 
     def crop_box(self, hole: np.ndarray) -> tuple[int, int, int, int] | None:
         """(top, left, bottom, right) of the region the network sees for bool [H, W] `hole`

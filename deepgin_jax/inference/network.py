@@ -5,7 +5,8 @@ compiled once per model configuration and input shape and shared by every instan
 While the persistent compilation cache is on, the forward pass is traced once per model
 configuration and input shape for every process: it is kept as serialized StableHLO beside the
 cache (`deepgin_jax.trace_cache`), and a later process runs that, so that reading its compiled
-program back costs no tracing of the Flax model.
+program back costs no tracing of the Flax model. A generator given by its fields (a shipped
+model) is built only to be traced: such a process never imports Flax.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,9 @@ import numpy as np
 from absl import logging
 
 from deepgin_jax import trace_cache
-from deepgin_jax.models.generator import DeepGIN
+
+if TYPE_CHECKING:
+    from deepgin_jax.models.generator import DeepGIN
 
 # The network as a function: masked images [B, H, W, 3] float32 in [0, 1] with white holes and
 # masks [B, H, W, 1] float32 (1 = hole) -> the reconstruction [B, H, W, 3] (reconst_img).
@@ -71,24 +74,32 @@ _NOT_EXPORTABLE: set[str] = set()  # run by `_reconstruct`, traced in every proc
 
 
 def _read_back(
-    model: DeepGIN, variables: Any, masked: Any, mask: Any, options: CompilerOptions = ()
+    key_fields: tuple[tuple[str, Any], ...],
+    build: Callable[[], DeepGIN],
+    variables: Any,
+    masked: Any,
+    mask: Any,
+    options: CompilerOptions = (),
 ) -> Callable[..., jax.Array]:
-    """The jitted forward pass of `model` at these inputs' shapes, run from its StableHLO in
-    `trace_cache` (traced and kept there the first time), compiled with XLA `options`."""
+    """The jitted forward pass of the generator of `key_fields` (`build()` makes it, only if
+    it must be traced) at these inputs' shapes, run from its StableHLO in `trace_cache`
+    (traced and kept there the first time), compiled with XLA `options`."""
     inputs = [trace_cache.abstract(x) for x in (masked, mask)]
     shapes = jax.tree.map(lambda v: (v.shape, str(v.dtype)), variables)
-    stem = trace_cache.key("generator_forward", (trace_cache.module_fields(model), shapes, inputs))
+    stem = trace_cache.key("generator_forward", (key_fields, shapes, inputs))
     if stem in _NOT_EXPORTABLE:
-        return functools.partial(_traced_forward(options), model)
+        return functools.partial(_traced_forward(options), build())
     if (function := _READ_BACK.get((stem, options))) is None:
+
+        def traced(variables: Any, masked: jax.Array, mask: jax.Array) -> jax.Array:
+            return _reconstruct(build(), variables, masked, mask)
+
         try:
-            program = trace_cache.exported(
-                stem, jax.jit(functools.partial(_reconstruct, model)), (variables, *inputs)
-            )
+            program = trace_cache.exported(stem, jax.jit(traced), (variables, *inputs))
         except Exception as e:  # e.g. an operation that jax.export does not serialize
             logging.warning("The generator is traced in every process: cannot keep it (%s).", e)
             _NOT_EXPORTABLE.add(stem)
-            return functools.partial(_traced_forward(options), model)
+            return functools.partial(_traced_forward(options), build())
 
         def _reconstruct_exported(variables: Any, masked: jax.Array, mask: jax.Array):
             return program.call(variables, masked, mask)
@@ -116,7 +127,8 @@ class GeneratorForward:
     configuration and input shape for every instance.
 
     Args:
-      model, variables: the generator and its variables.
+      model, variables: the generator, or its `DeepGIN` fields (built, importing Flax, only
+        where the network must be traced), and its variables.
       dtype: the computation dtype (e.g. jnp.bfloat16 on GPU), None for the model's; the
         parameters stay float32.
       few_calls: compiled for a process that runs each input shape a few times (a command on
@@ -127,16 +139,26 @@ class GeneratorForward:
 
     def __init__(
         self,
-        model: DeepGIN,
+        model: DeepGIN | Mapping[str, Any],
         variables: Any,
         *,
         dtype: Any = None,
         recommended: dict[str, Any] | None = None,
         few_calls: bool = False,
     ):
-        if dtype is not None and dtype != model.dtype:
-            model = model.clone(dtype=dtype)
-        self.model = _hashable(model)
+        if isinstance(model, Mapping):
+            self._model: DeepGIN | None = None
+            self._fields = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
+            if dtype is not None:
+                self._fields["dtype"] = dtype
+        else:
+            if dtype is not None and dtype != model.dtype:
+                model = model.clone(dtype=dtype)
+            self._model = _hashable(model)
+            self._fields = dict(trace_cache.module_fields(self._model))
+        # The traced programs' key. A model and its fields name the same network by different
+        # keys (its fields' defaults are in the model's), each traced once.
+        self._key_fields = tuple(sorted(self._fields.items()))
         on_cpu = jax.default_backend() == "cpu"
         self._options: CompilerOptions = FEW_CALLS_CPU_OPTIONS if few_calls and on_cpu else ()
         # device_put, not jnp.asarray: that compiles a conversion per parameter shape (~1 s).
@@ -158,15 +180,31 @@ class GeneratorForward:
         `recommended` to run with (`shipped.recommended_inference`)."""
         from deepgin_jax import shipped  # which reads its cards' settings with our options
 
-        model, variables = shipped.load_any_generator(checkpoint, dtype=dtype)
+        model, variables = shipped.load_any_generator(checkpoint, as_fields=True, dtype=dtype)
         recommended = shipped.recommended_inference(checkpoint)
         return cls(model, variables, recommended=recommended, few_calls=few_calls)
+
+    @property
+    def model(self) -> DeepGIN:
+        """The generator (built from its fields on first use)."""
+        if self._model is None:
+            from deepgin_jax.shipped import build_generator
+
+            self._model = _hashable(build_generator(self._fields))
+        return self._model
 
     def __call__(self, masked: np.ndarray, mask: np.ndarray) -> jax.Array:
         if trace_cache.folder() is None:
             return _traced_forward(self._options)(self.model, self._variables, masked, mask)
         inputs = (np.shape(masked), masked.dtype, np.shape(mask), mask.dtype)
         if (function := self._read_back.get(inputs)) is None:
-            function = _read_back(self.model, self._variables, masked, mask, self._options)
+            function = _read_back(
+                self._key_fields,
+                lambda: self.model,
+                self._variables,
+                masked,
+                mask,
+                self._options,
+            )
             self._read_back[inputs] = function
         return function(self._variables, masked, mask)

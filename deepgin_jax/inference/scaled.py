@@ -302,7 +302,7 @@ def finish_fill(
             size = (max(1, low_filled.shape[1] // fw), max(1, low_filled.shape[0] // fh))
             coarse = cv2.resize(low_filled.astype(np.float32), size, interpolation=cv2.INTER_AREA)
         smooth = upsample(coarse, hole.shape)
-        fill = fill + detail_transfer.transfer_detail(
+        fill += detail_transfer.transfer_detail(
             coarse, photo - smooth, hole, neutral_periods=neutral_periods
         )
     fill = np.clip(fill, 0.0, 1.0)

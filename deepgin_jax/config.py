@@ -198,10 +198,14 @@ def apply_variant(
 
 
 def _smoke(config: ml_collections.ConfigDict) -> None:
-    """A tiny network on the bundled photos at 64x64, for tests and a first look."""
+    """A tiny network on the bundled photos at 64x64, for tests and a first look: base width
+    16 and one residual block in each stage (every kind of layer is there; its steps compile in
+    about 2.5 times less time than with the six of the paper)."""
     from deepgin_jax.data import SAMPLES_DIR
 
     config.model.base_features = 16
+    config.model.num_coarse_blocks = 1
+    config.model.num_refine_blocks = 1
     config.discriminator.features = 8
     config.data.folder = str(SAMPLES_DIR)
     config.data.augmentation = "reference"

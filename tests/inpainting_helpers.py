@@ -17,8 +17,8 @@ import numpy as np
 from deepgin_jax.checkpointing import save_generator
 from deepgin_jax.models import DeepGIN, lpips
 from deepgin_jax.weights_io import save_weights
+from tests.conftest import TINY_ARCHITECTURE
 
-TINY_FEATURES = 16
 SMALL_VGG_WIDTHS = (8, 8, 12, 12, 16, 16, 16, 20, 20, 20, 24, 24, 24)
 
 
@@ -31,12 +31,13 @@ def _random_leaf(rng: np.random.Generator, leaf: jax.ShapeDtypeStruct) -> np.nda
 
 @functools.cache
 def tiny_checkpoint() -> Path:
-    """A converted-model directory of DeepGIN(base_features=16) with random weights.
+    """A converted-model directory of the tiny DeepGIN (`TINY_ARCHITECTURE`) with random
+    weights.
 
     The weights are drawn with NumPy from the abstract parameter shapes: compiling `init`
     would cost a minute on a CI machine.
     """
-    model = DeepGIN(base_features=TINY_FEATURES)
+    model = DeepGIN(**TINY_ARCHITECTURE)
     image = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
     mask = jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)
     abstract = jax.eval_shape(model.init, jax.random.key(0), image, mask)
@@ -44,7 +45,7 @@ def tiny_checkpoint() -> Path:
     params = jax.tree.map(functools.partial(_random_leaf, rng), abstract["params"])
     root = Path(tempfile.mkdtemp(prefix="deepgin-tiny-"))
     atexit.register(shutil.rmtree, root, True)
-    save_generator(root / "tiny", {"params": params}, {"base_features": TINY_FEATURES})
+    save_generator(root / "tiny", {"params": params}, TINY_ARCHITECTURE)
     return root / "tiny"
 
 

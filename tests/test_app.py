@@ -28,7 +28,7 @@ from deepgin_jax import shipped  # noqa: E402
 from deepgin_jax.checkpointing import save_generator  # noqa: E402
 from deepgin_jax.image_io import load_image  # noqa: E402
 from deepgin_jax.inference import Inpainter  # noqa: E402
-from tests.conftest import TINY_WIDTH  # noqa: E402
+from tests.conftest import TINY_ARCHITECTURE, TINY_WIDTH  # noqa: E402
 from tests.inpainting_helpers import tiny_shipped  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -401,7 +401,7 @@ def served_app(tmp_path_factory, tiny_generator) -> Iterator[tuple[str, Recordin
     """The page around the tiny generator's checkpoint, served on 127.0.0.1."""
     _, variables = tiny_generator
     checkpoint = tmp_path_factory.mktemp("app") / "tiny"
-    save_generator(checkpoint, {"params": variables["params"]}, {"base_features": TINY_WIDTH})
+    save_generator(checkpoint, {"params": variables["params"]}, TINY_ARCHITECTURE)
     # The whole photo in one network call: one compilation.
     recorder = RecordingInpainter(Inpainter(checkpoint, max_direct_size=512))
     blocks = webapp.build_app(recorder)

@@ -15,7 +15,7 @@ import pytest
 from deepgin_jax import export, shipped
 from deepgin_jax.checkpointing import CheckpointNotFoundError, load_generator, save_generator
 from deepgin_jax.inference import Inpainter
-from tests.conftest import TINY_WIDTH, masked_inputs
+from tests.conftest import TINY_ARCHITECTURE, masked_inputs
 from tests.inpainting_helpers import tiny_shipped
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory, tiny_generator) -> Path:
     _, variables = tiny_generator
     params = variables["params"]
     directory = tmp_path_factory.mktemp("export") / "tiny"
-    save_generator(directory, {"params": params}, {"base_features": TINY_WIDTH})
+    save_generator(directory, {"params": params}, TINY_ARCHITECTURE)
     return directory
 
 

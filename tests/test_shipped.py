@@ -18,6 +18,7 @@ from deepgin_jax.data import sample_image_paths
 from deepgin_jax.data.transforms import resize_bicubic
 from deepgin_jax.inference import GeneratorForward, Inpainter
 from deepgin_jax.models.generator import DeepGIN
+from tests.conftest import TINY_ARCHITECTURE
 from tests.inpainting_helpers import tiny_checkpoint, tiny_shipped
 
 # Largest |shipped model - float32 model| of the reconstruction, on [0, 1] pixels, for the tiny
@@ -170,7 +171,7 @@ def test_the_package_model_verifies_and_fills_holes_from_their_surroundings(monk
 def test_averaged_checkpoints_ship_their_mean_and_refuse_other_architectures(tmp_path):
     _, variables = checkpointing.load_generator(tiny_checkpoint())
     shifted = jax.tree.map(lambda a: np.asarray(a) + 0.5, variables)
-    checkpointing.save_generator(tmp_path / "shifted", shifted, {"base_features": 16})
+    checkpointing.save_generator(tmp_path / "shifted", shifted, TINY_ARCHITECTURE)
     card = shipped.write_shipped_weights(
         [tiny_checkpoint(), tmp_path / "shifted"], tmp_path / "mean", card={}
     )
@@ -252,7 +253,7 @@ def test_init_from_accepts_every_generator_that_checkpoint_accepts(tmp_path, mon
     monkeypatch.setenv(shipped.ENV_VAR, str(tiny_shipped()))
     _, variables = checkpointing.load_generator(tiny_checkpoint())
     step = tmp_path / "run" / "checkpoints" / "3"
-    checkpointing.save_generator(step, variables, {"base_features": 16})
+    checkpointing.save_generator(step, variables, TINY_ARCHITECTURE)
     _, shipped_variables = shipped.load_shipped_generator(tiny_shipped())
     forms = {
         tiny_checkpoint(): variables,

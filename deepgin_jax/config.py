@@ -22,6 +22,7 @@ from flax import traverse_util
 
 from deepgin_jax import losses
 from deepgin_jax.data import pipeline
+from deepgin_jax.generator_fields import ARCHITECTURE_FIELDS
 from deepgin_jax.losses import default_loss_config
 from deepgin_jax.models.attention import validate_implementation
 from deepgin_jax.models.generator import INIT_SCHEMES
@@ -36,19 +37,7 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 # The two training stages (paper sec. 5.1): the L1 warm-up, then the GAN stage.
 WARMUP, GAN = "warmup", "gan"
 COMPUTE_DTYPES = ("float32", "bfloat16")
-# config.model fields that define the generator's architecture (saved with checkpoints); the
-# others are runtime choices.
-ARCHITECTURE_FIELDS = (
-    "base_features",
-    "num_coarse_blocks",
-    "num_refine_blocks",
-    "coarse_rates",
-    "refine_rates",
-    "block_type",
-    "attention",
-    "back_projection",
-    "coarse_only",
-)
+# config.model's other keys: runtime choices (its ARCHITECTURE_FIELDS define the generator).
 RUNTIME_MODEL_FIELDS = ("attention_impl", "remat", "init_scheme", "init_scale")
 # Config keys (besides model.<ARCHITECTURE_FIELDS> and discriminator.*) that a resumed run must
 # share with the saved one: they change the batches or the step at which the stages switch.

@@ -46,6 +46,7 @@ from absl import logging
 
 from deepgin_jax import checkpointing, trace_cache, weights_io
 from deepgin_jax.atomic import atomic_write
+from deepgin_jax.generator_fields import DEEPGIN_FIELDS
 from deepgin_jax.inference.options import PLAIN_SETTINGS, check_settings
 
 if TYPE_CHECKING:  # built only where needed: reading a shipped model imports no Flax
@@ -62,25 +63,6 @@ FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float16", "bfloat16")
 # DeepGIN fields that choose how the network runs, not what it computes: never shipped.
 RUNTIME_FIELDS = ("dtype", "attention_impl", "remat")
-# Every field of `models.generator.DeepGIN` (but Flax's parent and name), which a card is
-# checked against without importing Flax; a test keeps the two the same.
-DEEPGIN_FIELDS = (
-    "base_features",
-    "num_coarse_blocks",
-    "num_refine_blocks",
-    "coarse_rates",
-    "refine_rates",
-    "block_type",
-    "attention",
-    "back_projection",
-    "coarse_only",
-    "dtype",
-    "attention_impl",
-    "remat",
-    "crop_padding",
-    "init_scale",
-    "init_scheme",
-)
 OWN_CARD_KEYS = (
     "format",
     "format_version",

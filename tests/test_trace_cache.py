@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from deepgin_jax import shipped, trace_cache
+from deepgin_jax import generator_fields, shipped, trace_cache
 from deepgin_jax.inference import network
 from deepgin_jax.models import DeepGIN
 from tests.conftest import masked_inputs
@@ -247,4 +247,4 @@ def test_a_later_process_runs_the_shipped_model_without_importing_flax(tmp_path)
 
 def test_the_cards_field_list_is_deepgins():
     names = [field.name for field in dataclasses.fields(DeepGIN)]
-    assert [*shipped.DEEPGIN_FIELDS, "parent", "name"] == names
+    assert [*generator_fields.DEEPGIN_FIELDS, "parent", "name"] == names

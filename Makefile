@@ -24,10 +24,11 @@ browser:
 	fi
 
 # Two pytest-xdist workers, a test file to a worker (its module-scoped fixtures built once),
-# slowest files first (tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
+# slowest files first (tests/conftest.py), and the 25 slowest tests listed at the end.
+# TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
 test: install browser
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 demo: install
 	$(PY) -m deepgin_jax.demo --workdir demo_out

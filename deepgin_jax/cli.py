@@ -338,7 +338,7 @@ def one_blas_thread() -> None:
     `OPENBLAS_NUM_THREADS` when it is loaded, which for SciPy's copy is later, at the first use
     of `scipy.linalg` (JAX's lowering of an exported program on CPUs initialises its LAPACK
     kernels from there). Set, it spares that load the start of a thread per core: a later
-    `inpaint` process on a 2560x1600 photo took 3.6-3.9 s of CPU against 4.2-4.4 s (4 each, in
+    `inpaint` process on a 2560x1600 photo took 3.6-3.9 s of CPU against 4.2-5.2 s (4 each, in
     turns, idle cores)."""
     from threadpoolctl import threadpool_limits
 

@@ -18,18 +18,16 @@ from PIL import Image
 
 from deepgin_jax import config as config_lib
 from deepgin_jax import train_state, train_steps
+from tests.test_train import ONE_BLOCK_NETWORK
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, SIZE, BATCH = 8, 256, 2  # 256 px: the 1/4-scale attention has 4096 tokens (chunked)
-# One residual block in each stage: the attention and every other kind of layer are there, and
-# the step compiles in a fraction of the time of the default six.
-ONE_BLOCK = {"model.num_coarse_blocks": 1, "model.num_refine_blocks": 1}
 
 
 def warmup_step_flops(attention_impl: str, compiled: bool) -> float:
     config = config_lib.default_config()
     config.model.base_features = WIDTH
-    for key, value in ONE_BLOCK.items():
+    for key, value in ONE_BLOCK_NETWORK.items():
         config.model[key.removeprefix("model.")] = value
     config.model.attention_impl = attention_impl
     setup = train_state.build_setup(config)
@@ -53,7 +51,7 @@ def test_train_step_benchmark_counts_the_chunked_attention_in_full(tmp_path):
         sys.executable, "-m", "benchmarks.train_step", "--stage=warmup", f"--width={WIDTH}",
         f"--size={SIZE}", f"--batches={BATCH}", "--repeats=1", "--novgg", f"--out={tmp_path}",
         "--config=configs/ade20k.py", "--name=one_block",
-        *(f"--config.{key}={value}" for key, value in ONE_BLOCK.items()),
+        *(f"--config.{key}={value}" for key, value in ONE_BLOCK_NETWORK.items()),
     ]  # fmt: skip
     subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True)
     results = tmp_path / "cpu-x1"

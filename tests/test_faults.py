@@ -265,6 +265,8 @@ def test_a_broken_shipped_card_is_a_shipped_weights_error(tmp_path, architecture
     card_path.write_text(json.dumps(card))
     with pytest.raises(shipped.ShippedWeightsError, match=problem):
         shipped.load_generator(folder)
+    with pytest.raises(shipped.ShippedWeightsError, match=problem):  # as the inference tools read
+        shipped.load_any_generator(folder, as_fields=True)
 
 
 def test_inpaint_exits_2_on_a_card_with_an_unknown_architecture_key(tmp_path):

@@ -293,3 +293,24 @@ def test_init_from_accepts_every_generator_that_checkpoint_accepts(tmp_path, mon
     config.init_from = str(tmp_path / "absent")
     with pytest.raises(train_lib.CannotStartError, match=r"init_from=.*absent.*does not exist"):
         train_lib.preflight(config, str(tmp_path / "workdir"))
+
+
+def test_weight_trees_flatten_as_flax_does_and_back():
+    from flax import traverse_util
+    from flax.core import FrozenDict
+
+    from deepgin_jax.weights_io import flatten, unflatten
+
+    tree = {
+        "conv": {"kernel": np.ones((3, 3, 1, 2)), "bias": np.zeros(2)},
+        "frozen": FrozenDict({"scale": np.ones(2)}),
+        "empty": {},
+        "top": np.arange(3),
+    }
+    flat = flatten(tree)
+    assert flat.keys() == traverse_util.flatten_dict(tree, sep="/").keys()
+    assert sorted(flat) == ["conv/bias", "conv/kernel", "frozen/scale", "top"]
+    back = unflatten(flat)
+    assert back.keys() == {"conv", "frozen", "top"}
+    np.testing.assert_array_equal(back["conv"]["kernel"], tree["conv"]["kernel"])
+    np.testing.assert_array_equal(back["frozen"]["scale"], tree["frozen"]["scale"])

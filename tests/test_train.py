@@ -421,6 +421,8 @@ def test_config_is_locked_and_every_config_file_loads(tmp_path):
             assert config.is_locked, path
             if variant and "smoke" in variant:
                 config_lib.validate_config(config)
+                blocks = (config.model.num_coarse_blocks, config.model.num_refine_blocks)
+                assert (config.model.base_features, blocks) == (16, (1, 1)), path
             assert config.optim.decay_steps % config.optim.decay_every == 0, path
             # The reference's clipping and the initialisation that trains, in every config.
             assert config.optim.g_clip_norm == 3.0, path

@@ -197,12 +197,27 @@ def direct_phase_neutral(detail, hole, periods, radius):
     return result
 
 
-def test_window_sums_are_the_windows_sums():
-    values = RNG.standard_normal((7, 9, 5))
-    sums = detail_transfer._window_sums(values, 2)
+def test_block_window_sums_are_the_windows_sums():
+    values = RNG.standard_normal((7, 9, 5)).astype(np.float32)
+    sums = detail_transfer._block_window_sums(values, 2)
     for y, x in [(0, 0), (3, 4), (6, 8), (2, 7)]:
         window = values[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3]
-        np.testing.assert_allclose(sums[y, x], window.sum(axis=(0, 1)), atol=1e-12)
+        np.testing.assert_allclose(sums[y, x], window.sum(axis=(0, 1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_strided_box_sums_add_each_pixels_own_phase_over_the_blocks_around_it(channels):
+    period, radius = 3, 1
+    values = RNG.standard_normal((12, 15, channels)).astype(np.float32)
+    sums = detail_transfer._strided_box_sums(values, period, radius)
+    for y, x in [(0, 0), (4, 7), (11, 14), (6, 2), (9, 13)]:
+        block_y, block_x = y // period, x // period
+        rows = range(max(0, block_y - radius), min(4, block_y + radius + 1))
+        cols = range(max(0, block_x - radius), min(5, block_x + radius + 1))
+        expected = sum(
+            values[i * period + y % period, j * period + x % period] for i in rows for j in cols
+        )
+        np.testing.assert_allclose(sums[y, x], expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape,box", [((30, 41), (4, 27, 6, 35)), ((23, 19), (0, 23, 3, 19))])

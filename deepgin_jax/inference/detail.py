@@ -78,20 +78,28 @@ def _matches(
     return np.concatenate(nearest), np.concatenate(weights).astype(np.float32)
 
 
-def _box_rows(array: np.ndarray, size: int) -> np.ndarray:
-    """float [h, n] -> the sums over `size` consecutive rows around each row (zeros beyond)."""
-    return cv2.boxFilter(array, -1, (1, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
-
-
-def _window_sums(values: np.ndarray, radius: int) -> np.ndarray:
-    """float [h, w, K] -> the sums over the (2 radius + 1)^2 windows around each position, cut
-    at the edges: a box along the rows, then along the columns (OpenCV keeps float64 sums)."""
+def _strided_box_sums(values: np.ndarray, period: int, radius: int) -> np.ndarray:
+    """float32 [H, W, C] (H and W multiples of `period`) -> at each pixel, the sum over the
+    pixels of its own polyphase phase (the same row and column modulo `period`) in the
+    (2 radius + 1) x (2 radius + 1) blocks of `period` pixels around its block, cut at the
+    edges. Two box filters over blocks, one per axis, in the array's own layout: the rows as
+    [H / period, period x W x C] (a block row per image row), the columns as an image of
+    W / period pixels of period x C channels (OpenCV keeps float64 sums)."""
     height, width, depth = values.shape
     size = 2 * radius + 1
-    columns = _box_rows(np.ascontiguousarray(values).reshape(height, width * depth), size)
-    by_width = np.ascontiguousarray(columns.reshape(height, width, depth).transpose(1, 0, 2))
-    sums = _box_rows(by_width.reshape(width, height * depth), size)
-    return sums.reshape(width, height, depth).transpose(1, 0, 2)
+    flat = values.reshape(height // period, period * width * depth)
+    rows = cv2.boxFilter(flat, -1, (1, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    by_block = rows.reshape(height, width // period, period * depth)
+    sums = cv2.boxFilter(by_block, -1, (size, 1), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    return sums.reshape(height, width, depth)
+
+
+def _block_window_sums(values: np.ndarray, radius: int) -> np.ndarray:
+    """float32 [h, w, C] -> the sums over the (2 radius + 1)^2 windows around each position,
+    cut at the edges."""
+    size = 2 * radius + 1
+    sums = cv2.boxFilter(values, -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    return sums.reshape(values.shape)
 
 
 def phase_neutral(
@@ -124,41 +132,34 @@ def _neutralise(
     right = min(hole.shape[1], cols.max() + 1 + margin)
     box_h, box_w = bottom - top, right - left
     inside = hole[top:bottom, left:right].astype(np.float32)
-    in_hole = hole[top:bottom, left:right, None]
     box = detail[top:bottom, left:right]  # a view: each period corrects it in place
     for period in periods:
-        grid_h, grid_w = -(-box_h // period), -(-box_w // period)
-        height, width, phases = grid_h * period, grid_w * period, period * period
-        weight = np.zeros((height, width), np.float32)
-        weight[:box_h, :box_w] = inside
+        height, width = -(-box_h // period) * period, -(-box_w // period) * period
+        grid_h, grid_w = height // period, width // period
+        weight = np.zeros((height, width, 1), np.float32)
+        weight[:box_h, :box_w, 0] = inside
         values = np.zeros((height, width, channels), np.float32)
-        np.multiply(box, in_hole, out=values[:box_h, :box_w])
-        shape = (grid_h, period, grid_w, period)
-        # [h, w, phase x C] and [h, w, phase]: one plane per phase.
-        planes = values.reshape(*shape, channels).transpose(0, 2, 1, 3, 4)
-        planes = planes.reshape(grid_h, grid_w, phases * channels)
-        plane_weights = weight.reshape(shape).transpose(0, 2, 1, 3).reshape(grid_h, grid_w, phases)
-        sums = _window_sums(planes, radius).reshape(grid_h, grid_w, phases, channels)
-        counts = _window_sums(plane_weights, radius)
-        # All phases together: the windows' sums of each block's total (block means x phases).
+        np.multiply(box, inside[..., None], out=values[:box_h, :box_w])
+        # Each phase's local mean, then the mean of all phases over the same blocks.
+        offsets = _strided_box_sums(values, period, radius)
+        offsets /= np.maximum(_strided_box_sums(weight, period, radius), 1e-9)
         block_totals = cv2.resize(values, (grid_w, grid_h), interpolation=cv2.INTER_AREA)
         block_counts = cv2.resize(weight, (grid_w, grid_h), interpolation=cv2.INTER_AREA)
-        means = _window_sums(block_totals.reshape(grid_h, grid_w, channels), radius) / np.maximum(
-            _window_sums(block_counts.reshape(grid_h, grid_w, 1), radius), 1e-9 / phases
+        means = _block_window_sums(block_totals.reshape(grid_h, grid_w, channels), radius)
+        means /= np.maximum(
+            _block_window_sums(block_counts.reshape(grid_h, grid_w, 1), radius), 1e-9 / period**2
         )
-        offsets = sums / np.maximum(counts, 1e-9)[..., None]
-        offsets -= means[:, :, None]
-        offsets *= plane_weights[..., None]  # 0 or 1: only the phases the hole has
-        offsets = offsets.reshape(grid_h, grid_w, period, period, channels).transpose(0, 2, 1, 3, 4)
-        offsets = offsets.reshape(height, width, channels)[:box_h, :box_w]
-        # Only as much as the pixel's own period carries: a flat part beside a textured one
-        # (whose offsets the window sees) is left flat.
+        blocks = offsets.reshape(grid_h, period, grid_w, period, channels)
+        blocks -= means[:, None, :, None, :]
+        # Only the hole's pixels, and only as much as the pixel's own period carries: a flat
+        # part beside a textured one (whose offsets the window sees) is left flat.
         energy = np.einsum("ijc,ijc->ij", box, box) * (inside / channels)
         near = cv2.blur(energy, (period, period))
         wide = cv2.blur(energy, (2 * radius * period + 1,) * 2)
-        share = np.sqrt(np.clip(near / np.maximum(wide, 1e-12), 0.0, 1.0))
-        offsets *= share[..., None]
-        box -= offsets
+        share = np.sqrt(np.clip(near / np.maximum(wide, 1e-12), 0.0, 1.0)) * inside
+        correction = offsets[:box_h, :box_w]
+        correction *= share[..., None]
+        box -= correction
 
 
 def _overlap_add(

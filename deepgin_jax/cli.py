@@ -97,9 +97,9 @@ def define_compilation_cache_flag(flag_values: flags.FlagValues) -> None:
 
 
 def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
-    """`--max_batch`, `--dtype`, `--mode`, `--strategy`, `--ensemble`, `--upscale`, `--blend`
-    and `--[no]detail`: how an `Inpainter` runs the generator (read them back with
-    `inpainter_options`)."""
+    """`--max_batch`, `--parallel_calls`, `--dtype`, `--mode`, `--strategy`, `--ensemble`,
+    `--upscale`, `--blend` and `--[no]detail`: how an `Inpainter` runs the generator (read
+    them back with `inpainter_options`)."""
     # Imported here: the commands without a generator (masks, converters) start without JAX.
     from deepgin_jax.inference import BLENDS, MODES, STRATEGIES
 
@@ -109,6 +109,14 @@ def define_inpainter_flags(flag_values: flags.FlagValues) -> None:
         "max_batch",
         None,
         "Most network inputs per call (default: 4 on CPU, 16 on GPU/TPU).",
+        lower_bound=1,
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "parallel_calls",
+        None,
+        "Network calls run at once, each in its own thread (default: one per core on a CPU, "
+        "where one call of a small network keeps about one core busy; 1 on GPU/TPU).",
         lower_bound=1,
         **fv,
     )
@@ -181,6 +189,7 @@ def inpaint_options(flag_values: flags.FlagValues) -> InpaintOptions:
         blend=flag_values.blend,
         detail=flag_values.detail,
         max_batch=flag_values.max_batch or default_max_batch(),
+        parallel_calls=flag_values.parallel_calls,
     )
 
 

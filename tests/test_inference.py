@@ -7,10 +7,14 @@ cost nothing to run; the tiny generator runs on two compiled shapes only, (1, 40
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
+import os
+import threading
 
 import cv2
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +22,8 @@ from PIL import Image
 from deepgin_jax import blending, inference
 from deepgin_jax.checkpointing import load_generator
 from deepgin_jax.inference import Inpainter, MaskSizeError, prepare_mask, prepare_soft_mask
+from deepgin_jax.inference.batching import _batch_plan
+from deepgin_jax.inference.network import GeneratorForward
 from tests.inpainting_helpers import RecordingNetwork, ramp_network, tiny_checkpoint
 
 BICUBIC = Image.Resampling.BICUBIC
@@ -543,7 +549,7 @@ def test_reference_mode_with_float_and_pil_input_keeps_known_pixels():
 @pytest.fixture(scope="module")
 def tiny_inpainter() -> Inpainter:
     return Inpainter.from_checkpoint(
-        tiny_checkpoint(), max_batch=4, tile_size=64, strategy="polyphase"
+        tiny_checkpoint(), max_batch=4, tile_size=64, strategy="polyphase", parallel_calls=2
     )
 
 
@@ -557,10 +563,64 @@ def test_tiny_generator_on_odd_sizes_compiles_once_per_shape(tiny_inpainter):
         np.testing.assert_array_equal(out[~mask], image[~mask])
         assert (out[mask] != 255).any()  # the holes were filled, not left white
         counts.append(inference.forward_cache_size())
-    # 37x53 runs in the 64x64 bucket; 300x200 (20 sub-images of 64x64) compiled (4, 64, 64);
-    # 1000x700 (176) reused it.
+    # 37x53 runs in the 64x64 bucket; 300x200 (20 sub-images of 64x64, 10 for each of the
+    # two parallel calls: 4 + 4 + 2) compiled (4, 64, 64) and (2, 64, 64); 1000x700 (176, 88
+    # each) reused (4, 64, 64).
     assert counts[2] == counts[1]
-    assert tiny_inpainter.batch_shapes == {(1, 64, 64), (4, 64, 64)}
+    assert tiny_inpainter.batch_shapes == {(1, 64, 64), (2, 64, 64), (4, 64, 64)}
+
+
+def test_calls_of_a_new_shape_from_two_threads_compile_it_once(caplog):
+    forward = GeneratorForward.from_checkpoint(tiny_checkpoint())
+    masked = np.ones((3, 40, 48, 3), np.float32)  # a shape no other test uses
+    mask = np.ones((3, 40, 48, 1), np.float32)
+    together = threading.Barrier(2, timeout=60)
+
+    def call(_: int) -> np.ndarray:
+        together.wait()
+        return np.asarray(forward(masked, mask))
+
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    with caplog.at_level(logging.DEBUG), jax.log_compiles(), pool:
+        first, second = pool.map(call, range(2))
+    compilations = [
+        line for line in caplog.text.splitlines() if "Finished XLA compilation of jit(" in line
+    ]
+    assert len(compilations) == 1, compilations
+    np.testing.assert_array_equal(first, second)
+
+
+def test_parallel_calls_run_at_once_and_change_nothing():
+    image, mask = random_image(300, 200), block_mask(300, 200)  # 2 polyphase sub-images
+    options = {"strategy": "polyphase", "max_batch": 4}
+    expected = Inpainter.from_function(known_mean_network, **options).inpaint(image, mask)
+    together = threading.Barrier(2, timeout=30)
+
+    def meeting_network(masked, mask):
+        together.wait()  # broken (an error) unless two calls run at once
+        return known_mean_network(masked, mask)
+
+    network = RecordingNetwork(meeting_network)
+    inpainter = Inpainter.from_function(network, parallel_calls=2, **options)
+    np.testing.assert_array_equal(inpainter.inpaint(image, mask), expected)
+    assert network.calls == [(1, 256, 256), (1, 256, 256)]  # one sub-image each, not a batch
+
+
+def test_parallel_calls_default_to_one_per_core_for_a_compiled_generator_only():
+    from_checkpoint = Inpainter.from_checkpoint(tiny_checkpoint(), tile_size=64)
+    assert from_checkpoint.parallel_calls == len(os.sched_getaffinity(0))  # the tests' CPU
+    assert Inpainter.from_function(ramp_network).parallel_calls == 1  # may not be thread-safe
+    assert Inpainter.from_function(ramp_network, parallel_calls=3).parallel_calls == 3
+    for wrong in (0, 1.5, True):
+        with pytest.raises(ValueError, match="parallel_calls must be a whole number >= 1"):
+            Inpainter.from_function(ramp_network, parallel_calls=wrong)
+
+
+def test_batches_are_shared_out_among_parallel_calls():
+    assert _batch_plan(11, 4) == [(4, 4), (4, 4), (3, 4)]
+    assert _batch_plan(4, 4, parallel_calls=2) == [(2, 2), (2, 2)]
+    assert _batch_plan(11, 4, parallel_calls=2) == [(4, 4), (4, 4), (2, 2), (1, 1)]  # 6 and 5
+    assert _batch_plan(1, 4, parallel_calls=2) == [(1, 1)]
 
 
 def test_checkpoint_path_and_in_memory_model_agree(tiny_inpainter):
@@ -572,8 +632,8 @@ def test_checkpoint_path_and_in_memory_model_agree(tiny_inpainter):
     mask = block_mask(37, 53)
     # The constructor still takes a checkpoint path, as it did before from_checkpoint.
     from_path = Inpainter(tiny_checkpoint(), max_batch=4, tile_size=64)
+    expected = tiny_inpainter.inpaint(image, mask)  # compiled here, whichever test ran before
     before = inference.forward_cache_size()
-    expected = tiny_inpainter.inpaint(image, mask)
     np.testing.assert_array_equal(in_memory.inpaint(image, mask), expected)
     np.testing.assert_array_equal(from_path.inpaint(image, mask), expected)
     assert inference.forward_cache_size() == before  # same configuration, shared executable
@@ -907,6 +967,7 @@ def test_one_frozen_options_object_with_one_check_for_every_caller():
         crop_min_size=256,
         blend="paste",
         buckets=(),  # a network function compiles nothing: no shape buckets
+        parallel_calls=1,  # nor is it known to be thread-safe
     )
     assert Inpainter.from_function(ramp_network, options=options, strategy="crop").strategy == (
         "crop"
@@ -926,6 +987,7 @@ def test_one_frozen_options_object_with_one_check_for_every_caller():
         upscale=1.0,
         blend="paste",
         buckets=(256,),
+        parallel_calls=1,
     )
     crop = r"strategy='crop' \(CLI: --strategy crop\) cannot apply in reference mode"
     with pytest.raises(ValueError, match=crop):

@@ -640,3 +640,18 @@ def test_one_photo_is_compiled_for_few_calls_and_a_folder_is_not(inputs, tmp_pat
     run_cli(*folder, f"--output={tmp_path}/all")  # exit 1: the folder holds a photo without mask
     assert (tmp_path / "all" / "a.png").is_file()
     assert few_calls == [True, False]
+
+
+def test_parallel_calls_flag_reaches_the_inpainter_options():
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    flag_values(["inpaint", "--parallel_calls=3", "--image=x", "--output=y"])
+    assert cli.inpaint_options(flag_values).parallel_calls == 3
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    flag_values(["inpaint", "--image=x", "--output=y"])
+    assert cli.inpaint_options(flag_values).parallel_calls is None  # one per core on a CPU
+    flag_values = flags.FlagValues()
+    inpaint.define_flags(flag_values)
+    with pytest.raises(flags.IllegalFlagValueError, match="parallel_calls"):
+        flag_values(["inpaint", "--parallel_calls=0", "--image=x", "--output=y"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -80,13 +81,31 @@ def _next_power_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def _batch_plan(count: int, max_batch: int) -> list[tuple[int, int]]:
-    """(number of real inputs, padded batch size) per call for `count` inputs of one shape."""
-    plan = [(max_batch, max_batch)] * (count // max_batch)
-    if count % max_batch:
-        rest = count % max_batch
-        plan.append((rest, min(max_batch, _next_power_of_two(rest))))
-    return plan
+def _batch_plan(count: int, max_batch: int, parallel_calls: int = 1) -> list[tuple[int, int]]:
+    """(number of real inputs, padded batch size) per call for `count` inputs of one shape,
+    the largest calls first. With `parallel_calls` > 1 the inputs are first shared out into
+    that many near-equal parts, each planned on its own, so that calls running at once have
+    about the same work (4 inputs on 2 cores: two calls of 2, not one of 4)."""
+    share, extra = divmod(count, parallel_calls)
+    shares = [share + (part < extra) for part in range(parallel_calls)]
+    plan = []
+    for part in shares:
+        plan += [(max_batch, max_batch)] * (part // max_batch)
+        if rest := part % max_batch:
+            plan.append((rest, min(max_batch, _next_power_of_two(rest))))
+    return sorted(plan, reverse=True)
+
+
+def default_parallel_calls() -> int:
+    """How many network calls an `Inpainter` runs at once by default: on a CPU one per core the
+    process may use (XLA:CPU runs one call of a small network on about one core: a second
+    core shortens DeepGIN-compact's 256x256 forward pass by 5 %, while two calls at once take
+    about the time of one), elsewhere 1."""
+    if jax.default_backend() != "cpu":
+        return 1
+    if hasattr(os, "sched_getaffinity"):  # a container or `taskset` may allow fewer cores
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def default_max_batch() -> int:

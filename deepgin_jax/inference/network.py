@@ -11,9 +11,11 @@ model) is built only to be traced: such a process never imports Flax.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -164,6 +166,11 @@ class GeneratorForward:
         # device_put, not jnp.asarray: that compiles a conversion per parameter shape (~1 s).
         self._variables = jax.device_put(variables)
         self._read_back: dict[tuple, Callable[..., jax.Array]] = {}  # by input shapes
+        # The first call of each input shape compiles (or reads back) its program: calls of one
+        # shape from several threads wait for it, instead of each compiling it again.
+        self._compiled_shapes: set[tuple] = set()
+        self._first_calls: dict[tuple, threading.Lock] = collections.defaultdict(threading.Lock)
+        self._first_calls_lock = threading.Lock()
         # `Inpainter`'s defaults for this network: {"upscale": ..., "blend": ...}.
         self.recommended = dict(recommended or {})
 
@@ -194,9 +201,19 @@ class GeneratorForward:
         return self._model
 
     def __call__(self, masked: np.ndarray, mask: np.ndarray) -> jax.Array:
+        inputs = (np.shape(masked), masked.dtype, np.shape(mask), mask.dtype)
+        if inputs in self._compiled_shapes:
+            return self._call(inputs, masked, mask)
+        with self._first_calls_lock:
+            first_call = self._first_calls[inputs]
+        with first_call:
+            out = jax.block_until_ready(self._call(inputs, masked, mask))
+            self._compiled_shapes.add(inputs)
+        return out
+
+    def _call(self, inputs: tuple, masked: np.ndarray, mask: np.ndarray) -> jax.Array:
         if trace_cache.folder() is None:
             return _traced_forward(self._options)(self.model, self._variables, masked, mask)
-        inputs = (np.shape(masked), masked.dtype, np.shape(mask), mask.dtype)
         if (function := self._read_back.get(inputs)) is None:
             function = _read_back(
                 self._key_fields,

@@ -72,6 +72,10 @@ class InpaintOptions:
     buckets: the square input sides the network sees (`buckets`); None = a quarter, half, three
     quarters and all of max_direct_size and tile_size for a compiled generator, none (exact
     shapes) for a network function, tile_size alone in "reference" mode.
+    parallel_calls: how many network calls run at once, each in its own thread (the inputs of
+    one shape are shared out among them); None = one per core for a compiled generator on a
+    CPU (`batching.default_parallel_calls`), 1 for a network function (which need not be
+    thread-safe) and on accelerators. The same results either way.
     """
 
     mode: str = "auto"
@@ -90,6 +94,7 @@ class InpaintOptions:
     scaled_size: int | None = None
     stroke_fill: str | None = None
     buckets: tuple[int, ...] | None = None
+    parallel_calls: int | None = None
 
     def resolved(
         self, recommended: Mapping[str, Any] | None = None, *, compiled: bool = False
@@ -97,8 +102,9 @@ class InpaintOptions:
         """These options with every None filled: `upscale` and `blend` from `recommended` (a
         network's own settings, ignored in "reference" mode) or `PLAIN_SETTINGS`; the strategy
         "whole" in "reference" mode; the boxes by the strategy; `colour_match` and `scaled_size`
-        for the "scaled" strategy only (else they stay None); the default `buckets` when the
-        network is `compiled` (compiles once per shape), else none."""
+        for the "scaled" strategy only (else they stay None); the default `buckets` and
+        `parallel_calls` when the network is `compiled` (compiles once per shape), else none
+        and 1."""
         reference = self.mode == "reference"
         settings = {**PLAIN_SETTINGS, **({} if reference else dict(recommended or {}))}
         direct = self.tile_size if self.max_direct_size is None else self.max_direct_size
@@ -109,6 +115,11 @@ class InpaintOptions:
             sides = (self.tile_size,)
         else:
             sides = buckets.default_buckets(direct, self.tile_size) if compiled else ()
+        parallel = 1
+        if compiled and self.parallel_calls is None:
+            from deepgin_jax.inference.batching import default_parallel_calls  # imports JAX
+
+            parallel = default_parallel_calls()
         if self.crop_min_size is not None:
             min_size = self.crop_min_size
         else:
@@ -131,6 +142,7 @@ class InpaintOptions:
             scaled_size=_scaled_default(scaled, self.scaled_size, direct, limit=direct),
             stroke_fill=_scaled_default(scaled, self.stroke_fill, STROKE_FILLS[0]),
             buckets=sides,
+            parallel_calls=self.parallel_calls if self.parallel_calls is not None else parallel,
         )
 
 
@@ -196,6 +208,8 @@ def _problem(options: InpaintOptions, mask: MaskOptions | None) -> str | None:
         not _is_whole(side) or side < MIN_SIZE or side % SIZE_MULTIPLE for side in o.buckets
     ):
         return f"buckets must be multiples of {SIZE_MULTIPLE}, at least {MIN_SIZE}: {o.buckets}"
+    if o.parallel_calls is not None and not (_is_whole(o.parallel_calls) and o.parallel_calls >= 1):
+        return f"parallel_calls must be a whole number >= 1, got {o.parallel_calls!r}"
     if o.mode == "reference" and (problem := _reference_problem(o, mask)):
         return problem
     if problem := _scaled_problem(o):

@@ -16,6 +16,10 @@ XLA's own 2048^3 float32 matmul is measured beside, in each process: `of_matmul`
 GFLOP/s as a fraction of it, which compares across machines. The cores' model and vector
 width head the notes.
 
+--one_core measures this checkout once more in a process pinned to one core, in the same
+turns: `two_core_gain` (its time over the two-core one) shows how much of the second core a
+program uses.
+
 --against runs the same measurements on another checkout (its `deepgin_jax`) in a second
 process, in turns with this one: both processes compile everything first, then each round
 times a few calls of one measurement in one process and then in the other, so that a machine
@@ -306,6 +310,12 @@ def xla_matmul_gflops(n: int = 2048, calls: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def pin_to_one_core() -> None:
+    """Keeps this process (and the threads it starts) on one of its cores; before JAX starts,
+    since its thread pools size themselves by the cores the process may use."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def serve(names: list[str]) -> None:
     """The measuring process: compiles `names`, reports them, then answers `time NAME CALLS`
     lines on stdin with the times, one JSON line each."""
@@ -315,10 +325,14 @@ def serve(names: list[str]) -> None:
         measurements[name] = m
         info = {"name": name, "compile_s": m.compile_s, "flops": m.flops, "ops": m.ops}
         print(json.dumps(info), flush=True)
-    print(json.dumps({"ready": True, "matmul_gflops": xla_matmul_gflops()}), flush=True)
+    print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
-        command, name, calls = line.split()
+        command, *arguments = line.split()
+        if command == "matmul":
+            print(json.dumps({"matmul_gflops": xla_matmul_gflops()}), flush=True)
+            continue
         assert command == "time"
+        name, calls = arguments
         print(json.dumps({"times": measurements[name].time(int(calls))}), flush=True)
 
 
@@ -329,11 +343,12 @@ def serve(names: list[str]) -> None:
 class Worker:
     """A measuring process on the checkout `tree`."""
 
-    def __init__(self, tree: Path, names: list[str]):
+    def __init__(self, tree: Path, names: list[str], one_core: bool = False):
         env = dict(os.environ, PYTHONPATH=str(tree))
         self.tree = tree
+        pin = ["--one_core"] if one_core else []
         self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve", ",".join(names)],
+            [sys.executable, str(Path(__file__).resolve()), "--serve", ",".join(names), *pin],
             cwd=tree,
             env=env,
             stdin=subprocess.PIPE,
@@ -347,7 +362,6 @@ class Worker:
         for line in self._lines():
             message = json.loads(line)
             if message.get("ready"):
-                self.matmul_gflops = message["matmul_gflops"]
                 return
             self.info[message["name"]] = message
             print(
@@ -356,9 +370,17 @@ class Worker:
             )
 
     def time(self, name: str, calls: int) -> list[float]:
-        self.process.stdin.write(f"time {name} {calls}\n")
+        return self._ask(f"time {name} {calls}")["times"]
+
+    def measure_matmul(self) -> None:
+        """XLA's matmul rate in this process, asked for once every process has compiled (a
+        process still compiling beside it would halve it)."""
+        self.matmul_gflops = self._ask("matmul")["matmul_gflops"]
+
+    def _ask(self, line: str) -> dict:
+        self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
-        return json.loads(next(self._lines()))["times"]
+        return json.loads(next(self._lines()))
 
     def _lines(self):
         while True:
@@ -383,12 +405,17 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="Another checkout to measure in turns.")
     parser.add_argument("--rounds", type=int, default=5, help="Rounds of timed calls.")
     parser.add_argument("--calls", type=int, default=0, help="Calls per round (0: by program).")
+    parser.add_argument(
+        "--one_core", action="store_true", help="Also measure this checkout on one core."
+    )
     parser.add_argument("--ceiling_gflops", type=float, default=default_ceiling())
     parser.add_argument("--name", default="cpu_goals")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     flags = parser.parse_args()
     if flags.serve is not None:
+        if flags.one_core:
+            pin_to_one_core()
         serve(flags.serve.split(","))
         return
 
@@ -399,8 +426,12 @@ def main() -> None:
         trees = {"before": Path(flags.against).resolve(), "this": here}
     print(f"load average at start: {_load()}", flush=True)
     workers = {label: Worker(tree, names) for label, tree in trees.items()}
-    for worker in workers.values():  # compiles one after the other: timings only after both
+    if flags.one_core:
+        workers["one_core"] = Worker(here, names, one_core=True)
+    for worker in workers.values():  # they compile at once: timings only after all have
         worker.wait_ready()
+    for worker in workers.values():
+        worker.measure_matmul()
     times: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     loads = [_load()]
     for _ in range(flags.rounds):
@@ -432,6 +463,8 @@ def main() -> None:
             row[f"{label}_op_counts"] = info["ops"]
         if "before" in workers:
             row["ratio"] = row["this_ms"] / row["before_ms"]
+        if "one_core" in workers:
+            row["two_core_gain"] = row["one_core_ms"] / row["this_ms"]
         rows.append(row)
     report(rows, workers, loads, flags)
 
@@ -443,11 +476,13 @@ def report(rows: list[dict], workers: dict, loads: list[str], flags: argparse.Na
     labels = list(workers)
     columns = ["measurement", "goal_ms"]
     for label in labels:
-        columns += [f"{label}_ms", f"{label}_gflop", f"{label}_gflop_per_s", f"{label}_of_ceiling"]
+        columns.append(f"{label}_ms")
+        if label == "one_core":  # the same program as this checkout's
+            continue
+        columns += [f"{label}_gflop", f"{label}_gflop_per_s", f"{label}_of_ceiling"]
         columns.append(f"{label}_of_matmul")
         columns += [f"{label}_ops", f"{label}_layout_ops", f"{label}_convolutions"]
-    if "before" in workers:
-        columns.append("ratio")
+    columns += [column for column in ("ratio", "two_core_gain") if column in rows[0]]
     path = common.write_results(flags.name, rows, columns, flags.out)
     matmul = {label: w.matmul_gflops for label, w in workers.items()}
     ceiling = (

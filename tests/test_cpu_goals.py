@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 
@@ -33,3 +38,20 @@ def test_the_512_bit_ceiling_is_stated_only_on_cores_with_avx512(monkeypatch):
     assert cpu_goals.default_ceiling() == cpu_goals.CEILING_GFLOPS
     monkeypatch.setattr(cpu_goals, "vector_isa", lambda: "AMD EPYC, AVX2 FMA")
     assert cpu_goals.default_ceiling() is None
+
+
+def test_the_one_core_process_and_the_threads_it_starts_keep_to_one_core():
+    script = (
+        "import os, threading\n"
+        "from benchmarks import cpu_goals\n"
+        "cpu_goals.pin_to_one_core()\n"
+        "seen = []\n"
+        "thread = threading.Thread(target=lambda: seen.append(len(os.sched_getaffinity(0))))\n"
+        "thread.start(); thread.join()\n"
+        "print(len(os.sched_getaffinity(0)), seen[0])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1", "1"]

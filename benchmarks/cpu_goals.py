@@ -20,6 +20,12 @@ width head the notes.
 turns: `two_core_gain` (its time over the two-core one) shows how much of the second core a
 program uses.
 
+--floor times, after the rounds, each program's convolutions and dots (scan bodies counted
+once per iteration), each compiled and timed alone by its fastest call less an empty call's:
+`contractions_ms`, what the program would take with every other operation free and no two
+contractions at once. In the --one_core process, half of it bounds what two cores could do
+with the same contractions run two at a time.
+
 --against runs the same measurements on another checkout (its `deepgin_jax`) in a second
 process, in turns with this one: both processes compile everything first, then each round
 times a few calls of one measurement in one process and then in the other, so that a machine
@@ -107,7 +113,8 @@ def _generator_program(model: Any, variables: Any, size: int) -> tuple[Any, tupl
     mask = np.zeros((1, size, size, 1), np.float32)
     mask[:, size // 4 : size // 2, size // 4 : size // 2] = 1
     image = rng.random((1, size, size, 3)).astype(np.float32) * (1 - mask) + mask
-    return jax.jit(model.apply), (variables, image, mask)
+    # Held on the device, as `GeneratorForward` holds them (not copied in at every call).
+    return jax.jit(model.apply), (jax.device_put(variables), image, mask)
 
 
 def _load_config(path: Path) -> Any:
@@ -253,6 +260,7 @@ class Measurement:
         self.flops = _flops(counting.lower(*args) if counting is not None else lowered)
         self.ops = op_counts(self.compiled.as_text())
         self.donates = name in ("compact_warmup", "compact_gan")
+        self.fn = fn
         self.args = args
         self._call()  # the first call: allocations and caches
         jax.block_until_ready(self.args)
@@ -274,6 +282,68 @@ class Measurement:
             self._call()
             times.append(time.perf_counter() - start)
         return times
+
+
+# --------------------------------------------------------------------------------------------
+# The contractions' floor: each convolution and dot of a program, compiled and timed alone
+
+CONTRACTIONS = ("conv_general_dilated", "dot_general")
+
+
+def contractions(jaxpr: Any, repeat: int = 1, found: dict | None = None) -> dict[str, list]:
+    """The convolutions and dots a jaxpr runs, inner jaxprs included (a scan's body counted
+    `length` times): {description: [equation, times run]}, identical ones merged."""
+    import jax
+
+    found = {} if found is None else found
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in CONTRACTIONS:
+            shapes = ", ".join(str(v.aval) for v in eqn.invars)
+            params = ", ".join(f"{k}={v}" for k, v in sorted(eqn.params.items()))
+            entry = found.setdefault(f"{eqn.primitive.name}({shapes}; {params})", [eqn, 0])
+            entry[1] += repeat
+        inner_repeat = repeat * int(eqn.params.get("length", 1))
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(inner, jax.extend.core.ClosedJaxpr):
+                    inner = inner.jaxpr
+                if isinstance(inner, jax.extend.core.Jaxpr):
+                    contractions(inner, inner_repeat, found)
+    return found
+
+
+def _best_time(fn: Any, args: tuple, calls: int) -> float:
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def contraction_floor(fn: Any, args: tuple, calls: int = 7) -> dict[str, Any]:
+    """The time of `fn`'s convolutions and dots run one by one, each compiled alone and timed
+    by its fastest call, less the fastest call of a program that does nothing (the dispatch,
+    which the whole program pays once): what the program takes with every other operation
+    free and no two contractions at once."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    idle = _best_time(jax.jit(lambda x: x), (jnp.zeros(()),), 50)
+    total, count = 0.0, 0
+    for eqn, repeat in contractions(jax.make_jaxpr(fn)(*args).jaxpr).values():
+        inputs = tuple(
+            jnp.asarray(rng.standard_normal(v.aval.shape), v.aval.dtype) for v in eqn.invars
+        )
+        alone = jax.jit(lambda *xs, eqn=eqn: eqn.primitive.bind(*xs, **eqn.params))
+        total += repeat * max(0.0, _best_time(alone, inputs, calls) - idle)
+        count += repeat
+    return {"contractions": count, "contractions_s": total}
 
 
 def vector_isa() -> str:
@@ -331,6 +401,10 @@ def serve(names: list[str]) -> None:
         if command == "matmul":
             print(json.dumps({"matmul_gflops": xla_matmul_gflops()}), flush=True)
             continue
+        if command == "floor":
+            m = measurements[arguments[0]]
+            print(json.dumps(contraction_floor(m.fn, m.args)), flush=True)
+            continue
         assert command == "time"
         name, calls = arguments
         print(json.dumps({"times": measurements[name].time(int(calls))}), flush=True)
@@ -377,6 +451,9 @@ class Worker:
         process still compiling beside it would halve it)."""
         self.matmul_gflops = self._ask("matmul")["matmul_gflops"]
 
+    def floor(self, name: str) -> dict:
+        return self._ask(f"floor {name}")
+
     def _ask(self, line: str) -> dict:
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
@@ -407,6 +484,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=0, help="Calls per round (0: by program).")
     parser.add_argument(
         "--one_core", action="store_true", help="Also measure this checkout on one core."
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="Also time each program's convolutions and dots alone (contractions_ms).",
     )
     parser.add_argument("--ceiling_gflops", type=float, default=default_ceiling())
     parser.add_argument("--name", default="cpu_goals")
@@ -440,6 +522,11 @@ def main() -> None:
             for label, worker in workers.items():
                 times[(label, name)] += worker.time(name, calls)
         loads.append(_load())
+    floors = {}
+    if flags.floor:  # after the rounds, one process at a time
+        for label, worker in workers.items():
+            for name in names:
+                floors[(label, name)] = worker.floor(name)
     for worker in workers.values():
         worker.close()
 
@@ -461,6 +548,9 @@ def main() -> None:
             row[f"{label}_compile_s"] = info["compile_s"]
             row.update({f"{label}_{k}": v for k, v in summarise_ops(info["ops"]).items()})
             row[f"{label}_op_counts"] = info["ops"]
+            if (label, name) in floors:
+                row[f"{label}_contractions"] = floors[(label, name)]["contractions"]
+                row[f"{label}_contractions_ms"] = floors[(label, name)]["contractions_s"] * 1e3
         if "before" in workers:
             row["ratio"] = row["this_ms"] / row["before_ms"]
         if "one_core" in workers:
@@ -477,6 +567,8 @@ def report(rows: list[dict], workers: dict, loads: list[str], flags: argparse.Na
     columns = ["measurement", "goal_ms"]
     for label in labels:
         columns.append(f"{label}_ms")
+        if f"{label}_contractions_ms" in rows[0]:
+            columns.append(f"{label}_contractions_ms")
         if label == "one_core":  # the same program as this checkout's
             continue
         columns += [f"{label}_gflop", f"{label}_gflop_per_s", f"{label}_of_ceiling"]

@@ -55,3 +55,25 @@ def test_the_one_core_process_and_the_threads_it_starts_keep_to_one_core():
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_contractions_count_each_convolution_and_dot_with_scan_bodies_repeated():
+    def f(x, w):
+        y = jax.lax.conv_general_dilated(
+            x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        z = jax.lax.conv_general_dilated(
+            y, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        rows = z.reshape(8, 8, 4)
+        return jax.lax.map(lambda r: r @ r.T, rows).sum() + jnp.tanh(z).sum()
+
+    x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+    found = cpu_goals.contractions(jax.make_jaxpr(f)(x, w).jaxpr)
+    kinds = sorted((key.split("(")[0], times) for key, (_, times) in found.items())
+    assert kinds == [("conv_general_dilated", 2), ("dot_general", 8)]  # two identical, merged
+
+    gradient = cpu_goals.contractions(jax.make_jaxpr(jax.grad(f, argnums=1))(x, w).jaxpr)
+    assert sum(times for _, times in gradient.values()) > 10  # the backward pass's as well
+    floor = cpu_goals.contraction_floor(f, (x, w), calls=2)
+    assert floor["contractions"] == 10 and 0 <= floor["contractions_s"] < 1

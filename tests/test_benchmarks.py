@@ -410,6 +410,20 @@ def test_new_holes_benchmark_compiles_nothing_after_warm_up(tmp_path):
     assert [r["compiled"] for r in holes] == [0, 0, 0, 0]
     assert rows[0]["compiled"] > 0  # the warm-up is what compiles
 
+    # Brush strokes, and an inpainter for each number of parallel calls taking every hole in
+    # turns (options of this checkout's run only).
+    argv = [*argv[:-2], "--holes=1", "--strokes=1", "--parallel_calls=1,2", "--strategies=scaled"]
+    argv.append(f"--out={tmp_path / 'strokes'}")
+    subprocess.run(argv, check=True, cwd=REPO, capture_output=True, text=True, env=env)
+    (table,) = (tmp_path / "strokes").glob("*/new_holes.json")
+    rows = json.loads(table.read_text())["rows"]
+    assert [(r["case"][:6], r["parallel_calls"]) for r in rows] == [
+        (case, calls) for case in ("warm_u", "hole 0", "stroke") for calls in (1, 2)
+    ]
+    strokes = [r for r in rows if r["case"].startswith("strokes")]
+    assert all(r["hole_percent"] > 1 and r["wall_s"] > 0 for r in strokes), strokes
+    assert [r["compiled"] for r in rows[2:]] == [0, 0, 0, 0]
+
 
 def test_startup_benchmark_times_a_first_and_a_later_process(tmp_path):
     import numpy as np

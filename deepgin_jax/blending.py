@@ -99,24 +99,31 @@ class HoleSystem:
     shape: tuple[int, int]
     rows: np.ndarray  # the hole's pixels, np.nonzero(hole) order
     cols: np.ndarray
-    # Per neighbour direction: (hole pixels with that neighbour in the hole, the neighbour's
-    # index; hole pixels with a known neighbour there, its row and column).
-    neighbours: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]
+    matrix: scipy.sparse.csr_matrix  # the system: _ANCHOR + neighbours on the diagonal, -1
+    known_degree: np.ndarray  # per hole pixel, how many of its neighbours are known
+    # Each (hole pixel, known neighbour) pair: the pixel's index, the neighbour's row and column.
+    known_pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
     solver: _DirectSolver | _TwoLevelSolver
 
     def solve(self, problems: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """`_hole_solution(image, hole, fill)` for each (image, fill) of `problems`: float64
-        [count, C] each, from this one factorisation."""
+        [count, C] each, from this one factorisation.
+
+        The right-hand side, anchor * fill_p + sum over hole neighbours q of (fill_p - fill_q)
+        + sum over known neighbours of their values, is the matrix times the fill, less the
+        known neighbours' share of the diagonal, plus the known values: one sparse product
+        instead of a gather per direction (0.57 s for a million hole pixels)."""
         count = self.rows.size
+        pixels, known_rows, known_cols = self.known_pairs
         columns, guides = [], []
         for image, fill in problems:
-            guide = fill[self.rows, self.cols].astype(np.float64)
-            rhs = _ANCHOR * guide
-            for p_hole, q_hole, p_known, known_rows, known_cols in self.neighbours:
-                rhs[p_hole] += guide[p_hole] - guide[q_hole]
-                rhs[p_known] += image[known_rows, known_cols].astype(np.float64)
-            columns.append(rhs.reshape(count, -1))
-            guides.append(guide.reshape(count, -1))
+            guide = fill[self.rows, self.cols].astype(np.float64).reshape(count, -1)
+            rhs = self.matrix @ guide - self.known_degree[:, None] * guide
+            known = image[known_rows, known_cols].astype(np.float64)
+            known = known.reshape(pixels.size, guide.shape[1])
+            np.add.at(rhs, pixels, known)
+            columns.append(rhs)
+            guides.append(guide)
         solved = self.solver.solve(np.concatenate(columns, axis=1), np.concatenate(guides, axis=1))
         return np.split(solved, np.cumsum([c.shape[1] for c in columns])[:-1], axis=1)
 
@@ -245,7 +252,9 @@ def hole_system(hole: np.ndarray, *, two_level: bool | None = None) -> HoleSyste
     index = np.full(hole.shape, -1, np.int64)
     index[rows, cols] = np.arange(count)
     diagonal = np.full(count, _ANCHOR)
-    neighbours, off_rows, off_cols = [], [], []
+    known_degree = np.zeros(count)
+    known_pairs: list[list[np.ndarray]] = [[], [], []]
+    off_rows, off_cols = [], []
     for dy, dx in _NEIGHBOURS:
         q_rows, q_cols = rows + dy, cols + dx
         inside = (q_rows >= 0) & (q_rows < height) & (q_cols >= 0) & (q_cols < width)
@@ -254,9 +263,9 @@ def hole_system(hole: np.ndarray, *, two_level: bool | None = None) -> HoleSyste
         diagonal[p] += 1.0
         q_index = index[q_rows, q_cols]
         in_hole = q_index >= 0
-        neighbours.append(
-            (p[in_hole], q_index[in_hole], p[~in_hole], q_rows[~in_hole], q_cols[~in_hole])
-        )
+        known_degree[p[~in_hole]] += 1.0
+        for pairs, values in zip(known_pairs, (p, q_rows, q_cols), strict=True):
+            pairs.append(values[~in_hole])
         off_rows.append(p[in_hole])
         off_cols.append(q_index[in_hole])
     off_rows_all = np.concatenate(off_rows)
@@ -273,7 +282,8 @@ def hole_system(hole: np.ndarray, *, two_level: bool | None = None) -> HoleSyste
     if two_level is None:
         two_level = count > TWO_LEVEL_MIN_PIXELS
     solver = _two_level(matrix, hole) if two_level else _DirectSolver(_factorised(matrix))
-    return HoleSystem(hole.shape, rows, cols, tuple(neighbours), solver)
+    known = tuple(np.concatenate(pairs) for pairs in known_pairs)
+    return HoleSystem(hole.shape, rows, cols, matrix, known_degree, known, solver)
 
 
 def paste(image: np.ndarray, hole: np.ndarray, fill: np.ndarray) -> np.ndarray:

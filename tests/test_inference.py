@@ -890,6 +890,26 @@ def test_the_poisson_blend_and_the_membrane_come_from_one_solve():
     assert blending.poisson_and_membrane(photo, np.zeros_like(hole), fill)[1] is None
 
 
+def test_the_poisson_blend_solves_its_equations_written_out_pixel_by_pixel():
+    """Each hole pixel p: sum over its neighbours q in the image of (f_p - f_q) = sum over
+    those in the hole of (fill_p - fill_q), f_q the photo's value where q is known."""
+    rng = np.random.default_rng(3)
+    photo = rng.random((16, 19, 3))
+    fill = rng.random((16, 19, 3))
+    hole = rng.random((16, 19)) < 0.45  # scattered pixels, runs, the image's edges
+    blended = blending.poisson_blend(photo, hole, fill)
+    for y, x in zip(*np.nonzero(hole), strict=True):
+        lhs, rhs = np.zeros(3), np.zeros(3)
+        for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            qy, qx = y + dy, x + dx
+            if 0 <= qy < 16 and 0 <= qx < 19:
+                lhs += blended[y, x] - blended[qy, qx]
+                if hole[qy, qx]:
+                    rhs += fill[y, x] - fill[qy, qx]
+        np.testing.assert_allclose(lhs, rhs, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(blended[~hole], photo[~hole])
+
+
 def test_a_large_hole_is_solved_in_two_levels_within_a_tenth_of_a_level(monkeypatch):
     rng = np.random.default_rng(3)
     height, width = 180, 220

@@ -33,6 +33,7 @@ returns the float32 fill to paste into the hole. "paste" is the fill as it is; "
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -107,25 +108,34 @@ class HoleSystem:
 
     def solve(self, problems: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """`_hole_solution(image, hole, fill)` for each (image, fill) of `problems`: float64
-        [count, C] each, from this one factorisation.
+        [count, C] each, from this one factorisation."""
+        if len(problems) > 1 and isinstance(self.solver, _TwoLevelSolver):
+            # A large hole's problems each in a thread: SciPy's solves and sparse products
+            # release the GIL (0.34 s against 0.60 s for a million pixels' blend and membrane).
+            with concurrent.futures.ThreadPoolExecutor(len(problems)) as pool:
+                return list(pool.map(lambda problem: self._solve_one(*problem), problems))
+        equations = [self._equations(image, fill) for image, fill in problems]
+        rhs, guides = (np.concatenate(parts, axis=1) for parts in zip(*equations, strict=True))
+        solved = self.solver.solve(rhs, guides)
+        return np.split(solved, np.cumsum([g.shape[1] for _, g in equations])[:-1], axis=1)
+
+    def _solve_one(self, image: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        return self.solver.solve(*self._equations(image, fill))
+
+    def _equations(self, image: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the right-hand side, the fill at the hole's pixels): float64 [count, C] each.
 
         The right-hand side, anchor * fill_p + sum over hole neighbours q of (fill_p - fill_q)
         + sum over known neighbours of their values, is the matrix times the fill, less the
         known neighbours' share of the diagonal, plus the known values: one sparse product
-        instead of a gather per direction (0.57 s for a million hole pixels)."""
+        instead of a gather per direction (0.12 s against 0.55 s for a million hole pixels)."""
         count = self.rows.size
         pixels, known_rows, known_cols = self.known_pairs
-        columns, guides = [], []
-        for image, fill in problems:
-            guide = fill[self.rows, self.cols].astype(np.float64).reshape(count, -1)
-            rhs = self.matrix @ guide - self.known_degree[:, None] * guide
-            known = image[known_rows, known_cols].astype(np.float64)
-            known = known.reshape(pixels.size, guide.shape[1])
-            np.add.at(rhs, pixels, known)
-            columns.append(rhs)
-            guides.append(guide)
-        solved = self.solver.solve(np.concatenate(columns, axis=1), np.concatenate(guides, axis=1))
-        return np.split(solved, np.cumsum([c.shape[1] for c in columns])[:-1], axis=1)
+        guide = fill[self.rows, self.cols].astype(np.float64).reshape(count, -1)
+        rhs = self.matrix @ guide - self.known_degree[:, None] * guide
+        known = image[known_rows, known_cols].astype(np.float64)
+        np.add.at(rhs, pixels, known.reshape(pixels.size, guide.shape[1]))
+        return rhs, guide
 
 
 def _factorised(matrix: scipy.sparse.spmatrix) -> Any:

@@ -936,6 +936,20 @@ def test_a_large_hole_is_solved_in_two_levels_within_a_tenth_of_a_level(monkeypa
     for expected, solved in zip(exact.solve(problems), two_levels.solve(problems), strict=True):
         # 0.06 of a 0-255 level here; 0.42 for the blend without the correction pass.
         assert 255 * np.abs(solved - expected).max() < 0.1
+    # Its problems are solved each in a thread of its own: the same as each alone.
+    threads = []
+    solve = blending._TwoLevelSolver.solve
+
+    def recording(solver, rhs, guess):
+        threads.append(threading.get_ident())
+        return solve(solver, rhs, guess)
+
+    monkeypatch.setattr(blending._TwoLevelSolver, "solve", recording)
+    threaded = two_levels.solve(problems)
+    assert len(set(threads)) == 2 and threading.get_ident() not in threads
+    for (image, fill), solved in zip(problems, threaded, strict=True):
+        alone = two_levels.solve([(image, fill)])[0]
+        np.testing.assert_allclose(solved, alone, rtol=0, atol=1e-12)
 
 
 def offset_network(masked: np.ndarray, mask: np.ndarray) -> np.ndarray:

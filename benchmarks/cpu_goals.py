@@ -370,14 +370,7 @@ def xla_matmul_gflops(n: int = 2048, calls: int = 5) -> float:
     import jax.numpy as jnp
 
     a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    jax.block_until_ready(f(a, a))
-    best = float("inf")
-    for _ in range(calls):
-        start = time.perf_counter()
-        jax.block_until_ready(f(a, a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / _best_time(jax.jit(lambda x, y: x @ y), (a, a), calls) / 1e9
 
 
 def pin_to_one_core() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,3 +78,21 @@ def test_contractions_count_each_convolution_and_dot_with_scan_bodies_repeated()
     assert sum(times for _, times in gradient.values()) > 10  # the backward pass's as well
     floor = cpu_goals.contraction_floor(f, (x, w), calls=2)
     assert floor["contractions"] == 10 and 0 <= floor["contractions_s"] < 1
+
+
+def test_the_driver_times_the_contractions_of_the_compact_inference(tmp_path):
+    argv = [
+        sys.executable, "-m", "benchmarks.cpu_goals", "--only=compact_inference", "--rounds=1",
+        "--calls=1", "--floor", "--name=goals", f"--out={tmp_path}",
+    ]  # fmt: skip
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    subprocess.run(argv, cwd=repo, env=env, check=True, capture_output=True, text=True)
+    (table,) = tmp_path.glob("*/goals.json")
+    (row,) = json.loads(table.read_text())["rows"]
+    assert row["measurement"] == "compact_inference"
+    # The shipped network's 256x256 pass: its convolutions and dots (the attention's blocks
+    # once per block), each timed alone, take a good part of the whole pass.
+    assert row["this_contractions"] > 100
+    assert 0 < row["this_contractions_ms"] < 3 * row["this_ms"]
+    assert "this_contractions_ms" in (tmp_path / table.parent.name / "goals.md").read_text()

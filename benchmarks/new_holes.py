@@ -10,9 +10,10 @@ seen, then `--strokes` seeded sets of brush strokes scaled to the photo; per hol
 the wall and CPU seconds and how many executables were compiled
 (`inference.forward_cache_size()`; 0 is the goal). `--parallel_calls=1,2` builds an
 `Inpainter` for each number of network calls at once (0: the default, one per core) and runs
-every hole with each, in turns. With `--against`, the same run (object holes, the default
-calls) is made by that checkout and by this one in turns, each in its own process, into one
-table whose `checkout` column says which ("before", "this").
+every hole with each, in turns. With `--against`, the same run (the holes and `--strokes`,
+the default calls) is made by that checkout and then by this one, each in its own process,
+into one table whose `checkout` column says which ("before", "this"); `--strokes` needs a
+checkout that has the option.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def _rows_of(checkout: Path, folder: Path) -> list[dict]:
         f"--size={','.join(FLAGS.size)}", f"--holes={FLAGS.holes}",
         f"--strategies={','.join(FLAGS.strategies)}", f"--out={folder}",
     ]  # fmt: skip
+    if FLAGS.strokes:
+        command.append(f"--strokes={FLAGS.strokes}")
     environment = dict(os.environ, PYTHONPATH=str(checkout))
     subprocess.run(command, env=environment, check=True, capture_output=True, cwd=checkout)
     (table,) = folder.glob("*/new_holes.json")

@@ -391,7 +391,7 @@ def test_new_holes_benchmark_compiles_nothing_after_warm_up(tmp_path):
     Image.fromarray(rng.integers(0, 256, (90, 120, 3), np.uint8)).save(tmp_path / "photo.png")
     argv = [
         sys.executable, "-m", "benchmarks.new_holes", f"--photo={tmp_path / 'photo.png'}",
-        "--size=400,300", "--holes=2", f"--out={tmp_path}", f"--against={REPO}",
+        "--size=400,300", "--holes=2", "--strokes=1", f"--out={tmp_path}", f"--against={REPO}",
     ]  # fmt: skip
     env = {**os.environ, shipped.ENV_VAR: str(tiny_shipped())}
     subprocess.run(argv, check=True, cwd=REPO, capture_output=True, text=True, env=env)
@@ -402,17 +402,17 @@ def test_new_holes_benchmark_compiles_nothing_after_warm_up(tmp_path):
         (checkout, strategy, case)
         for checkout in ("before", "this")
         for strategy in ("scaled", "polyphase")
-        for case in ("warm_u", "hole 0", "hole 1")
+        for case in ("warm_u", "hole 0", "hole 1", "stroke")
     ]
     rows = [r for r in rows if r["checkout"] == "this"]
     holes = [r for r in rows if r["case"].startswith("hole")]
     assert all(3 <= r["hole_percent"] <= 8.5 and r["wall_s"] > 0 for r in holes), holes
-    assert [r["compiled"] for r in holes] == [0, 0, 0, 0]
+    assert [r["compiled"] for r in rows if r["case"] != "warm_up"] == [0] * 6
     assert rows[0]["compiled"] > 0  # the warm-up is what compiles
 
-    # Brush strokes, and an inpainter for each number of parallel calls taking every hole in
-    # turns (options of this checkout's run only).
-    argv = [*argv[:-2], "--holes=1", "--strokes=1", "--parallel_calls=1,2", "--strategies=scaled"]
+    # An inpainter for each number of parallel calls, taking every hole in turns (an option
+    # of this checkout's run only).
+    argv = [*argv[:-2], "--holes=1", "--parallel_calls=1,2", "--strategies=scaled"]
     argv.append(f"--out={tmp_path / 'strokes'}")
     subprocess.run(argv, check=True, cwd=REPO, capture_output=True, text=True, env=env)
     (table,) = (tmp_path / "strokes").glob("*/new_holes.json")

@@ -87,6 +87,7 @@ def main(argv: Sequence[str]) -> None:
     compile_cache.enable()
     cli.one_blas_thread()  # as the editor does
     cli.no_huge_page_advice()
+    cli.reuse_freed_memory()
     width, height = (int(v) for v in FLAGS.size)
     photo = np.asarray(Image.open(FLAGS.photo).convert("RGB").resize((width, height)))
     holes = []

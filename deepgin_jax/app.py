@@ -458,6 +458,7 @@ def main(argv: Sequence[str]) -> int:
         return cli.generator_failure(f.checkpoint, e)
     cli.one_blas_thread()
     cli.no_huge_page_advice()
+    cli.reuse_freed_memory()
     # Pillow's own decompression-bomb limit must not refuse what the page accepts.
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, int(f.max_megapixels * 1e6))
     blocks = build_app(inpainter, max_megapixels=f.max_megapixels)

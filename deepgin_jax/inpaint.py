@@ -456,6 +456,7 @@ def run(flag_values: flags.FlagValues) -> int:
     )
     cli.one_blas_thread()
     cli.no_huge_page_advice()
+    cli.reuse_freed_memory()
     try:
         summary = inpaint_tasks(
             inpainter,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -58,6 +59,27 @@ def test_inference_commands_limit_blas_threads_and_huge_page_advice():
         [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["[1,", "1]", "False"]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator settings")
+@pytest.mark.parametrize("reuse", [False, True])
+def test_reuse_freed_memory_spares_a_second_large_array_its_page_faults(reuse):
+    code = (
+        "import resource, numpy\n"
+        "from deepgin_jax import cli\n"
+        "cli.no_huge_page_advice()\n"
+        f"assert {reuse} is False or cli.reuse_freed_memory()\n"
+        "first = numpy.ones(1 << 23); del first\n"  # 64 MiB: its own mapping by default
+        "faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "second = numpy.ones(1 << 23)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    faults = int(result.stdout)
+    # 16,384 pages of 4 KiB when the second array is new memory; none when it reuses the first's.
+    assert faults < 100 if reuse else faults > 10_000
 
 
 def run_cli(*args: str) -> int:

@@ -356,10 +356,10 @@ def test_colour_limit_keeps_the_fill_near_the_colour_the_border_predicts(monkeyp
     assert np.abs(limited[16, 16:48] - green[16, 16:48]).max() < 0.15
     # In the full path; a hole beyond COLOUR_MAX_PIXELS is predicted from a smaller copy.
     solved = []
-    solve = blending.poisson_blend
+    factorise = blending.hole_system
     monkeypatch.setattr(scaled_fill, "COLOUR_MAX_PIXELS", 256)
     monkeypatch.setattr(
-        blending, "poisson_blend", lambda i, h, f: solved.append(int(h.sum())) or solve(i, h, f)
+        blending, "hole_system", lambda h: solved.append(int(h.sum())) or factorise(h)
     )
     out = scaled_fill.finish_fill(photo, hole, green, detail=False, blend="paste", colour=True)
     assert solved and max(solved) <= 300, solved
@@ -389,12 +389,50 @@ def test_the_colour_limits_predictions_need_only_the_holes_surroundings():
     # Prepared beforehand (the planner does it while the network runs), the same fill.
     options = {"detail": False, "blend": "poisson", "colour": True}
     prepared = scaled_fill.prepare_box(photo, hole, blend="poisson", colour=True)
-    assert prepared.system is not None and prepared.membrane is None  # solved with the blend
+    assert prepared.system is not None and prepared.membrane is not None
     ahead = scaled_fill.finish_fill(photo, hole, fill, prepared=prepared, **options)
     np.testing.assert_array_equal(ahead, shared)
     with pytest.raises(ValueError, match="hole"):
         scaled_fill.finish_fill(photo[1:], hole[1:], fill[1:], prepared=prepared, **options)
     assert np.abs(shared - photo)[hole].max() > 0.01  # the fill is in the hole
+
+
+def test_the_membrane_target_comes_from_the_blends_system_before_the_finish(monkeypatch):
+    """`colour_targets` solves the membrane with the blend's system, waited for after Telea's
+    fill (in the planner, in a thread beside the network): the finish then solves the blend
+    alone, and the target is the one the blend's own membrane gives."""
+    rng = np.random.default_rng(6)
+    photo = cv2.GaussianBlur(rng.random((80, 100, 3)).astype(np.float32), (0, 0), 3)
+    hole = np.zeros((80, 100), bool)
+    hole[20:50, 30:70] = True
+    fill = photo + np.float32(0.2) * hole[..., None]
+    system = blending.hole_system(hole)
+    blended, membrane = blending.poisson_and_membrane(photo, hole, fill)
+    expected = scaled_fill._lab(membrane).mean(axis=0)
+    monkeypatch.setattr(blending, "hole_system", None)  # no other factorisation
+    events = []
+    telea_colour = scaled_fill.telea_colour
+    monkeypatch.setattr(
+        scaled_fill, "telea_colour", lambda p, h: events.append("telea") or telea_colour(p, h)
+    )
+    target, telea = scaled_fill.colour_targets(
+        photo, hole, "poisson", lambda: events.append("system") or system
+    )
+    assert events == ["telea", "system"]
+    np.testing.assert_allclose(target, expected, atol=1e-5)
+    solves = []
+    solve = blending.HoleSystem.solve
+    monkeypatch.setattr(
+        blending.HoleSystem, "solve", lambda self, p: solves.append(len(p)) or solve(self, p)
+    )
+    prepared = scaled_fill.BoxPreparation(system, target, telea)
+    out = scaled_fill.finish_fill(
+        photo, hole, fill, detail=False, blend="poisson", colour=True, prepared=prepared
+    )
+    assert solves == [1]  # the blend; the membrane was solved beforehand
+    limited = scaled_fill.colour_limited(blended, hole, target)
+    limited = scaled_fill.colour_limited(limited, hole, telea, scaled_fill.TELEA_TOLERANCE)
+    np.testing.assert_allclose(out, np.where(hole[..., None], limited, photo), atol=1e-6)
 
 
 def test_a_hole_beyond_the_telea_bound_still_gets_one_factorisation(monkeypatch):

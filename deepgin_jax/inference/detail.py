@@ -82,15 +82,19 @@ def _strided_box_sums(values: np.ndarray, period: int, radius: int) -> np.ndarra
     """float32 [H, W, C] (H and W multiples of `period`) -> at each pixel, the sum over the
     pixels of its own polyphase phase (the same row and column modulo `period`) in the
     (2 radius + 1) x (2 radius + 1) blocks of `period` pixels around its block, cut at the
-    edges. Two box filters over blocks, one per axis, in the array's own layout: the rows as
+    edges. Two sums over blocks, one per axis, in the array's own layout: the rows as
     [H / period, period x W x C] (a block row per image row), the columns as an image of
-    W / period pixels of period x C channels (OpenCV keeps float64 sums)."""
+    W / period pixels of period x C channels. OpenCV's correlation with a kernel of ones sums
+    in float32, in 2.4 times less time than its box filter, which sums in float64 (23 against
+    56 ms for a 2560x1600 RGB image, two cores)."""
     height, width, depth = values.shape
     size = 2 * radius + 1
     flat = values.reshape(height // period, period * width * depth)
-    rows = cv2.boxFilter(flat, -1, (1, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    rows = cv2.filter2D(flat, -1, np.ones((size, 1), np.float32), borderType=cv2.BORDER_CONSTANT)
     by_block = rows.reshape(height, width // period, period * depth)
-    sums = cv2.boxFilter(by_block, -1, (size, 1), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    sums = cv2.filter2D(
+        by_block, -1, np.ones((1, size), np.float32), borderType=cv2.BORDER_CONSTANT
+    )
     return sums.reshape(height, width, depth)
 
 
@@ -118,10 +122,18 @@ def phase_neutral(
     return result
 
 
+def _padded(values: np.ndarray, bottom: int, right: int) -> np.ndarray:
+    """float32 [H, W] or [H, W, C] -> [H + bottom, W + right, C], zeros in the new pixels."""
+    if bottom or right:
+        values = cv2.copyMakeBorder(values, 0, bottom, 0, right, cv2.BORDER_CONSTANT, value=0)
+    return values.reshape(*values.shape[:2], -1)
+
+
 def _neutralise(
     detail: np.ndarray, hole: np.ndarray, periods: tuple[int, ...], radius: int
 ) -> None:
-    """`phase_neutral` in place on float32 `detail`."""
+    """`phase_neutral` in place on float32 `detail` (1 to 4 channels). OpenCV's element-wise
+    operations where they are faster than NumPy's (they use both cores)."""
     rows, cols = np.nonzero(hole)
     if rows.size == 0 or not periods:
         return
@@ -132,14 +144,14 @@ def _neutralise(
     right = min(hole.shape[1], cols.max() + 1 + margin)
     box_h, box_w = bottom - top, right - left
     inside = hole[top:bottom, left:right].astype(np.float32)
+    inside_channels = cv2.merge([inside] * channels).reshape(box_h, box_w, channels)
+    channel_mean = np.full((1, channels), 1.0 / channels, np.float32)
     box = detail[top:bottom, left:right]  # a view: each period corrects it in place
     for period in periods:
-        height, width = -(-box_h // period) * period, -(-box_w // period) * period
-        grid_h, grid_w = height // period, width // period
-        weight = np.zeros((height, width, 1), np.float32)
-        weight[:box_h, :box_w, 0] = inside
-        values = np.zeros((height, width, channels), np.float32)
-        np.multiply(box, inside[..., None], out=values[:box_h, :box_w])
+        pad_h, pad_w = -box_h % period, -box_w % period
+        grid_h, grid_w = (box_h + pad_h) // period, (box_w + pad_w) // period
+        values = _padded(cv2.multiply(box, inside_channels), pad_h, pad_w)
+        weight = _padded(inside, pad_h, pad_w)
         # Each phase's local mean, then the mean of all phases over the same blocks.
         offsets = _strided_box_sums(values, period, radius)
         offsets /= np.maximum(_strided_box_sums(weight, period, radius), 1e-9)
@@ -149,14 +161,18 @@ def _neutralise(
         means /= np.maximum(
             _block_window_sums(block_counts.reshape(grid_h, grid_w, 1), radius), 1e-9 / period**2
         )
-        blocks = offsets.reshape(grid_h, period, grid_w, period, channels)
-        blocks -= means[:, None, :, None, :]
+        size = (grid_w * period, grid_h * period)
+        offsets -= cv2.resize(means, size, interpolation=cv2.INTER_NEAREST).reshape(offsets.shape)
         # Only the hole's pixels, and only as much as the pixel's own period carries: a flat
         # part beside a textured one (whose offsets the window sees) is left flat.
-        energy = np.einsum("ijc,ijc->ij", box, box) * (inside / channels)
+        energy = cv2.multiply(cv2.transform(cv2.multiply(box, box), channel_mean), inside)
         near = cv2.blur(energy, (period, period))
         wide = cv2.blur(energy, (2 * radius * period + 1,) * 2)
-        share = np.sqrt(np.clip(near / np.maximum(wide, 1e-12), 0.0, 1.0)) * inside
+        share = near
+        share /= np.maximum(wide, 1e-12)
+        np.clip(share, 0.0, 1.0, out=share)
+        np.sqrt(share, out=share)
+        share *= inside
         correction = offsets[:box_h, :box_w]
         correction *= share[..., None]
         box -= correction

@@ -163,14 +163,19 @@ def _mean_lab(rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return _lab(rgb[hole]).mean(axis=0)
 
 
-def membrane_colour(photo: np.ndarray, hole: np.ndarray) -> np.ndarray:
+def membrane_colour(
+    photo: np.ndarray, hole: np.ndarray, system: blending.HoleSystem | None = None
+) -> np.ndarray:
     """The mean CIELAB colour over the hole of the membrane (harmonic) interpolation of the
     hole's border in `photo` (float [H, W, 3] in [0, 1]): the colour the surroundings predict.
     At full resolution: a downscaled hole's border lies a pixel further out, which moves the
-    prediction towards whatever edge runs along the hole (3 L units on a sunset's treeline)."""
+    prediction towards whatever edge runs along the hole (3 L units on a sunset's treeline).
+    `system`: the hole's `blending.hole_system`, if it is factorised already (the blend's)."""
     known = np.clip(photo, 0.0, 1.0).astype(np.float32)
-    membrane = blending.poisson_blend(known, hole, np.zeros_like(known))
-    return _mean_lab(membrane, hole)
+    if system is None:
+        system = blending.hole_system(hole)
+    border_only = np.broadcast_to(np.zeros((), np.float32), known.shape)
+    return _lab(system.solve([(known, border_only)])[0]).mean(axis=0)
 
 
 def _hole_window(hole: np.ndarray, margin: int) -> tuple[slice, slice]:
@@ -236,8 +241,7 @@ def _at_most(photo: np.ndarray, hole: np.ndarray, pixels: int) -> tuple[np.ndarr
 class BoxPreparation:
     """What a box's finish needs from its photo and hole alone, so that it can be made while
     the network runs (`prepare_box`): the Poisson blend's factorised system (None when the fill
-    is not Poisson-blended) and, with the colour limit, its two targets (`membrane`: None when
-    the membrane comes from the blend's own system)."""
+    is not Poisson-blended) and, with the colour limit, its two targets (`colour_targets`)."""
 
     system: blending.HoleSystem | None = None
     membrane: np.ndarray | None = None
@@ -254,23 +258,29 @@ def prepare_system(hole: np.ndarray, blend: str) -> blending.HoleSystem | None:
 
 
 def colour_targets(
-    rgb: np.ndarray, hole: np.ndarray, blend: str
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """The colour limit's (membrane, Telea) targets from the hole's border: the membrane None
-    where the Poisson blend's system solves it at full resolution; otherwise, and for Telea's
-    fill, from a downscaled copy beyond `COLOUR_MAX_PIXELS`."""
+    rgb: np.ndarray,
+    hole: np.ndarray,
+    blend: str,
+    system: Callable[[], blending.HoleSystem | None] = lambda: None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The colour limit's (membrane, Telea) targets from the hole's border. Telea's fill, and
+    the membrane where no Poisson blend solves the hole, from a downscaled copy beyond
+    `COLOUR_MAX_PIXELS`; where one does, the membrane at full resolution from the blend's
+    system, `system()`, waited for once Telea's fill is made (so that, in a thread beside the
+    network, the solve is not left for the finish)."""
     photo = to_unit_float(rgb).astype(np.float32, copy=False)
     border_photo, border_hole = _at_most(photo, hole, COLOUR_MAX_PIXELS)
-    membrane = None
-    if not _blend_solves(hole, blend):
-        membrane = membrane_colour(border_photo, border_hole)
-    return membrane, telea_colour(border_photo, border_hole)
+    telea = telea_colour(border_photo, border_hole)
+    if _blend_solves(hole, blend):
+        return membrane_colour(photo, hole, system()), telea
+    return membrane_colour(border_photo, border_hole), telea
 
 
 def prepare_box(rgb: np.ndarray, hole: np.ndarray, *, blend: str, colour: bool) -> BoxPreparation:
     """`BoxPreparation` of one box, made here and now."""
-    membrane, telea = colour_targets(rgb, hole, blend) if colour else (None, None)
-    return BoxPreparation(prepare_system(hole, blend), membrane, telea)
+    system = prepare_system(hole, blend)
+    membrane, telea = colour_targets(rgb, hole, blend, lambda: system) if colour else (None, None)
+    return BoxPreparation(system, membrane, telea)
 
 
 def finish_fill(
@@ -310,18 +320,16 @@ def finish_fill(
         prepared = prepare_box(rgb, hole, blend=blend, colour=colour)
     elif callable(prepared):
         prepared = prepared()
-    shared = colour and _blend_solves(hole, blend)
     if blend == "poisson":
-        # The membrane's system is the blend's: one factorisation for both.
-        fill, membrane = blending.poisson_and_membrane(
-            photo, hole, fill, membrane=shared, system=prepared.system
-        )
+        # The system the membrane target was solved with: one factorisation for both.
+        fill = blending.poisson_and_membrane(
+            photo, hole, fill, membrane=False, system=prepared.system
+        )[0]
     else:
         fill = BLENDERS[blend](photo, hole, fill)
     if not colour:
         return np.where(hole[..., None], fill, photo)
-    target = _lab(membrane).mean(axis=0) if shared else prepared.membrane
-    fill = colour_limited(fill, hole, target)
+    fill = colour_limited(fill, hole, prepared.membrane)
     fill = colour_limited(fill, hole, prepared.telea, TELEA_TOLERANCE)
     return np.where(hole[..., None], fill, photo)
 
@@ -434,7 +442,9 @@ class ScaledPlanner:
         system = preparing.submit(prepare_system, box_hole, self.blend)
         targets = None
         if self.colour:
-            targets = preparing.submit(colour_targets, rgb.copy(), box_hole, self.blend)
+            targets = preparing.submit(
+                colour_targets, rgb.copy(), box_hole, self.blend, system.result
+            )
         return lambda: BoxPreparation(
             system.result(), *(targets.result() if targets else (None, None))
         )

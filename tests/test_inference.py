@@ -24,7 +24,13 @@ from PIL import Image
 
 from deepgin_jax import blending, inference
 from deepgin_jax.checkpointing import load_generator
-from deepgin_jax.inference import Inpainter, MaskSizeError, prepare_mask, prepare_soft_mask
+from deepgin_jax.inference import (
+    Inpainter,
+    MaskSizeError,
+    buckets,
+    prepare_mask,
+    prepare_soft_mask,
+)
 from deepgin_jax.inference.batching import _batch_plan
 from deepgin_jax.inference.network import GeneratorForward
 from tests.inpainting_helpers import RecordingNetwork, ramp_network, tiny_checkpoint
@@ -385,23 +391,34 @@ def test_empty_mask_skips_the_network_and_full_mask_warns(caplog):
     assert (full != image).any()
 
 
-def test_batches_are_shared_across_images_and_padded_to_powers_of_two():
+@pytest.mark.parametrize("pad", [True, False])
+def test_batches_are_shared_across_images_in_powers_of_two(monkeypatch, pad):
+    """Padded to a power of two on an accelerator; split into powers of two on a CPU."""
+    monkeypatch.setattr(inference.inpainter, "pads_batches", lambda: pad)
     network = RecordingNetwork(known_mean_network)
     inpainter = Inpainter.from_function(network, max_batch=16, strategy="polyphase")
     images = [random_image(300, 200), random_image(1000, 700, seed=1)]
     masks = [block_mask(300, 200), block_mask(1000, 700)]
     outs = inpainter.inpaint_many(images, masks)
-    assert network.calls == [(16, 256, 256)]  # 2 + 12 sub-images in one batch
+    # 2 + 12 sub-images in one batch, or in calls of 8, 4 and 2.
+    assert network.calls == (
+        [(16, 256, 256)] if pad else [(8, 256, 256), (4, 256, 256), (2, 256, 256)]
+    )
     for image, mask, out in zip(images, masks, outs, strict=True):
         np.testing.assert_array_equal(out, inpainter.inpaint(image, mask))
     network.calls.clear()
     Inpainter.from_function(network, max_batch=16, ensemble=True, strategy="polyphase").inpaint(
         images[1], masks[1]
     )
-    assert network.calls == [(16, 256, 256)] * 4  # 60 inputs: 16 + 16 + 16 + 12 -> 16
+    # 60 inputs: 16 + 16 + 16 + 12 -> 16, or 12 as 8 + 4.
+    assert network.calls == [(16, 256, 256)] * (4 if pad else 3) + (
+        [] if pad else [(8, 256, 256), (4, 256, 256)]
+    )
     network.calls.clear()
     Inpainter.from_function(network, ensemble=True).inpaint(images[0][:37, :53], masks[0][:37, :53])
-    assert sorted(network.calls) == [(2, 56, 40), (4, 40, 56)]  # 3 upright + 2 turned inputs
+    # 3 upright + 2 turned inputs.
+    expected = [(2, 56, 40), (4, 40, 56)] if pad else [(1, 40, 56), (2, 40, 56), (2, 56, 40)]
+    assert sorted(network.calls) == expected
 
 
 def test_rejects_bad_arguments():
@@ -624,6 +641,18 @@ def test_batches_are_shared_out_among_parallel_calls():
     assert _batch_plan(4, 4, parallel_calls=2) == [(2, 2), (2, 2)]
     assert _batch_plan(11, 4, parallel_calls=2) == [(4, 4), (4, 4), (2, 2), (1, 1)]  # 6 and 5
     assert _batch_plan(1, 4, parallel_calls=2) == [(1, 1)]
+
+
+def test_a_batch_remainder_is_split_into_powers_of_two_without_padding():
+    assert _batch_plan(11, 4, pad=False) == [(4, 4), (4, 4), (2, 2), (1, 1)]
+    assert _batch_plan(6, 4, parallel_calls=2, pad=False) == [(2, 2), (2, 2), (1, 1), (1, 1)]
+    assert _batch_plan(6, 4, parallel_calls=2) == [(3, 4), (3, 4)]
+    assert _batch_plan(13, 8, pad=False) == [(8, 8), (4, 4), (1, 1)]
+    for count in range(1, 40):  # every input once, every call a size warm-up compiles
+        plan = _batch_plan(count, 6, parallel_calls=2, pad=False)
+        assert sum(real for real, _ in plan) == count
+        assert all(real == size and size in buckets.batch_sizes(6) for real, size in plan)
+    assert not inference.batching.pads_batches()  # the tests' CPU
 
 
 def test_checkpoint_path_and_in_memory_model_agree(tiny_inpainter):

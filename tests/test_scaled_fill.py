@@ -322,14 +322,20 @@ def test_finish_fill_waits_for_the_preparation_only_when_the_blend_needs_it(monk
     low, low_hole = scaled_fill.downscale_known(photo, hole, (48, 48))
     low_filled = np.where(low_hole[..., None], low[~low_hole].mean(axis=0), low)
 
-    def prepared():
-        events.append("prepared")
-        return scaled_fill.prepare_box(photo, hole, blend="poisson", colour=True)
-
+    made = scaled_fill.prepare_box(photo, hole, blend="poisson", colour=True)
+    prepared = scaled_fill.PendingPreparation(
+        lambda: events.append("system") or made.system,
+        lambda: events.append("targets") or (made.membrane, made.telea),
+    )
+    blend = blending.poisson_and_membrane
+    monkeypatch.setattr(
+        blending, "poisson_and_membrane", lambda *a, **k: events.append("blend") or blend(*a, **k)
+    )
     waited = scaled_fill.finish_fill(
         photo, hole, low_filled, detail=True, blend="poisson", colour=True, prepared=prepared
     )
-    assert events == ["detail", "prepared"]
+    # The colour targets are waited for only after the blend's solve.
+    assert events == ["detail", "system", "blend", "targets"]
     made_here = scaled_fill.finish_fill(
         photo, hole, low_filled, detail=True, blend="poisson", colour=True
     )

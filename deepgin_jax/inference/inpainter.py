@@ -26,6 +26,7 @@ from deepgin_jax.inference.batching import (
     _Job,
     _no_progress,
     _WorkItem,
+    pads_batches,
 )
 from deepgin_jax.inference.geometry import (
     ENSEMBLE_TRANSFORMS,
@@ -313,9 +314,11 @@ class Inpainter(InpainterBase):
         for item in items:
             by_shape[buckets.bucket_shape(*item.hole.shape, self.buckets)].append(item)
         calls = []
+        pad = pads_batches()
         for (height, width), group in by_shape.items():
             start = 0
-            for count, batch in _batch_plan(len(group), self.max_batch, self.parallel_calls):
+            plan = _batch_plan(len(group), self.max_batch, self.parallel_calls, pad=pad)
+            for count, batch in plan:
                 calls.append((group[start : start + count], batch, height, width))
                 start += count
                 self.batch_shapes.add((batch, height, width))

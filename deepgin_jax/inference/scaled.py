@@ -248,6 +248,21 @@ class BoxPreparation:
     telea: np.ndarray | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class PendingPreparation:
+    """A box's `BoxPreparation` being made in threads (`ScaledPlanner`): functions that wait
+    for each part. The finish waits for the system when it blends and for the colour targets
+    only after that, so that the blend's solve runs while the membrane's may still be made."""
+
+    system: Callable[[], blending.HoleSystem | None]
+    targets: Callable[[], tuple[np.ndarray | None, np.ndarray | None]]
+
+    @classmethod
+    def made(cls, preparation: BoxPreparation) -> PendingPreparation:
+        """The parts of a preparation made already."""
+        return cls(lambda: preparation.system, lambda: (preparation.membrane, preparation.telea))
+
+
 def _blend_solves(hole: np.ndarray, blend: str) -> bool:
     return blend == "poisson" and 0 < int(hole.sum()) <= blending.POISSON_MAX_PIXELS
 
@@ -293,7 +308,7 @@ def finish_fill(
     colour: bool = False,
     smooth_factors: tuple[int, int] = (1, 1),
     neutral_periods: tuple[int, ...] = (),
-    prepared: BoxPreparation | Callable[[], BoxPreparation] | None = None,
+    prepared: BoxPreparation | PendingPreparation | None = None,
 ) -> np.ndarray:
     """The full-resolution fill of one box: float32 [H, W, 3] in [0, 1], equal to the photo
     outside the hole. rgb [H, W, 3] (any pixel dtype), hole bool [H, W], low_filled float
@@ -301,8 +316,8 @@ def finish_fill(
     fill is smooth only at 1/Fh x 1/Fw of low_filled's scale (a polyphase fill of Fh x Fw
     sub-images), which sets the scale the detail is taken above; `neutral_periods`: the
     periods whose local phase offsets the detail loses (`detail.phase_neutral`). `prepared`:
-    the box's `prepare_box`, if it was made beforehand, or a function that waits for it (called
-    only once the blend needs it: the fill and its detail are made in the meantime)."""
+    the box's `prepare_box`, if it was made beforehand, or its parts being made in threads
+    (each waited for only once needed: the fill and its detail are made in the meantime)."""
     photo = to_unit_float(rgb).astype(np.float32, copy=False)
     fill = upsample(low_filled, hole.shape)
     if detail:
@@ -318,19 +333,20 @@ def finish_fill(
     fill = np.clip(fill, 0.0, 1.0)
     if prepared is None:
         prepared = prepare_box(rgb, hole, blend=blend, colour=colour)
-    elif callable(prepared):
-        prepared = prepared()
+    if isinstance(prepared, BoxPreparation):
+        prepared = PendingPreparation.made(prepared)
     if blend == "poisson":
-        # The system the membrane target was solved with: one factorisation for both.
+        # The system the membrane target is solved with: one factorisation for both.
         fill = blending.poisson_and_membrane(
-            photo, hole, fill, membrane=False, system=prepared.system
+            photo, hole, fill, membrane=False, system=prepared.system()
         )[0]
     else:
         fill = BLENDERS[blend](photo, hole, fill)
     if not colour:
         return np.where(hole[..., None], fill, photo)
-    fill = colour_limited(fill, hole, prepared.membrane)
-    fill = colour_limited(fill, hole, prepared.telea, TELEA_TOLERANCE)
+    membrane, telea = prepared.targets()
+    fill = colour_limited(fill, hole, membrane)
+    fill = colour_limited(fill, hole, telea, TELEA_TOLERANCE)
     return np.where(hole[..., None], fill, photo)
 
 
@@ -435,19 +451,14 @@ class ScaledPlanner:
 
     def _prepare(
         self, rgb: np.ndarray, hole: np.ndarray, preparing: concurrent.futures.Executor
-    ) -> Callable[[], BoxPreparation]:
-        """The box's `BoxPreparation`, made by `preparing`'s threads: a function that waits
-        for it."""
+    ) -> PendingPreparation:
+        """The box's `BoxPreparation`, made by `preparing`'s threads."""
         box_hole = hole.copy()
         system = preparing.submit(prepare_system, box_hole, self.blend)
-        targets = None
-        if self.colour:
-            targets = preparing.submit(
-                colour_targets, rgb.copy(), box_hole, self.blend, system.result
-            )
-        return lambda: BoxPreparation(
-            system.result(), *(targets.result() if targets else (None, None))
-        )
+        if not self.colour:
+            return PendingPreparation(system.result, lambda: (None, None))
+        targets = preparing.submit(colour_targets, rgb.copy(), box_hole, self.blend, system.result)
+        return PendingPreparation(system.result, targets.result)
 
     def _plan_tiles(
         self, rgb: np.ndarray, hole: np.ndarray, preparing: concurrent.futures.Executor

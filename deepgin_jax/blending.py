@@ -14,14 +14,14 @@ the hole instead of showing as a seam. Per channel it is one sparse symmetric li
 the hole's pixels (a 5-point Laplacian), factorised once for the three channels. Known pixels are
 never changed.
 
-A hole of up to `TWO_LEVEL_MIN_PIXELS` pixels is solved exactly (SuperLU). A larger one, whose
-LU grows faster than the hole (1.1-1.9 s of CPU for an ellipse of 160,000 pixels, 1.8-2.0 s
-for 254,000, idle cores, with SciPy's default panels; `_factorised`), is solved in two
-levels: the solution minus the fill is harmonic, so smooth away from the border. It is
-solved on a grid `COARSE_STEP` times coarser, bilinearly interpolated (the coarse system is
-the fine one's Galerkin projection, so no boundary is moved), and then solved exactly, at
-full resolution, in the band of hole pixels within `BAND_WIDTH` of the border, taking the coarse solution at the band's inner edge. One more such
-correction of the residual follows. On those ellipses: 0.30-0.45 s and 0.69-0.78 s to
+A hole of up to `TWO_LEVEL_MIN_PIXELS` pixels is solved exactly (SuperLU). A larger one, whose LU
+grows faster than the hole (1.1-1.9 s of CPU for an ellipse of 160,000 pixels, 1.8-2.0 s for
+254,000, idle cores, with SciPy's default panels; `_factorised`), is solved in two levels: the
+solution minus the fill is harmonic, so smooth away from the border. It is solved on a grid
+`COARSE_STEP` times coarser, bilinearly interpolated (the coarse system is the fine one's Galerkin
+projection, so no boundary is moved), and then solved exactly, at full resolution, in the band of
+hole pixels within `BAND_WIDTH` of the border, taking the coarse solution at the band's inner edge.
+One more such correction of the residual follows. On those ellipses: 0.30-0.45 s and 0.69-0.78 s to
 factorise, within 0.08 of a 0-255 level of the exact solution (`python -m
 benchmarks.poisson_solve`).
 

@@ -37,6 +37,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -140,14 +141,19 @@ class HoleSystem:
         return rhs, guide
 
 
-@functools.cache
 def _superlu_thread() -> concurrent.futures.ThreadPoolExecutor:
     """The one thread that makes and frees every SuperLU factorisation. SciPy (up to 1.17 at
     least) records SuperLU's memory in a table of the thread that allocates it and frees it
     only from that thread's table: factors made in a worker thread and dropped in another, or
     after the worker ended, are never freed (scipy/scipy#15921). With the blend factorised in
     a new thread beside the network at every call, the editor grew by about 150 MB per stroke
-    set on a 2560x1600 photo."""
+    set on a 2560x1600 photo. One per process: a forked child does not inherit the thread."""
+    return _superlu_thread_of(os.getpid())
+
+
+@functools.cache
+def _superlu_thread_of(process: int) -> concurrent.futures.ThreadPoolExecutor:
+    del process
     return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="superlu")
 
 

@@ -951,6 +951,27 @@ def test_factorisations_made_in_passing_threads_are_freed():
     assert int(result.stdout) < 100, result.stdout
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_a_forked_process_factorises_in_a_thread_of_its_own():
+    code = (
+        "import os, sys, numpy\n"
+        "from deepgin_jax import blending\n"
+        "hole = numpy.zeros((40, 40), bool); hole[10:30, 10:30] = True\n"
+        "image = numpy.ones((40, 40, 3))\n"
+        "blending.poisson_blend(image, hole, image)\n"  # starts the parent's thread
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    import signal; signal.alarm(50)\n"  # a child that hangs ends anyway
+        "    out = blending.poisson_blend(image, hole, image)\n"
+        "    os._exit(0 if numpy.allclose(out, 1.0) else 3)\n"
+        "print(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split()[-1] == "0", result.stdout + result.stderr
+
+
 def test_the_poisson_blend_solves_its_equations_written_out_pixel_by_pixel():
     """Each hole pixel p: sum over its neighbours q in the image of (f_p - f_q) = sum over
     those in the hole of (fill_p - fill_q), f_q the photo's value where q is known."""

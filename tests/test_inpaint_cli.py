@@ -82,6 +82,12 @@ def test_reuse_freed_memory_spares_a_second_large_array_its_page_faults(reuse):
     assert faults < 100 if reuse else faults > 10_000
 
 
+@pytest.mark.parametrize("kept", [0, 1 << 31])
+def test_reuse_freed_memory_refuses_what_mallopt_cannot_take(kept):
+    with pytest.raises(ValueError, match=f"kept={kept}: mallopt takes a C int"):
+        cli.reuse_freed_memory(kept)
+
+
 def run_cli(*args: str) -> int:
     flag_values = flags.FlagValues()
     inpaint.define_flags(flag_values)
